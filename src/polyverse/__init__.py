@@ -1,0 +1,20 @@
+"""polyverse: make a language model write many tokens per forward pass without changing what it says."""
+
+from . import methods as _builtin_methods  # noqa: F401  (registers the built-in methods)
+from .api import Chunk, Generation, Model, load
+from .backends.base import Backend
+from .backends.transformers import TransformersBackend
+from .config import GenerationConfig, SamplingConfig
+from .draft import Draft
+from .errors import ConfigError, ModelNotFound, PolyverseError
+from .layout import Feed
+from .loop import Observation, Proposer, Step, StepStats, decode
+from .registry import MethodContext, registry
+from .verify import Verdict, verify
+
+__all__ = [
+    "Backend", "Chunk", "ConfigError", "Draft", "Feed", "Generation", "GenerationConfig", "Model",
+    "ModelNotFound", "MethodContext", "Observation", "PolyverseError", "Proposer", "SamplingConfig",
+    "Step", "StepStats", "TransformersBackend", "Verdict", "decode", "load", "registry", "verify",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,102 @@
+"""The transformers backend: a causal LM, a DynamicCache, and a 4D additive mask per pass.
+
+No model files are forked and nothing in transformers is patched: the model receives
+``attention_mask`` [1, 1, q, kv] and ``position_ids`` [1, q] through its public forward, and the
+cache is trimmed through the cache layers' own tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from ..layout import Feed, additive_mask, is_plain_chain
+
+
+class TransformersBackend:
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        cfg = model.config.get_text_config(decoder=True)
+        self.vocab_size = int(cfg.vocab_size)
+        self.max_length = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+        self.dtype = next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
+        self.cache = DynamicCache(config=model.config)
+        self._committed = 0
+        self._pending = 0
+
+    @property
+    def length(self) -> int:
+        return self._committed
+
+    @torch.inference_mode()
+    def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> torch.Tensor:
+        if self._pending:
+            raise RuntimeError("forward called with pending entries: commit first")
+        past = self._committed
+        q = len(feed)
+        if past + q > self.max_length:
+            raise ValueError(f"context window of {self.max_length} tokens exceeded ({past} + {q})")
+        ids = torch.tensor([feed.tokens], device=self.device)  # [1, q]
+        pos = torch.tensor([feed.positions], device=self.device)  # [1, q]
+        mask = None
+        if not is_plain_chain(feed, past):
+            mask = additive_mask(feed.parents, past, self.dtype).to(self.device)  # [1, 1, q, kv]
+        if logits_for is None:
+            keep: int | torch.Tensor = 0
+        elif list(logits_for) == list(range(q - len(logits_for), q)):
+            keep = len(logits_for)  # a suffix (commonly the last token): the cheap path
+            if keep == 0:
+                keep = torch.empty(0, dtype=torch.long)
+        else:
+            keep = torch.tensor(list(logits_for), dtype=torch.long, device=self.device)
+        out = self.model(
+            input_ids=ids,
+            position_ids=pos,
+            attention_mask=mask,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        self._pending = q
+        return out.logits[0].float()  # [len(logits_for), V]
+
+    def commit(self, keep: Sequence[int]) -> None:
+        keep = list(keep)
+        n = self._pending
+        if keep == list(range(len(keep))):
+            drop = n - len(keep)
+            if drop:
+                self.cache.crop(-drop)  # transformers 5: a negative count of entries to remove
+        else:
+            if any(not 0 <= k < n for k in keep) or keep != sorted(set(keep)):
+                raise ValueError(f"commit indices must be ascending feed indices below {n}: {keep}")
+            idx = torch.tensor([self._committed + k for k in keep], device=self.device)
+            index = torch.cat([torch.arange(self._committed, device=self.device), idx])
+            for layer in self.cache.layers:
+                layer.keys = layer.keys.index_select(-2, index)
+                layer.values = layer.values.index_select(-2, index)
+        self._committed += len(keep)
+        self._pending = 0
+
+    def truncate(self, length: int) -> None:
+        total = self._committed + self._pending
+        if not 0 <= length <= total:
+            raise ValueError(f"cannot truncate {total} entries to {length}")
+        if length < total:
+            self.cache.crop(length - total)
+        self._committed = min(self._committed, length)
+        self._pending = 0
+
+    def fork(self) -> "TransformersBackend":
+        other = copy.copy(self)
+        other.cache = copy.deepcopy(self.cache)
+        return other
+
+    def reset(self) -> None:
+        self.cache = DynamicCache(config=self.model.config)
+        self._committed = 0
+        self._pending = 0

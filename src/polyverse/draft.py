@@ -1,0 +1,68 @@
+"""Drafts: candidate tokens as data, a tree hanging below the pending token.
+
+A chain is a tree with one branch. Node i holds token ``tokens[i]`` and hangs below node
+``parents[i]`` (``-1`` = below the pending token, the root of every draft); parents come first.
+
+Example: the chain "a b c" is ``Draft((a, b, c), (-1, 0, 1))``; two alternatives for the next
+token, the first followed by "d", are ``Draft((a, b, d), (-1, -1, 0))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Draft:
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+    # [n, V] draft distribution q each token was drawn from; None = deterministic proposer
+    probs: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) != len(self.parents):
+            raise ValueError(f"draft has {len(self.tokens)} tokens but {len(self.parents)} parents")
+        for i, p in enumerate(self.parents):
+            if not -1 <= p < i:
+                raise ValueError(f"draft node {i} has parent {p}: parents must come first")
+        if self.probs is not None and self.probs.shape[0] != len(self.tokens):
+            raise ValueError(f"draft probs has {self.probs.shape[0]} rows for {len(self.tokens)} tokens")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def empty(cls) -> "Draft":
+        return cls((), ())
+
+    @classmethod
+    def chain(cls, tokens: "list[int] | tuple[int, ...]", probs: torch.Tensor | None = None) -> "Draft":
+        tokens = tuple(int(t) for t in tokens)
+        return cls(tokens, tuple(range(-1, len(tokens) - 1)), probs)
+
+    def depths(self) -> tuple[int, ...]:
+        """Depth of each node below the pending token (children of the root have depth 1)."""
+        out: list[int] = []
+        for p in self.parents:
+            out.append(1 if p < 0 else out[p] + 1)
+        return tuple(out)
+
+    def children(self, node: int) -> list[int]:
+        """Nodes hanging directly below ``node`` (-1 = the root), in draft order."""
+        return [i for i, p in enumerate(self.parents) if p == node]
+
+    def pruned(self, max_depth: int) -> "Draft":
+        """The draft without nodes deeper than ``max_depth`` (parents come first, so indices stay valid)."""
+        depths = self.depths()
+        keep = [i for i, d in enumerate(depths) if d <= max_depth]
+        if len(keep) == len(self.tokens):
+            return self
+        remap = {old: new for new, old in enumerate(keep)}
+        probs = None if self.probs is None else self.probs[keep]
+        return Draft(
+            tuple(self.tokens[i] for i in keep),
+            tuple(-1 if self.parents[i] < 0 else remap[self.parents[i]] for i in keep),
+            probs,
+        )

@@ -1,0 +1,58 @@
+"""`jacobi`: Jacobi (CLLM-style) decoding with a KV cache and prefix acceptance.
+
+A block of n guessed tokens rides ahead of the pending token. One pass feeds the pending token
+and the block; the longest prefix of the block that equals the target's own choice is accepted
+(its KV kept, the rest dropped) plus one bonus token, so every pass yields at least one token.
+The target's argmax at the rejected positions (conditioned on the old guesses) becomes the next
+guess for them: the Jacobi fixed-point update. Verification is the shared one, so greedy output
+equals AR greedy and sampled output has the AR distribution (the block is a deterministic draft).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..draft import Draft
+from ..errors import ConfigError
+from ..loop import Observation
+
+
+@dataclass(frozen=True)
+class JacobiConfig:
+    block: int = 16  # n: tokens guessed ahead per pass (16 to 32 in the CLLM paper)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block, int) or not 1 <= self.block <= 256:
+            raise ConfigError(f"jacobi block must be an integer in [1, 256], got {self.block!r}")
+
+
+class JacobiProposer:
+    def __init__(self, config: JacobiConfig) -> None:
+        self.n = config.block
+        self.guess: list[int] = []
+
+    def start(self, context: Sequence[int]) -> None:
+        self.guess = []
+
+    def propose(self, context: Sequence[int]) -> Draft:
+        """The current block, padded with its last guess (or the pending token) to n tokens.
+
+        Example: n = 4, leftover guesses [7, 8] -> chain (7, 8, 8, 8).
+        """
+        guess = self.guess[: self.n]
+        filler = guess[-1] if guess else int(context[-1])
+        return Draft.chain(guess + [filler] * (self.n - len(guess)))
+
+    def observe(self, obs: Observation) -> None:
+        """Keep the Jacobi update of the positions after the bonus token.
+
+        Example: block (a, b, c, d) with a accepted and bonus x at the block's 2nd position:
+        rows 2..4 of the logits (fed b, c, d) predict the 3rd to 5th positions -> next guesses.
+        """
+        k = len(obs.verdict.accepted)
+        self.guess = obs.logits[k + 1 :].argmax(dim=-1).tolist()  # [n - k]
+
+
+def make(config: JacobiConfig, ctx) -> JacobiProposer:
+    return JacobiProposer(config)

@@ -1,0 +1,89 @@
+"""Pure verification of a draft tree against the target's logits of one pass.
+
+Row 0 of the logits belongs to the pending token (the root); row i+1 to draft node i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import SamplingConfig
+from .draft import Draft
+from .sampling import sample, target_probs, uniform
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: tuple[int, ...]  # draft node indices on the accepted path, root side first
+    tokens: tuple[int, ...]  # the accepted draft tokens followed by the bonus token
+
+    @property
+    def bonus(self) -> int:
+        return self.tokens[-1]
+
+
+def verify_greedy(draft: Draft, logits: torch.Tensor) -> Verdict:
+    """Longest path whose every token is the target's argmax, plus the argmax after it.
+
+    Example: draft chain (5, 7, 9), argmax per row (5, 7, 3, 4) -> accepted nodes (0, 1),
+    tokens (5, 7, 3): 9 is rejected and the target's 3 is the bonus token.
+    """
+    best = logits.argmax(dim=-1).tolist()  # [1 + n]
+    node, path = -1, []
+    while True:
+        want = best[node + 1]
+        nxt = next((c for c in draft.children(node) if draft.tokens[c] == want), None)
+        if nxt is None:
+            tokens = tuple(draft.tokens[i] for i in path) + (want,)
+            return Verdict(tuple(path), tokens)
+        path.append(nxt)
+        node = nxt
+
+
+def verify_sampled(draft: Draft, probs: torch.Tensor, generator: torch.Generator) -> Verdict:
+    """Lossless speculative sampling over a tree (multi-candidate, SpecInfer-style).
+
+    ``probs`` [1 + n, V] is the target distribution p at each feed row. At a node, each child x
+    with draft distribution q (one-hot when the draft is deterministic) is tried in turn: accept
+    with probability min(1, p(x) / q(x)); on rejection p <- normalise(max(0, p - q)). When no
+    child is accepted the bonus token is drawn from what is left of p. The output then has
+    exactly the target's distribution, whatever the draft.
+
+    Example: deterministic chain (5,) with p(5) = 0.3 at the root: with probability 0.3 the
+    token 5 is accepted and a bonus is drawn from row 1; otherwise the bonus is drawn from
+    row 0 with token 5 removed and renormalised.
+    """
+    node, path = -1, []
+    while True:
+        p = probs[node + 1]  # [V]
+        accepted = None
+        for child in draft.children(node):
+            x = draft.tokens[child]
+            q = None if draft.probs is None else draft.probs[child].float()  # [V]
+            qx = 1.0 if q is None else float(q[x])
+            px = float(p[x])
+            if qx > 0.0 and uniform(generator) * qx < px:
+                accepted = child
+                break
+            if q is None:
+                residual = p.clone()
+                residual[x] = 0.0
+            else:
+                residual = torch.clamp(p - q, min=0.0)
+            total = float(residual.sum())
+            if total > 0.0:
+                p = residual / total
+        if accepted is None:
+            tokens = tuple(draft.tokens[i] for i in path) + (sample(p, generator),)
+            return Verdict(tuple(path), tokens)
+        path.append(accepted)
+        node = accepted
+
+
+def verify(draft: Draft, logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator) -> Verdict:
+    """Greedy check for temperature 0, lossless speculative sampling otherwise."""
+    if cfg.greedy:
+        return verify_greedy(draft, logits)
+    return verify_sampled(draft, target_probs(logits, cfg), generator)
