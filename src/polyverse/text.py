@@ -36,11 +36,12 @@ class TextStream:
         text = self._decode(self.ids)
         hit = self._find_stop(text)
         if hit is not None:
-            text = text[:hit]
+            at, length = hit
+            text = text[:at]
             self.stopped = True
             # keep the tokens up to the one that completed the stop string
             for m in range(start + 1, len(self.ids) + 1):
-                if len(self._decode(self.ids[:m])) > hit:
+                if len(self._decode(self.ids[:m])) >= at + length:
                     del self.ids[m:]
                     break
         self.text = text
@@ -53,9 +54,9 @@ class TextStream:
         self.emitted = end
         return piece
 
-    def _find_stop(self, text: str) -> int | None:
-        if not self.stop:
-            return None
+    def _find_stop(self, text: str) -> tuple[int, int] | None:
+        """(index, length) of the earliest stop string in the unsettled text, if any."""
         begin = max(0, self.emitted - self.hold)
-        hits = [i for i in (text.find(s, begin) for s in self.stop) if i >= 0]
+        hits = [(text.find(s, begin), len(s)) for s in self.stop]
+        hits = [h for h in hits if h[0] >= 0]
         return min(hits) if hits else None

@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from polyverse.backends.transformers import TransformersBackend
+from polyverse.draft import Draft
+from polyverse.layout import chain_feed, draft_feed
+from polyverse.models.tiny import tiny_model
+
+
+@torch.no_grad()
+def reference_logits(model, tokens):
+    """Logits of a plain full forward pass, no cache: [len(tokens), V]."""
+    return model(input_ids=torch.tensor([tokens])).logits[0].float()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=11)
+
+
+def test_tree_pass_matches_separate_passes(model):
+    be = TransformersBackend(model)
+    ctx = [5, 17, 42, 8, 9, 33]
+    be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
+    be.commit(range(len(ctx) - 1))
+    # two branches below the pending token: (20, 21) and (30, 31, 32)
+    draft = Draft((20, 21, 30, 31, 32), (-1, 0, -1, 2, 3))
+    logits = be.forward(draft_feed(ctx[-1], len(ctx) - 1, draft))  # [6, V]
+    ref_a = reference_logits(model, ctx + [20, 21])
+    ref_b = reference_logits(model, ctx + [30, 31, 32])
+    assert torch.allclose(logits[0], ref_a[len(ctx) - 1], atol=1e-4)
+    assert torch.allclose(logits[1:3], ref_a[len(ctx):], atol=1e-4)
+    assert torch.allclose(logits[3:6], ref_b[len(ctx):], atol=1e-4)
+
+
+def test_commit_of_a_branch_then_continue(model):
+    be = TransformersBackend(model)
+    ctx = [5, 17, 42, 8]
+    be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
+    be.commit(range(3))
+    draft = Draft((20, 21, 30, 31), (-1, 0, -1, 2))
+    be.forward(draft_feed(ctx[-1], 3, draft))
+    be.commit([0, 3, 4])  # keep pending token + the second branch (30, 31)
+    assert be.length == 6
+    nxt = be.forward(chain_feed([77], 6))
+    ref = reference_logits(model, ctx + [30, 31, 77])
+    assert torch.allclose(nxt[0], ref[-1], atol=1e-4)
+
+
+def test_logits_for_selects_rows(model):
+    be = TransformersBackend(model)
+    full = be.forward(chain_feed([1, 2, 3, 4], 0))
+    be.truncate(0)
+    some = be.forward(chain_feed([1, 2, 3, 4], 0), logits_for=[1, 3])
+    assert torch.allclose(some, full[[1, 3]], atol=1e-5)
+    be.truncate(0)
+    last = be.forward(chain_feed([1, 2, 3, 4], 0), logits_for=[3])
+    assert torch.allclose(last[0], full[3], atol=1e-5)
+
+
+def test_forward_twice_without_commit_is_an_error(model):
+    be = TransformersBackend(model)
+    be.forward(chain_feed([1, 2], 0))
+    with pytest.raises(RuntimeError):
+        be.forward(chain_feed([3], 2))
+
+
+def test_truncate_and_fork(model):
+    be = TransformersBackend(model)
+    be.forward(chain_feed([1, 2, 3, 4, 5], 0), logits_for=[])
+    be.commit(range(5))
+    other = be.fork()
+    be.truncate(2)
+    assert be.length == 2 and other.length == 5
+    a = be.forward(chain_feed([9], 2))
+    b = other.forward(chain_feed([9], 5))
+    assert torch.allclose(a[0], reference_logits(model, [1, 2, 9])[-1], atol=1e-4)
+    assert torch.allclose(b[0], reference_logits(model, [1, 2, 3, 4, 5, 9])[-1], atol=1e-4)
+    with pytest.raises(ValueError):
+        other.commit([3, 1])

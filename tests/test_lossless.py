@@ -1,0 +1,141 @@
+"""Every method must be lossless: greedy identical to AR greedy, sampling with the AR distribution."""
+
+from collections import Counter
+from functools import lru_cache
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from polyverse import registry
+from polyverse.backends.transformers import TransformersBackend
+from polyverse.config import GenerationConfig, SamplingConfig
+from polyverse.loop import decode
+from polyverse.models.tiny import tiny_model
+from polyverse.registry import MethodContext
+from polyverse.sampling import make_generator
+
+from stats_util import Z_REJECT, chi_square_z
+
+# methods with the options to test them under; later methods add themselves here
+LOSSLESS_CASES = [("jacobi", {"block": 1}), ("jacobi", {"block": 4}), ("jacobi", {"block": 16})]
+
+
+@lru_cache(maxsize=None)
+def model(seed: int, vocab: int):
+    return tiny_model(seed=seed, vocab_size=vocab)
+
+
+def run(method, options, m, prompt, cfg, seed=0):
+    spec = registry.get(method)
+    be = TransformersBackend(m)
+    proposer = spec.factory(spec.make_config(options), MethodContext(be, cfg.sampling))
+    steps = list(decode(be, proposer, prompt, cfg, make_generator(seed)))
+    return [t for s in steps for t in s.tokens], steps
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 7),
+    vocab=st.sampled_from([8, 100]),
+    prompt=st.lists(st.integers(3, 7), min_size=1, max_size=24),
+    max_new=st.integers(1, 48),
+    case=st.sampled_from(LOSSLESS_CASES),
+)
+def test_greedy_equals_ar(seed, vocab, prompt, max_new, case):
+    m = model(seed, vocab)
+    cfg = GenerationConfig(max_new_tokens=max_new)
+    ar, _ = run("ar", {}, m, prompt, cfg)
+    got, _ = run(*case, m, prompt, cfg)
+    assert got == ar
+
+
+@pytest.mark.parametrize("method,options", LOSSLESS_CASES[1:])
+def test_guesses_are_both_accepted_and_rejected(method, options):
+    accepted = drafted = passes = produced = 0
+    for seed in range(6):
+        cfg = GenerationConfig(max_new_tokens=40)
+        _, steps = run(method, options, model(seed, 8), [3, 4, 5, 6], cfg)
+        accepted += sum(s.stats.accepted - 1 for s in steps)
+        drafted += sum(s.stats.drafted for s in steps)
+        passes += len(steps)
+        produced += sum(len(s.tokens) for s in steps)
+    assert accepted > 0, "no guess was ever accepted: the test does not exercise acceptance"
+    assert accepted < drafted, "every guess was accepted: the test does not exercise rejection"
+    assert passes < produced  # more than one token per pass on average
+
+
+def test_eos_stops_and_max_new_tokens_bounds():
+    m = model(2, 8)
+    ar, _ = run("ar", {}, m, [3, 4], GenerationConfig(max_new_tokens=30))
+    eos = ar[5]
+    cfg = GenerationConfig(max_new_tokens=30, eos_token_ids=(eos,))
+    for method, options in [("ar", {})] + LOSSLESS_CASES:
+        got, steps = run(method, options, m, [3, 4], cfg)
+        assert got == ar[: ar.index(eos) + 1]
+        assert steps[-1].finish_reason == "eos"
+        got, steps = run(method, options, m, [3, 4], GenerationConfig(max_new_tokens=7))
+        assert len(got) == 7 and steps[-1].finish_reason == "length"
+
+
+@pytest.mark.parametrize("method,options", [("ar", {}), ("jacobi", {"block": 4})])
+def test_sampling_with_a_seed_is_reproducible(method, options):
+    m = model(1, 100)
+    cfg = GenerationConfig(max_new_tokens=30, sampling=SamplingConfig(1.0, top_k=20, top_p=0.95))
+    a, _ = run(method, options, m, [5, 6, 7], cfg, seed=42)
+    b, _ = run(method, options, m, [5, 6, 7], cfg, seed=42)
+    c, _ = run(method, options, m, [5, 6, 7], cfg, seed=43)
+    assert a == b
+    assert a != c
+
+
+@torch.no_grad()
+def exact_distribution(m, prompt, temperature, length=3):
+    """P(t1..t_length | prompt) of AR sampling, enumerated exactly over a small vocabulary."""
+    seqs = torch.tensor([prompt])  # [1, L]
+    probs = torch.ones(1)  # [S]
+    for _ in range(length):
+        nxt = torch.softmax(m(input_ids=seqs).logits[:, -1] / temperature, -1)  # [S, V]
+        vocab = nxt.shape[-1]
+        probs = (probs[:, None] * nxt).reshape(-1)  # [S * V]
+        seqs = torch.cat([seqs.repeat_interleave(vocab, 0), torch.arange(vocab).repeat(seqs.shape[0])[:, None]], 1)
+    start = len(prompt)
+    return {tuple(s[start:].tolist()): float(p) for s, p in zip(seqs, probs)}
+
+
+def sample_runs(method, options, m, prompt, temperature, n, length=3):
+    cfg = GenerationConfig(max_new_tokens=length, sampling=SamplingConfig(temperature))
+    spec = registry.get(method)
+    be = TransformersBackend(m)
+    gen = make_generator(2024)
+    counts: Counter = Counter()
+    accepted = 0
+    for _ in range(n):
+        proposer = spec.factory(spec.make_config(options), MethodContext(be, cfg.sampling))
+        steps = list(decode(be, proposer, prompt, cfg, gen))
+        counts[tuple(t for s in steps for t in s.tokens)] += 1
+        accepted += sum(s.stats.accepted - 1 for s in steps)
+    return counts, accepted
+
+
+PROMPT = [3, 5, 4, 3, 5, 4]
+
+
+@pytest.mark.parametrize("method,options", [("ar", {}), ("jacobi", {"block": 3})])
+def test_sampling_matches_the_ar_distribution(method, options):
+    m = model(4, 8)
+    exact = exact_distribution(m, PROMPT, 1.0)
+    counts, accepted = sample_runs(method, options, m, PROMPT, 1.0, 3000)
+    assert chi_square_z(counts, exact) < Z_REJECT
+    if method != "ar":
+        # a good share of the tokens came from accepted guesses
+        assert accepted > 300
+
+
+def test_distribution_check_has_power():
+    """Samples at the wrong temperature must be rejected by the same check."""
+    m = model(4, 8)
+    exact = exact_distribution(m, PROMPT, 1.0)
+    counts, _ = sample_runs("ar", {}, m, PROMPT, 0.7, 3000)
+    assert chi_square_z(counts, exact) > Z_REJECT
