@@ -54,6 +54,7 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = True) -> Path:
     """Dequantise a GGUF to an fp32 safetensors HF directory at ``out`` (written atomically)."""
     from rich.progress import Progress
 
+    hf_logging.disable_progress_bar()  # one bar: ours
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
