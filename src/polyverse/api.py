@@ -70,6 +70,7 @@ class Model:
         self.tokenizer = tokenizer
         self.name = name
         self.backend = TransformersBackend(hf_model)
+        self.resources: dict[str, Any] = {}  # per-model caches of methods (draft models, cost curves)
 
     @property
     def max_length(self) -> int:
@@ -140,8 +141,8 @@ class Model:
                 raise ConfigError(f"the prompt is {len(ids)} tokens long; the model's context holds {self.max_length}")
         else:
             ids = self.encode(prompt, chat)
-        proposer = spec.factory(method_cfg, MethodContext(self.backend, gen_cfg.sampling))
         gen = generator if generator is not None else make_generator(seed)
+        proposer = spec.factory(method_cfg, MethodContext(self.backend, gen_cfg.sampling, gen, self))
         holder: dict = {}
         return Stream(self._run(ids, proposer, gen_cfg, gen, method, holder), holder)
 

@@ -42,6 +42,31 @@ class Draft:
         tokens = tuple(int(t) for t in tokens)
         return cls(tokens, tuple(range(-1, len(tokens) - 1)), probs)
 
+    @classmethod
+    def tree(cls, sequences, base: "Draft | None" = None) -> "Draft":
+        """Merge candidate continuations into a trie: shared prefixes become shared nodes.
+
+        With ``base``, the sequences are inserted below the root of that deterministic draft,
+        reusing its nodes wherever (parent, token) already exists.
+
+        Example: [[1, 2, 3], [1, 2, 4], [5]] -> tokens (1, 2, 3, 4, 5), parents (-1, 0, 1, 1, -1).
+        """
+        tokens: list[int] = list(base.tokens) if base is not None else []
+        parents: list[int] = list(base.parents) if base is not None else []
+        index: dict[tuple[int, int], int] = {}
+        for i, (t, p) in enumerate(zip(tokens, parents)):
+            index.setdefault((p, t), i)
+        for seq in sequences:
+            node = -1
+            for t in seq:
+                key = (node, int(t))
+                if key not in index:
+                    index[key] = len(tokens)
+                    tokens.append(int(t))
+                    parents.append(node)
+                node = index[key]
+        return cls(tuple(tokens), tuple(parents))
+
     def depths(self) -> tuple[int, ...]:
         """Depth of each node below the pending token (children of the root have depth 1)."""
         out: list[int] = []

@@ -21,10 +21,17 @@ from .loop import Proposer
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What a proposer factory may use: the backend it will run on, the sampling settings."""
+    """What a proposer factory may use.
+
+    backend: the target backend the proposer will run against; sampling: the SamplingConfig;
+    generator: the request's random stream (the same one verification draws from);
+    model: the polyverse Model being served (tokenizer, weights, per-model resources), or None.
+    """
 
     backend: Any
     sampling: Any
+    generator: Any = None
+    model: Any = None
 
 
 @dataclass(frozen=True)

@@ -28,18 +28,23 @@ def verify_greedy(draft: Draft, logits: torch.Tensor) -> Verdict:
     """Longest path whose every token is the target's argmax, plus the argmax after it.
 
     Example: draft chain (5, 7, 9), argmax per row (5, 7, 3, 4) -> accepted nodes (0, 1),
-    tokens (5, 7, 3): 9 is rejected and the target's 3 is the bonus token.
+    tokens (5, 7, 3): 9 is rejected and the target's 3 is the bonus token. When several
+    children carry the argmax token, the one leading to the longest accepted path wins.
     """
     best = logits.argmax(dim=-1).tolist()  # [1 + n]
-    node, path = -1, []
-    while True:
-        want = best[node + 1]
-        nxt = next((c for c in draft.children(node) if draft.tokens[c] == want), None)
-        if nxt is None:
-            tokens = tuple(draft.tokens[i] for i in path) + (want,)
-            return Verdict(tuple(path), tokens)
-        path.append(nxt)
-        node = nxt
+    kids: dict[int, list[int]] = {}
+    for i, p in enumerate(draft.parents):
+        if draft.tokens[i] == best[p + 1]:
+            kids.setdefault(p, []).append(i)
+
+    def longest(node: int) -> list[int]:
+        paths = [[c] + longest(c) for c in kids.get(node, ())]
+        return max(paths, key=len) if paths else []
+
+    path = longest(-1)
+    last = path[-1] if path else -1
+    tokens = tuple(draft.tokens[i] for i in path) + (best[last + 1],)
+    return Verdict(tuple(path), tokens)
 
 
 def verify_sampled(draft: Draft, probs: torch.Tensor, generator: torch.Generator) -> Verdict:

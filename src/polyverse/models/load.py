@@ -75,6 +75,10 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = True) -> Path:
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PolyverseError(f"cannot convert '{gguf}': {first}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

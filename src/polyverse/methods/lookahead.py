@@ -1,0 +1,118 @@
+"""`lookahead`: lookahead decoding (Fu et al. 2024) with a 2D Jacobi window and an n-gram pool.
+
+One pass carries two branches below the pending token:
+- the lookahead branch: (N-1) levels of W guessed tokens. Level 0 is a causal chain; level l
+  column i hangs below level l-1 column i. So level l column i sees level-0 columns 0..i and
+  column i of levels 1..l, at position p+1+i+l: a tree, so the shared layout handles it.
+- the verification branch: up to G n-grams from the pool whose first token is the pending one,
+  merged into the same tree (shared prefixes share nodes).
+After the pass, column i yields the n-gram (level 0..N-2 of column i, the argmax at its last
+level), which enters the pool; the levels shift up and the argmaxes become the new last level.
+Accepted tokens may come from either branch; verification is the shared lossless one.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..draft import Draft
+from ..errors import ConfigError
+from ..loop import Observation
+
+
+@dataclass(frozen=True)
+class LookaheadConfig:
+    window: int = 5  # W: columns of the lookahead window
+    ngram: int = 3  # N: n-gram size (the window has N-1 levels)
+    guesses: int = 5  # G: most n-grams verified per pass
+    prompt_pool: bool = True  # seed the pool with the prompt's n-grams
+    seed: int = 0  # seed of the window's initial guesses
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.window, int) or not 1 <= self.window <= 64:
+            raise ConfigError(f"lookahead window W must be an integer in [1, 64], got {self.window!r}")
+        if not isinstance(self.ngram, int) or not 2 <= self.ngram <= 16:
+            raise ConfigError(f"lookahead ngram N must be an integer in [2, 16], got {self.ngram!r}")
+        if not isinstance(self.guesses, int) or not 0 <= self.guesses <= 64:
+            raise ConfigError(f"lookahead guesses G must be an integer in [0, 64], got {self.guesses!r}")
+
+
+def window_draft(levels: list[list[int]]) -> Draft:
+    """The lookahead branch as a tree; node of level l, column i is l * W + i.
+
+    Example: W = 2, levels [[a, b], [c, d]] -> tokens (a, b, c, d), parents (-1, 0, 0, 1).
+    """
+    w = len(levels[0])
+    tokens: list[int] = []
+    parents: list[int] = []
+    for l, level in enumerate(levels):
+        for i, t in enumerate(level):
+            tokens.append(int(t))
+            parents.append((i - 1) if l == 0 else (l - 1) * w + i)
+    return Draft(tuple(tokens), tuple(parents))
+
+
+class NgramPool:
+    """n-gram tails keyed by their first token, most recent last, at most ``cap`` per key."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.table: dict[int, OrderedDict] = defaultdict(OrderedDict)
+
+    def add(self, first: int, tail: tuple[int, ...]) -> None:
+        entry = self.table[first]
+        entry[tail] = None
+        entry.move_to_end(tail)
+        while len(entry) > self.cap:
+            entry.popitem(last=False)
+
+    def get(self, first: int, limit: int) -> list[tuple[int, ...]]:
+        entry = self.table.get(first)
+        return list(reversed(entry))[:limit] if entry else []
+
+
+class LookaheadProposer:
+    def __init__(self, config: LookaheadConfig) -> None:
+        self.cfg = config
+        self.levels: list[list[int]] = []
+        self.pool = NgramPool(max(config.guesses, 1))
+        self.seen = 0  # context tokens whose n-grams are in the pool
+
+    def start(self, context: Sequence[int]) -> None:
+        w, n = self.cfg.window, self.cfg.ngram
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        picks = torch.randint(0, len(context), ((n - 1) * w,), generator=g).tolist()
+        self.levels = [[int(context[j]) for j in picks[l * w : (l + 1) * w]] for l in range(n - 1)]
+        self.pool = NgramPool(max(self.cfg.guesses, 1))
+        self.seen = 0
+        if self.cfg.prompt_pool:
+            self._pool_text(context)
+
+    def _pool_text(self, context: Sequence[int]) -> None:
+        n = self.cfg.ngram
+        for start in range(max(self.seen - n + 1, 0), len(context) - n + 1):
+            self.pool.add(int(context[start]), tuple(int(t) for t in context[start + 1 : start + n]))
+        self.seen = len(context)
+
+    def propose(self, context: Sequence[int]) -> Draft:
+        guesses = self.pool.get(int(context[-1]), self.cfg.guesses) if self.cfg.guesses else []
+        return Draft.tree(guesses, base=window_draft(self.levels))
+
+    def observe(self, obs: Observation) -> None:
+        w, n = self.cfg.window, self.cfg.ngram
+        last = (n - 2) * w  # first node of the last level
+        out = obs.logits[last + 1 : last + 1 + w].argmax(dim=-1).tolist()  # [W]
+        for i in range(w):
+            column = [self.levels[l][i] for l in range(n - 1)] + [out[i]]
+            self.pool.add(column[0], tuple(column[1:]))
+        self.levels = self.levels[1:] + [out]
+        if self.cfg.prompt_pool:
+            self._pool_text(obs.context)
+
+
+def make(config: LookaheadConfig, ctx) -> LookaheadProposer:
+    return LookaheadProposer(config)
