@@ -1,7 +1,7 @@
 """Built-in methods, registered by name in ``polyverse.registry``."""
 
 from ..registry import registry
-from . import ar, draft_model, jacobi, lookahead, prompt_lookup
+from . import ar, auto, draft_model, jacobi, lookahead, prompt_lookup
 
 registry.register("ar", ar.ARConfig, ar.make, "plain autoregressive decoding: one token per pass (the reference)")
 registry.register("jacobi", jacobi.JacobiConfig, jacobi.make, "Jacobi / CLLM decoding: refine a block of guesses in parallel")
@@ -13,3 +13,5 @@ registry.register("draft", draft_model.DraftConfig, draft_model.make_draft,
                   "speculative decoding with a draft model that shares the tokenizer")
 registry.register("early_exit", draft_model.EarlyExitConfig, draft_model.make_early_exit,
                   "speculative decoding drafted by the target's own first L layers")
+registry.register("auto", auto.AutoConfig, auto.make,
+                  "adaptive: n-gram speculation or plain decoding per step, draft size from measured pass costs")

@@ -1,0 +1,102 @@
+"""The measured cost of a forward pass as a function of the tokens it feeds, per backend.
+
+Parallel decoding pays off only where feeding q tokens costs much less than q passes; how much
+less depends on the model, the backend and the machine. ``cost_curve`` measures it once (median
+of a few timed passes per size after a warm-up) and caches it on disk and in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from bisect import bisect_left
+from dataclasses import dataclass
+
+import torch
+
+from .draft import Draft
+from .layout import chain_feed, draft_feed
+
+SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+@dataclass(frozen=True)
+class CostCurve:
+    sizes: tuple[int, ...]
+    seconds: tuple[float, ...]  # median seconds of one pass feeding sizes[i] tokens
+
+    def __call__(self, q: int) -> float:
+        """Seconds of a pass feeding q tokens, linearly interpolated (extrapolated past the end).
+
+        Example: sizes (1, 4), seconds (0.06, 0.09) -> cost(2) = 0.07.
+        """
+        s, c = self.sizes, self.seconds
+        if q <= s[0]:
+            return c[0]
+        i = bisect_left(s, q)
+        if i == len(s):
+            i -= 1
+        lo, hi = s[i - 1], s[i]
+        return c[i - 1] + (c[i] - c[i - 1]) * (q - lo) / (hi - lo)
+
+    def relative(self, q: int) -> float:
+        return self(q) / self.seconds[0]
+
+
+def measure(backend, context_len: int = 256, reps: int = 5, sizes=SIZES) -> CostCurve:
+    """Time passes of each size over a context of ``context_len`` tokens (resets the backend)."""
+    room = backend.max_length - 1
+    context_len = min(context_len, max(room - max(sizes), 1))
+    sizes = tuple(q for q in sizes if context_len + q <= room) or (1,)
+    vocab = backend.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.randint(0, vocab, (context_len,), generator=g).tolist()
+    backend.reset()
+    backend.forward(chain_feed(ctx, 0), logits_for=[])
+    backend.commit(range(context_len))
+    out = []
+    for q in sizes:
+        draft = Draft.chain(torch.randint(0, vocab, (q - 1,), generator=g).tolist())
+        times = []
+        for rep in range(reps + 1):
+            t0 = time.perf_counter()
+            backend.forward(draft_feed(ctx[-1], context_len, draft))
+            backend.commit([])
+            if rep:  # the first one warms up
+                times.append(time.perf_counter() - t0)
+        out.append(statistics.median(times))
+    backend.reset()
+    return CostCurve(sizes, tuple(out))
+
+
+def model_key(model) -> str:
+    hf = model.hf_model
+    n = sum(p.numel() for p in hf.parameters())
+    raw = f"{model.name}|{n}|{next(hf.parameters()).dtype}|{torch.get_num_threads()}|{torch.__version__}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def cost_curve(model, backend) -> CostCurve:
+    """The cached curve of this model on this machine; measured on first use."""
+    from .models.load import cache_dir
+
+    if "cost_curve" in model.resources:
+        return model.resources["cost_curve"]
+    path = cache_dir() / "costs" / f"{model_key(model)}.json"
+    curve = None
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            curve = CostCurve(tuple(data["sizes"]), tuple(data["seconds"]))
+        except (ValueError, KeyError, TypeError):
+            curve = None
+    if curve is None:
+        curve = measure(backend)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"sizes": curve.sizes, "seconds": curve.seconds, "model": model.name}))
+        tmp.replace(path)
+    model.resources["cost_curve"] = curve
+    return curve
