@@ -20,3 +20,25 @@ def test_jacobi_greedy_equals_ar_on_the_bundled_model(bundled, prompt):
         assert jac.token_ids == ar.token_ids, f"block {block} diverged"
         assert jac.text == ar.text
         assert jac.stats.passes <= ar.stats.passes
+
+
+METHODS = [
+    ("lookahead", {"window": 4, "ngram": 3, "guesses": 4}),
+    ("prompt_lookup", {}),
+    ("early_exit", {"layers": 8, "k": 3}),
+    ("draft", {"model": "SmolLM2-135M-Instruct", "k": 4}),
+    ("auto", {}),
+]
+
+
+@pytest.fixture(scope="module")
+def references(bundled):
+    return {p: bundled.generate(p, method="ar", max_new_tokens=64).token_ids for p in PROMPTS}
+
+
+@pytest.mark.bundled
+@pytest.mark.parametrize("method,options", METHODS)
+def test_every_method_greedy_equals_ar_on_the_bundled_model(bundled, references, method, options):
+    for prompt in PROMPTS:
+        got = bundled.generate(prompt, method=method, options=options, max_new_tokens=64)
+        assert got.token_ids == references[prompt], f"{method} diverged on {prompt[:30]!r}"

@@ -34,10 +34,9 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def _method_options(block: Optional[int], option: list[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if block is not None:
-        options["block"] = block
+def _method_options(flags: dict[str, Any], option: list[str]) -> dict[str, Any]:
+    """Method options from the dedicated flags that were given, then from --option KEY=VALUE."""
+    options: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     for item in option:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -49,7 +48,7 @@ def _method_options(block: Optional[int], option: list[str]) -> dict[str, Any]:
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="The prompt (a user message when --chat)."),
-    method: str = typer.Option("ar", "--method", "-m", help="Decoding method (see `polyverse methods`)."),
+    method: str = typer.Option("auto", "--method", "-m", help="Decoding method (see `polyverse methods`)."),
     model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Apply the chat template (default: when the model has one)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Most tokens to generate."),
@@ -59,6 +58,15 @@ def generate(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampling random stream."),
     stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
     block: Optional[int] = typer.Option(None, "--block", help="jacobi: tokens guessed per pass."),
+    window: Optional[int] = typer.Option(None, "--window", help="lookahead: window W."),
+    ngram: Optional[int] = typer.Option(None, "--ngram", help="lookahead: n-gram size N; prompt_lookup/auto: longest match."),
+    guesses: Optional[int] = typer.Option(None, "--guesses", help="lookahead: n-grams verified per pass G."),
+    num_tokens: Optional[int] = typer.Option(None, "--num-tokens", help="prompt_lookup: tokens drafted per candidate."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="prompt_lookup/auto: continuations per pass."),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model", help="draft: the draft model (same tokenizer)."),
+    k: Optional[int] = typer.Option(None, "--k", help="draft/early_exit: tokens drafted per pass."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="early_exit: the target's first L layers draft."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="auto: most draft tokens per candidate."),
     option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text, token ids, statistics) instead."),
 ) -> None:
@@ -68,7 +76,9 @@ def generate(
             raise ConfigError("the prompt is empty")
         GenerationConfig(max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p), stop=tuple(stop))
         spec = registry.get(method)
-        options = _method_options(block, option)
+        flags = dict(block=block, window=window, ngram=ngram, guesses=guesses, num_tokens=num_tokens,
+                     candidates=candidates, model=draft_model, k=k, layers=layers, max_tokens=max_tokens)
+        options = _method_options(flags, option)
         spec.make_config(options)
 
         from .api import load

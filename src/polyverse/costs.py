@@ -11,6 +11,7 @@ import hashlib
 import json
 import statistics
 import time
+import weakref
 from bisect import bisect_left
 from dataclasses import dataclass
 
@@ -46,7 +47,10 @@ class CostCurve:
 
 
 def measure(backend, context_len: int = 256, reps: int = 5, sizes=SIZES) -> CostCurve:
-    """Time passes of each size over a context of ``context_len`` tokens (resets the backend)."""
+    """Time passes of each size over a context of ``context_len`` tokens (resets the backend).
+
+    Each timed pass reads the logits of its first row, as verification always does.
+    """
     room = backend.max_length - 1
     context_len = min(context_len, max(room - max(sizes), 1))
     sizes = tuple(q for q in sizes if context_len + q <= room) or (1,)
@@ -62,7 +66,8 @@ def measure(backend, context_len: int = 256, reps: int = 5, sizes=SIZES) -> Cost
         times = []
         for rep in range(reps + 1):
             t0 = time.perf_counter()
-            backend.forward(draft_feed(ctx[-1], context_len, draft))
+            logits = backend.forward(draft_feed(ctx[-1], context_len, draft))
+            logits[0]  # a rejected draft still reads its first block of rows
             backend.commit([])
             if rep:  # the first one warms up
                 times.append(time.perf_counter() - t0)
@@ -78,10 +83,22 @@ def model_key(model) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # bare models (no polyverse Model)
+
+
 def cost_curve(model, backend) -> CostCurve:
-    """The cached curve of this model on this machine; measured on first use."""
+    """The cached curve of this model on this machine; measured on first use.
+
+    ``model`` is the polyverse Model (curve cached in memory and on disk), or None for a bare
+    backend (curve measured quickly and kept in memory while its weights live).
+    """
     from .models.load import cache_dir
 
+    if model is None:
+        hf = backend.model
+        if hf not in _MEMO:
+            _MEMO[hf] = measure(backend, context_len=32, reps=2)
+        return _MEMO[hf]
     if "cost_curve" in model.resources:
         return model.resources["cost_curve"]
     path = cache_dir() / "costs" / f"{model_key(model)}.json"
@@ -89,14 +106,15 @@ def cost_curve(model, backend) -> CostCurve:
     if path.exists():
         try:
             data = json.loads(path.read_text())
-            curve = CostCurve(tuple(data["sizes"]), tuple(data["seconds"]))
+            if data.get("version") == 2:
+                curve = CostCurve(tuple(data["sizes"]), tuple(data["seconds"]))
         except (ValueError, KeyError, TypeError):
             curve = None
     if curve is None:
         curve = measure(backend)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"sizes": curve.sizes, "seconds": curve.seconds, "model": model.name}))
+        tmp.write_text(json.dumps({"sizes": curve.sizes, "seconds": curve.seconds, "model": model.name, "version": 2}))
         tmp.replace(path)
     model.resources["cost_curve"] = curve
     return curve

@@ -31,23 +31,29 @@ def verify_greedy(draft: Draft, logits: torch.Tensor) -> Verdict:
     tokens (5, 7, 3): 9 is rejected and the target's 3 is the bonus token. When several
     children carry the argmax token, the one leading to the longest accepted path wins.
     """
-    best = logits.argmax(dim=-1).tolist()  # [1 + n]
-    kids: dict[int, list[int]] = {}
+    best: dict[int, int] = {}  # feed row -> argmax; rows are read lazily, root side first
+
+    def argmax(row: int) -> int:
+        if row not in best:
+            best[row] = int(logits[row].argmax())
+        return best[row]
+
+    children: dict[int, list[int]] = {}
     for i, p in enumerate(draft.parents):
-        if draft.tokens[i] == best[p + 1]:
-            kids.setdefault(p, []).append(i)
+        children.setdefault(p, []).append(i)
 
     def longest(node: int) -> list[int]:
-        paths = [[c] + longest(c) for c in kids.get(node, ())]
+        want = argmax(node + 1)
+        paths = [[c] + longest(c) for c in children.get(node, ()) if draft.tokens[c] == want]
         return max(paths, key=len) if paths else []
 
     path = longest(-1)
     last = path[-1] if path else -1
-    tokens = tuple(draft.tokens[i] for i in path) + (best[last + 1],)
+    tokens = tuple(draft.tokens[i] for i in path) + (argmax(last + 1),)
     return Verdict(tuple(path), tokens)
 
 
-def verify_sampled(draft: Draft, probs: torch.Tensor, generator: torch.Generator) -> Verdict:
+def verify_sampled(draft: Draft, probs, generator: torch.Generator) -> Verdict:
     """Lossless speculative sampling over a tree (multi-candidate, SpecInfer-style).
 
     ``probs`` [1 + n, V] is the target distribution p at each feed row. At a node, each child x
@@ -91,4 +97,15 @@ def verify(draft: Draft, logits: torch.Tensor, cfg: SamplingConfig, generator: t
     """Greedy check for temperature 0, lossless speculative sampling otherwise."""
     if cfg.greedy:
         return verify_greedy(draft, logits)
-    return verify_sampled(draft, target_probs(logits, cfg), generator)
+    return verify_sampled(draft, _RowProbs(logits, cfg), generator)
+
+
+class _RowProbs:
+    """Target distributions of the rows verification reads, computed as they are read."""
+
+    def __init__(self, logits, cfg: SamplingConfig) -> None:
+        self.logits = logits
+        self.cfg = cfg
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        return target_probs(self.logits[row][None], self.cfg)[0]  # [V]

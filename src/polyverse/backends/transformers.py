@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from ..layout import Feed, additive_mask, is_plain_chain
+from ..logits import LazyLogits, eager
 
 
 class TransformersBackend:
@@ -27,13 +28,19 @@ class TransformersBackend:
         self.cache = DynamicCache(config=model.config)
         self._committed = 0
         self._pending = 0
+        # the LM head can run apart from the body when the logits are a plain projection
+        base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+        head = model.get_output_embeddings()
+        plain = getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
+        self._split = (base, head) if base is not None and head is not None and plain else None
 
     @property
     def length(self) -> int:
         return self._committed
 
     @torch.inference_mode()
-    def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> "torch.Tensor | LazyLogits":
+        """Logits [len(logits_for), V] for the named rows; a LazyLogits over every row when None."""
         if self._pending:
             raise RuntimeError("forward called with pending entries: commit first")
         past = self._committed
@@ -45,6 +52,12 @@ class TransformersBackend:
         mask = None
         if not is_plain_chain(feed, past):
             mask = additive_mask(feed.parents, past, self.dtype).to(self.device)  # [1, 1, q, kv]
+        kwargs = dict(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=self.cache, use_cache=True)
+        if logits_for is None and self._split is not None:
+            base, head = self._split
+            hidden = base(**kwargs).last_hidden_state[0]  # [q, H]
+            self._pending = q
+            return LazyLogits(hidden, head, self.vocab_size)
         if logits_for is None:
             keep: int | torch.Tensor = 0
         elif list(logits_for) == list(range(q - len(logits_for), q)):
@@ -53,16 +66,10 @@ class TransformersBackend:
                 keep = torch.empty(0, dtype=torch.long)
         else:
             keep = torch.tensor(list(logits_for), dtype=torch.long, device=self.device)
-        out = self.model(
-            input_ids=ids,
-            position_ids=pos,
-            attention_mask=mask,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=keep,
-        )
+        out = self.model(**kwargs, logits_to_keep=keep)
         self._pending = q
-        return out.logits[0].float()  # [len(logits_for), V]
+        logits = out.logits[0].float()  # [len(logits_for) or q, V]
+        return eager(logits) if logits_for is None else logits
 
     def commit(self, keep: Sequence[int]) -> None:
         keep = list(keep)

@@ -22,10 +22,11 @@ from ..ngrams import NgramIndex
 
 @dataclass(frozen=True)
 class AutoConfig:
-    max_tokens: int = 16  # most draft tokens in one pass
-    ngram: int = 3  # longest suffix n-gram matched
+    max_tokens: int = 24  # most draft tokens per candidate
+    ngram: int = 4  # longest suffix n-gram matched
     decay: float = 0.9  # weight kept by old acceptance evidence at each update
     probe_every: int = 8  # after this many steps without drafting, draft once to re-measure
+    candidates: int = 4  # most continuations verified together
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or not 1 <= self.max_tokens <= 64:
@@ -37,12 +38,12 @@ class AutoConfig:
 
 
 class Acceptance:
-    """Decayed success / failure counts of draft tokens, with a Beta(1, 1) prior."""
+    """Decayed success / failure counts of draft tokens, with a Beta(hits, misses) prior."""
 
-    def __init__(self, decay: float) -> None:
+    def __init__(self, decay: float, hits: float = 1.0, misses: float = 1.0) -> None:
         self.decay = decay
-        self.hits = 1.0
-        self.misses = 1.0
+        self.hits = hits
+        self.misses = misses
 
     @property
     def alpha(self) -> float:
@@ -53,17 +54,19 @@ class Acceptance:
         self.misses = self.misses * self.decay + (1 if accepted < drafted else 0)
 
 
-def best_length(alpha: float, available: int, curve: CostCurve) -> int:
-    """Draft length k in [0, available] maximising (1 + alpha + ... + alpha^k) / c(1 + k).
+def best_length(alpha: float, available: int, curve: CostCurve, width: int = 1) -> int:
+    """Draft length k in [0, available] maximising (1 + alpha + ... + alpha^k) / c(1 + width * k).
 
-    Example: alpha 0.9 on a flat curve -> the longest draft; alpha 0 -> 0 (plain decoding).
+    ``width`` candidates of length k are fed together; only the best one is counted in the
+    expected tokens (the others can only add). Example: alpha 0.9 on a flat curve -> the
+    longest draft; alpha 0 -> 0 (plain decoding).
     """
     best_k, best_rate = 0, 1.0 / curve(1)
     expected, term = 1.0, 1.0
     for k in range(1, available + 1):
         term *= alpha
         expected += term
-        rate = expected / curve(1 + k)
+        rate = expected / curve(1 + width * k)
         if rate > best_rate:
             best_k, best_rate = k, rate
     return best_k
@@ -74,7 +77,8 @@ class AutoProposer:
         self.cfg = config
         self.curve = curve
         self.index = NgramIndex(config.ngram)
-        self.stats = {n: Acceptance(config.decay) for n in range(1, config.ngram + 1)}
+        # longer suffix matches predict better: a more hopeful prior for them
+        self.stats = {n: Acceptance(config.decay, 2.0 if n > 1 else 1.0) for n in range(1, config.ngram + 1)}
         self.idle = 0
         self.last_bucket = 0
         self.choices: dict[str, int] = {"ar": 0, "lookup": 0}
@@ -84,24 +88,29 @@ class AutoProposer:
         self.index.extend(context)
         self.idle = 0
 
-    def _match(self) -> tuple[int, list[int]]:
-        """(length of the matched suffix, continuation) of the longest, most recent match."""
+    def _candidates(self) -> tuple[int, list[list[int]]]:
+        """(suffix length of the best match, continuations: best first, then other matches)."""
+        found: list[list[int]] = []
+        best_n = 0
         for n in range(min(self.cfg.ngram, len(self.index.tokens)), 0, -1):
-            found = self.index.continuations(self.cfg.max_tokens, 1, min_n=n)
-            if found:
-                return n, found[0]
-        return 0, []
+            more = self.index.continuations(self.cfg.max_tokens, self.cfg.candidates, min_n=n)
+            if more and not best_n:
+                best_n = n
+            for c in more:
+                if c not in found:
+                    found.append(c)
+            if len(found) >= self.cfg.candidates:
+                break
+        return best_n, found[: self.cfg.candidates]
 
     def propose(self, context: Sequence[int]) -> Draft:
         self.index.extend(context)
-        n, cont = self._match()
+        n, conts = self._candidates()
         self.last_bucket = 0
-        if not cont:
-            self.choices["ar"] += 1
-            return Draft.empty()
-        k = best_length(self.stats[n].alpha, len(cont), self.curve)
-        if k == 0 and self.idle >= self.cfg.probe_every:
-            k = min(len(cont), 4)  # re-measure acceptance now and then
+        width = len(conts)
+        k = best_length(self.stats[n].alpha, len(conts[0]), self.curve, width) if conts else 0
+        if conts and k == 0 and self.idle >= self.cfg.probe_every:
+            k = min(len(conts[0]), 4)  # re-measure acceptance now and then
         if k == 0:
             self.idle += 1
             self.choices["ar"] += 1
@@ -109,18 +118,12 @@ class AutoProposer:
         self.idle = 0
         self.last_bucket = n
         self.choices["lookup"] += 1
-        return Draft.chain(cont[:k])
+        return Draft.tree([c[:k] for c in conts])
 
     def observe(self, obs: Observation) -> None:
         if self.last_bucket and len(obs.draft):
-            self.stats[self.last_bucket].update(len(obs.verdict.accepted), len(obs.draft))
+            self.stats[self.last_bucket].update(len(obs.verdict.accepted), max(obs.draft.depths()))
 
 
 def make(config: AutoConfig, ctx) -> AutoProposer:
-    if ctx.model is not None:
-        curve = cost_curve(ctx.model, ctx.backend)
-    else:
-        from ..costs import measure
-
-        curve = measure(ctx.backend, context_len=32, reps=2)
-    return AutoProposer(config, curve)
+    return AutoProposer(config, cost_curve(ctx.model, ctx.backend))

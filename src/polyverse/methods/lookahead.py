@@ -81,6 +81,7 @@ class LookaheadProposer:
         self.levels: list[list[int]] = []
         self.pool = NgramPool(max(config.guesses, 1))
         self.seen = 0  # context tokens whose n-grams are in the pool
+        self._window = Draft.empty()  # the lookahead branch of the last draft
 
     def start(self, context: Sequence[int]) -> None:
         w, n = self.cfg.window, self.cfg.ngram
@@ -100,9 +101,15 @@ class LookaheadProposer:
 
     def propose(self, context: Sequence[int]) -> Draft:
         guesses = self.pool.get(int(context[-1]), self.cfg.guesses) if self.cfg.guesses else []
-        return Draft.tree(guesses, base=window_draft(self.levels))
+        self._window = window_draft(self.levels)
+        return Draft.tree(guesses, base=self._window)
 
     def observe(self, obs: Observation) -> None:
+        if self.cfg.prompt_pool:
+            self._pool_text(obs.context)
+        win = self._window
+        if obs.draft.parents[: len(win)] != win.parents:
+            return  # the loop cut the draft (near the length budget): no window update this step
         w, n = self.cfg.window, self.cfg.ngram
         last = (n - 2) * w  # first node of the last level
         out = obs.logits[last + 1 : last + 1 + w].argmax(dim=-1).tolist()  # [W]
@@ -110,8 +117,6 @@ class LookaheadProposer:
             column = [self.levels[l][i] for l in range(n - 1)] + [out[i]]
             self.pool.add(column[0], tuple(column[1:]))
         self.levels = self.levels[1:] + [out]
-        if self.cfg.prompt_pool:
-            self._pool_text(obs.context)
 
 
 def make(config: LookaheadConfig, ctx) -> LookaheadProposer:
