@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import polyverse
+from polyverse.bench.contenders import Contender
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k_test_dev.jsonl"
 FALLBACK = [
@@ -35,21 +36,6 @@ def prompts(n: int) -> list[str]:
     return (FALLBACK * n)[:n]
 
 
-def hf_generate(model, ids: list[int], max_new: int) -> tuple[list[int], float]:
-    inp = torch.tensor([ids])
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = model.hf_model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new,
-                                      do_sample=False, pad_token_id=model.tokenizer.eos_token_id)
-    return out[0, len(ids):].tolist(), time.perf_counter() - t0
-
-
-def pv_generate(model, ids: list[int], max_new: int, method: str, options: dict) -> tuple[list[int], float, float]:
-    t0 = time.perf_counter()
-    g = model.generate(ids, method=method, options=options, max_new_tokens=max_new)
-    return list(g.token_ids), time.perf_counter() - t0, g.stats.mean_accepted
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=8)
@@ -65,32 +51,25 @@ def main() -> None:
     reload_s = time.perf_counter() - t0
     print(f"load: {load_s:.2f} s, second load {reload_s:.2f} s; torch threads {torch.get_num_threads()}")
 
-    contenders = [("generate", None, {})] + [("polyverse ar", "ar", {})] + [
-        (f"polyverse jacobi n={b}", "jacobi", {"block": int(b)}) for b in args.blocks.split(",")
+    contenders = [Contender("generate"), Contender("polyverse ar", "ar")] + [
+        Contender(f"polyverse jacobi n={b}", "jacobi", {"block": int(b)}) for b in args.blocks.split(",")
     ]
     encoded = [model.encode(p, chat=True) for p in prompts(args.prompts)]
-    # warm-up
-    hf_generate(model, encoded[0], 16)
-    for _, method, opts in contenders[1:]:
-        pv_generate(model, encoded[0], 16, method, opts)
+    for c in contenders:  # warm-up
+        c.run(model, encoded[0], 16)
 
-    rates: dict[str, list[float]] = {c[0]: [] for c in contenders}
-    ratios: dict[str, list[float]] = {c[0]: [] for c in contenders}
-    per_pass: dict[str, list[float]] = {c[0]: [] for c in contenders}
-    mismatches: dict[str, int] = {c[0]: 0 for c in contenders}
+    rates: dict[str, list[float]] = {c.name: [] for c in contenders}
+    ratios: dict[str, list[float]] = {c.name: [] for c in contenders}
+    per_pass: dict[str, list[float]] = {c.name: [] for c in contenders}
+    mismatches: dict[str, int] = {c.name: 0 for c in contenders}
     for i, ids in enumerate(encoded):
-        ref, ref_s = hf_generate(model, ids, args.max_new_tokens)
-        base_rate = len(ref) / ref_s
-        rates["generate"].append(base_rate)
-        ratios["generate"].append(1.0)
-        per_pass["generate"].append(1.0)
-        for name, method, opts in contenders[1:]:
-            toks, secs, acc = pv_generate(model, ids, args.max_new_tokens, method, opts)
-            rate = len(toks) / secs
-            rates[name].append(rate)
-            ratios[name].append(rate / base_rate)
-            per_pass[name].append(acc)
-            mismatches[name] += toks != ref
+        runs = {c.name: c.run(model, ids, args.max_new_tokens) for c in contenders}
+        ref, base_rate = runs["generate"].tokens, runs["generate"].rate
+        for name, r in runs.items():
+            rates[name].append(r.rate)
+            ratios[name].append(r.rate / base_rate)
+            per_pass[name].append(r.tokens_per_pass)
+            mismatches[name] += r.tokens != ref
         print(f"prompt {i + 1}/{len(encoded)}: " + ", ".join(f"{n} {rates[n][-1]:.1f} tok/s" for n in rates), flush=True)
 
     print(f"\n{len(encoded)} GSM8K prompts, {args.max_new_tokens} new tokens max, greedy, fp32, "
