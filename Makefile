@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PROMPT ?= Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether?
+PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
 .PHONY: install demo test bench
 
@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/polyverse generate "$(PROMPT)" --method jacobi --block 8 --max-new-tokens 96
+	$(BIN)/polyverse generate "$$(printf '$(PROMPT)')" --method auto --max-new-tokens 96
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/ar_jacobi.py
+	$(BIN)/python bench/methods.py

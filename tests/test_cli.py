@@ -57,6 +57,11 @@ BAD = [
     (["generate", "x", "--block", "0", "-m", "jacobi"], "block"),
     (["generate", "x", "--block", "4", "-m", "ar"], "has no option block"),
     (["generate", "x", "--top-p", "2"], "top_p"),
+    (["generate", "x", "-m", "lookahead", "--window", "0"], "window W must be"),
+    (["generate", "x", "-m", "lookahead", "--ngram", "1"], "ngram N must be"),
+    (["generate", "x", "-m", "draft"], "needs a draft model"),
+    (["generate", "x", "-m", "prompt_lookup", "--window", "3"], "has no option window"),
+    (["generate", "x", "-o", "nokeyvalue"], "KEY=VALUE"),
 ]
 
 
@@ -85,3 +90,19 @@ def test_no_traceback_from_the_real_entry_point(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "is not a model" in r.stderr
+
+
+def test_draft_model_with_another_tokenizer(tiny_dir):
+    r = invoke("generate", "x", "--model", tiny_dir, "-m", "draft", "--draft-model", "SmolLM2-135M-Instruct")
+    assert r.exit_code == 2 and "another tokenizer" in r.stderr
+
+
+def test_method_flags_reach_the_method(tiny_dir, tiny):
+    r = invoke("generate", "Hello Hello Hello", "--model", tiny_dir, "--no-chat", "-n", 16, "--json",
+               "-m", "lookahead", "--window", 2, "--ngram", 2, "--guesses", 1)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    ar = tiny.generate("Hello Hello Hello", method="ar", max_new_tokens=16, chat=False)
+    assert out["token_ids"] == list(ar.token_ids)
+    # W = 2, N = 2: a 2-token window plus at most one 1-token guess per pass
+    assert out["stats"]["drafted"] <= 3 * out["stats"]["passes"]
