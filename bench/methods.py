@@ -79,7 +79,7 @@ def main() -> None:
         report["sets"][set_name] = rows
         print(f"\n{set_name}: {len(prompts)} prompts, {args.max_new_tokens} new tokens max, greedy, fp32, "
               f"{torch.get_num_threads()} threads")
-        print(f"| method | tok/s (median) | x generate (median) | x generate (mean) | tokens/pass | outputs != ar |")
+        print("| method | tok/s (median) | x generate (median) | x generate (mean) | tokens/pass | outputs != ar |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for name, r in rows.items():
             print(f"| {name} | {statistics.median(r['rate']):.1f} | {statistics.median(r['ratio']):.2f} | "

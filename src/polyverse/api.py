@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 
 from .backends.transformers import TransformersBackend
 from .config import GenerationConfig, SamplingConfig
-from .errors import ConfigError, PolyverseError
+from .errors import ConfigError
 from .loop import StepStats, decode
 from .registry import MethodContext, registry
 from .sampling import make_generator

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
 import time
 import weakref
 from bisect import bisect_left

@@ -81,7 +81,6 @@ class AutoProposer:
         self.stats = {n: Acceptance(config.decay, 2.0 if n > 1 else 1.0) for n in range(1, config.ngram + 1)}
         self.idle = 0
         self.last_bucket = 0
-        self.choices: dict[str, int] = {"ar": 0, "lookup": 0}
 
     def start(self, context: Sequence[int]) -> None:
         self.index = NgramIndex(self.cfg.ngram)
@@ -113,11 +112,9 @@ class AutoProposer:
             k = min(len(conts[0]), 4)  # re-measure acceptance now and then
         if k == 0:
             self.idle += 1
-            self.choices["ar"] += 1
             return Draft.empty()
         self.idle = 0
         self.last_bucket = n
-        self.choices["lookup"] += 1
         return Draft.tree([c[:k] for c in conts])
 
     def observe(self, obs: Observation) -> None:
