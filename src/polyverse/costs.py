@@ -107,7 +107,7 @@ def cost_curve(model, backend) -> CostCurve:
     if path.exists():
         try:
             data = json.loads(path.read_text())
-            if data.get("version") == 3:
+            if data.get("version") == 4:
                 curve = CostCurve(tuple(data["sizes"]), tuple(data["seconds"]))
         except (ValueError, KeyError, TypeError):
             curve = None
@@ -115,7 +115,7 @@ def cost_curve(model, backend) -> CostCurve:
         curve = measure(backend)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"sizes": curve.sizes, "seconds": curve.seconds, "model": model.name, "version": 3}))
+        tmp.write_text(json.dumps({"sizes": curve.sizes, "seconds": curve.seconds, "model": model.name, "version": 4}))
         tmp.replace(path)
     model.resources["cost_curve"] = curve
     return curve

@@ -31,7 +31,9 @@ class NgramIndex:
         """Up to ``limit`` distinct continuations (at most k tokens) of the current suffix.
 
         Longer matching n-grams first, then the most recent match first; the suffix itself is
-        not a match of itself.
+        not a match of itself. A match close to the end overlaps its own continuation and is
+        copied on through it, as in LZ77: after [7, 8, 7, 8] the match of (7, 8) ending at 1
+        continues [7, 8, 7, 8, ...] to k tokens, not just the 2 tokens that follow it.
         """
         toks = self.tokens
         last = len(toks) - 1
@@ -41,7 +43,7 @@ class NgramIndex:
             for end in reversed(self.ends.get(tuple(toks[last - n + 1 :]), ())):
                 if end >= last:
                     continue
-                cont = toks[end + 1 : end + 1 + k]
+                cont = _copy(toks, end + 1, k)
                 key = tuple(cont)
                 if cont and key not in seen:
                     seen.add(key)
@@ -49,3 +51,12 @@ class NgramIndex:
                     if len(found) >= limit:
                         return found
         return found
+
+
+def _copy(toks: list[int], start: int, k: int) -> list[int]:
+    """k tokens copied from ``toks[start:]`` onward, through the copy itself past the end."""
+    period = len(toks) - start  # distance between the copied text and the copy
+    out = toks[start : start + k]
+    while 0 < period and len(out) < k:
+        out.append(out[len(out) - period])
+    return out

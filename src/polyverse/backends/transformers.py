@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from ..layout import Feed, additive_mask, is_plain_chain
-from ..logits import LazyLogits, eager
+from ..logits import LazyLogits, Projection, eager
 
 
 class TransformersBackend:
@@ -32,7 +32,7 @@ class TransformersBackend:
         base = getattr(model, getattr(model, "base_model_prefix", ""), None)
         head = model.get_output_embeddings()
         plain = getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
-        self._split = (base, head) if base is not None and head is not None and plain else None
+        self._split = (base, Projection(head)) if base is not None and head is not None and plain else None
 
     @property
     def length(self) -> int:
@@ -53,11 +53,16 @@ class TransformersBackend:
         if not is_plain_chain(feed, past):
             mask = additive_mask(feed.parents, past, self.dtype).to(self.device)  # [1, 1, q, kv]
         kwargs = dict(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=self.cache, use_cache=True)
-        if logits_for is None and self._split is not None:
+        if self._split is not None:
             base, head = self._split
             hidden = base(**kwargs).last_hidden_state[0]  # [q, H]
             self._pending = q
-            return LazyLogits(hidden, head, self.vocab_size)
+            if logits_for is None:
+                return LazyLogits(hidden, head, self.vocab_size)
+            rows = list(logits_for)
+            if not rows:
+                return torch.empty(0, self.vocab_size)
+            return head(hidden[rows])  # [len(logits_for), V]
         if logits_for is None:
             keep: int | torch.Tensor = 0
         elif list(logits_for) == list(range(q - len(logits_for), q)):

@@ -1,0 +1,73 @@
+"""NgramIndex continuations (including self-overlapping copies) and on-demand logits."""
+
+import torch
+from hypothesis import given, settings, strategies as st
+
+from polyverse.logits import LazyLogits, Projection
+from polyverse.ngrams import NgramIndex
+
+
+def test_periodic_text_continues_through_the_copy():
+    idx = NgramIndex(3)
+    idx.extend([7, 8, 7, 8])
+    assert idx.continuations(6, 3) == [[7, 8, 7, 8, 7, 8]]
+
+
+def test_longest_match_first_then_most_recent():
+    idx = NgramIndex(3)
+    idx.extend([1, 2, 3, 9, 2, 4, 1, 2])
+    # (1, 2) ends at 1 -> [3, 9, 2]; then 1-gram (2) ends at 4 -> [4, 1, 2]
+    assert idx.continuations(3, 5) == [[3, 9, 2], [4, 1, 2]]
+
+
+def test_no_match_no_continuation():
+    idx = NgramIndex(2)
+    idx.extend([1, 2, 3])
+    assert idx.continuations(4, 2) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=2, max_size=40), st.integers(1, 12))
+def test_continuation_is_what_a_repeat_of_the_match_would_write(tokens, k):
+    """Following a match ending at e means the text from e+1 repeats: token i of the copy equals
+    text[e + 1 + i] of the text extended by the copy itself."""
+    idx = NgramIndex(3)
+    idx.extend(tokens)
+    for cont in idx.continuations(k, 10):
+        assert 1 <= len(cont) <= k
+        ok = False
+        for e in range(len(tokens) - 1):
+            ext = list(tokens)
+            src = e + 1
+            for t in cont:
+                if ext[src] != t:
+                    break
+                ext.append(t)
+                src += 1
+            else:
+                if tokens[e] == tokens[-1]:
+                    ok = True
+        assert ok
+
+
+def test_lazy_logits_match_the_full_projection():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(20, 16)
+    full = head(hidden).detach()
+    lazy = LazyLogits(hidden, Projection(head), 50)
+    assert torch.allclose(lazy[0], full[0], atol=1e-5)
+    assert lazy.computed() == 1  # the first row read is projected alone
+    assert torch.allclose(lazy[3], full[3], atol=1e-5)
+    assert lazy.computed() == 1 + 8  # later misses project a block
+    assert torch.allclose(lazy[:], full, atol=1e-5)
+
+
+def test_projection_follows_weight_updates():
+    head = torch.nn.Linear(4, 6, bias=False)
+    proj = Projection(head)
+    h = torch.randn(1, 4)
+    proj(h)
+    with torch.no_grad():
+        head.weight.mul_(2.0)
+    assert torch.allclose(proj(h), head(h).detach(), atol=1e-6)
