@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench benchmarks
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# every method against the transformers peers on HumanEval, input-grounded edits and GSM8K (~80 min here)
+BENCH_ARGS ?= --data humaneval,grounded,gsm8k --limit 20 --max-new-tokens 128
 bench: $(STAMP)
-	$(BIN)/python bench/ar_jacobi.py
-	$(BIN)/python bench/methods.py
+	$(BIN)/polyverse bench $(BENCH_ARGS) --out bench-out
+
+# regenerate BENCHMARKS.md and its plots (benchmarks/) from one real run
+benchmarks: $(STAMP)
+	$(BIN)/polyverse bench $(BENCH_ARGS) --out benchmarks --markdown BENCHMARKS.md

@@ -1,4 +1,4 @@
-"""The command line: `polyverse generate`, `polyverse methods`.
+"""The command line: `polyverse generate`, `polyverse methods`, `polyverse bench`.
 
 Bad input ends with a one-line error on stderr and exit status 2, never a traceback.
 """
@@ -114,6 +114,104 @@ def list_methods() -> None:
         opts = ", ".join(f"{k}={v!r}" for k, v in m.options().items()) or "-"
         table.add_row(m.name, opts, m.summary)
     Console().print(table)
+
+
+@app.command()
+def bench(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
+    methods: str = typer.Option("", "--methods", help="Comma-separated polyverse methods (default: every method that "
+                                "needs no extra model; draft too when --draft-model is given)."),
+    data: str = typer.Option("humaneval", "--data", help="Comma-separated: humaneval, gsm8k, grounded, mtbench-like, or PATH.jsonl."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Most new tokens per prompt."),
+    limit: int = typer.Option(20, "--limit", help="Prompts per data set."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (outputs checked against ar)."),
+    out: str = typer.Option("bench-out", "--out", help="Folder for results.json, report.md and the plots."),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model: adds `draft` and generate(assistant_model=)."),
+    prompt_lookup_tokens: int = typer.Option(10, "--prompt-lookup-tokens", help="prompt_lookup_num_tokens of the generate peer."),
+    peers: bool = typer.Option(True, "--peers/--no-peers", help="Include the transformers generate peers."),
+    baseline: str = typer.Option("generate", "--baseline", help="Contender the ratios are taken against."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template on every set (default: chat sets "
+                                        "when the model has one; HumanEval as plain completion)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Method option METHOD.KEY=VALUE (repeatable)."),
+    markdown: Optional[str] = typer.Option(None, "--markdown", help="Also write the report to this file (e.g. BENCHMARKS.md)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampled runs."),
+) -> None:
+    """Measure methods against the transformers peers on data sets: table, results.json, report.md, plots."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .bench import report
+    from .bench.contenders import Contender
+    from .bench.data import load_set, raw_prompts
+    from .bench.runner import REFERENCE, BenchConfig, run_bench
+
+    try:
+        cfg = BenchConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        if methods.strip():
+            wanted = [m.strip() for m in methods.split(",") if m.strip()]
+        else:
+            wanted = [m.name for m in registry if m.name != "draft" or draft_model]
+        per_method: dict[str, dict[str, Any]] = {m: {} for m in wanted}
+        for item in option:
+            key, sep, value = item.partition("=")
+            meth, dot, opt = key.partition(".")
+            if not sep or not dot or not opt:
+                raise ConfigError(f"--option takes METHOD.KEY=VALUE, got '{item}'")
+            if meth not in per_method:
+                raise ConfigError(f"--option '{item}' names method '{meth}', which is not benchmarked")
+            per_method[meth][opt.strip().replace("-", "_")] = _parse_value(value.strip())
+        if "draft" in per_method and draft_model:
+            per_method["draft"].setdefault("model", draft_model)
+        for m, opts in per_method.items():
+            registry.get(m).make_config(opts)  # unknown methods and bad options fail before any loading
+        set_names = [d.strip() for d in data.split(",") if d.strip()]
+        if not set_names:
+            raise ConfigError("--data names no data set")
+        for d in set_names:
+            raw_prompts(d, limit)  # missing files and bad lines fail before the model loads
+
+        from .api import load
+
+        lm = load(model)
+        contenders: list[Contender] = []
+        if peers:
+            contenders.append(Contender("generate"))
+            contenders.append(Contender(f"generate(prompt_lookup={prompt_lookup_tokens})", None,
+                                        {"prompt_lookup_num_tokens": prompt_lookup_tokens}))
+            if draft_model:
+                contenders.append(Contender("generate(assistant_model)", None, {"assistant_model": load(draft_model)}))
+        if REFERENCE not in per_method and temperature == 0:
+            per_method = {REFERENCE: {}, **per_method}  # the exactness reference
+        contenders += [Contender(m, m, opts) for m, opts in per_method.items()]
+        if baseline not in [c.name for c in contenders]:
+            raise ConfigError(f"baseline '{baseline}' is not a contender: {', '.join(c.name for c in contenders)}")
+        cfg = BenchConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, baseline=baseline)
+        sets = [load_set(d, lm, limit, chat) for d in set_names]
+        total = sum(len(s.prompts) for s in sets) * len(contenders)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=False) as bar:
+            task = bar.add_task("warm-up", total=total)
+            doc = run_bench(lm, contenders, sets, cfg, tick=lambda what: bar.update(task, advance=1, description=what))
+        command = "polyverse bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
+        paths = report.write(doc, Path(out), command)
+        if markdown:
+            md = Path(markdown)
+            rel = Path(out).resolve().relative_to(md.resolve().parent) if Path(out).resolve().is_relative_to(md.resolve().parent) else Path(out).resolve()
+            md.write_text(report.markdown(doc, command, image_prefix=f"{rel.as_posix()}/"))
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted: nothing written", 130)
+    con = Console(width=max(Console().width, 120))
+    for set_name in doc["sets"]:
+        table = Table(title=f"{set_name}: {cfg.max_new_tokens} new tokens, baseline {baseline}")
+        for i, h in enumerate(report.HEADER):
+            table.add_column(h, no_wrap=i == 0, justify="left" if i in (0, 5) else "right")
+        for r in report.table_rows(doc, set_name):
+            table.add_row(*r)
+        con.print(table)
+    con.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def main() -> None:

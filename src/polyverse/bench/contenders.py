@@ -11,35 +11,56 @@ import torch
 @dataclass
 class Run:
     tokens: list[int]
-    seconds: float
-    tokens_per_pass: float = 1.0
+    seconds: float  # the whole request, prefill included
+    passes: int = 0  # decode forward passes (0: not known, e.g. a peer)
+    accepted_per_pass: list[int] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
         return len(self.tokens) / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def tokens_per_pass(self) -> float:
+        return len(self.tokens) / self.passes if self.passes else 1.0
+
 
 @dataclass(frozen=True)
 class Contender:
+    """One row of the table. ``method`` names a polyverse method; None runs transformers
+    `generate` with ``options`` as its keyword arguments (``assistant_model`` given as a
+    loaded polyverse Model is passed on as its transformers model)."""
+
     name: str
-    method: str | None = None  # a polyverse method; None = transformers generate
-    options: dict = field(default_factory=dict)  # method options, or generate kwargs
+    method: str | None = None
+    options: dict = field(default_factory=dict)
 
-    def run(self, model, ids: list[int], max_new_tokens: int) -> Run:
+    @property
+    def is_peer(self) -> bool:
+        return self.method is None
+
+    def run(self, model, ids: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> Run:
         if self.method is None:
-            return hf_generate(model, ids, max_new_tokens, **self.options)
+            return hf_generate(model, ids, max_new_tokens, temperature, seed, **self.options)
         t0 = time.perf_counter()
-        g = model.generate(ids, method=self.method, options=self.options, max_new_tokens=max_new_tokens)
-        return Run(list(g.token_ids), time.perf_counter() - t0, g.stats.mean_accepted)
+        g = model.generate(list(ids), method=self.method, options=self.options, max_new_tokens=max_new_tokens,
+                           temperature=temperature, seed=seed)
+        return Run(list(g.token_ids), time.perf_counter() - t0, g.stats.passes, list(g.stats.accepted_per_pass))
 
 
-def hf_generate(model, ids: list[int], max_new_tokens: int, **kwargs) -> Run:
-    """transformers `generate`, greedy, on the same weights; stops at EOS like polyverse does."""
-    inp = torch.tensor([ids])
+def hf_generate(model, ids: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0, **kwargs) -> Run:
+    """transformers `generate` on the same weights; stops at EOS like polyverse does."""
+    inp = torch.tensor([list(ids)])  # [1, n]
+    if "assistant_model" in kwargs and hasattr(kwargs["assistant_model"], "hf_model"):
+        kwargs["assistant_model"] = kwargs["assistant_model"].hf_model
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    if temperature > 0:
+        torch.manual_seed(seed)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = model.hf_model.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_new_tokens,
-                                      do_sample=False, pad_token_id=model.tokenizer.eos_token_id, **kwargs)
+                                      pad_token_id=model.tokenizer.eos_token_id, **sampling, **kwargs)
     seconds = time.perf_counter() - t0
     tokens = out[0, len(ids):].tolist()
-    return Run(tokens, seconds)
+    eos = set(model.eos_token_ids)
+    cut = next((i for i, t in enumerate(tokens) if t in eos), None)
+    return Run(tokens[: cut + 1] if cut is not None else tokens, seconds)

@@ -1,0 +1,115 @@
+"""`polyverse bench` on a tiny model: end to end, the exactness check, and bad input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from polyverse.bench.contenders import Contender, Run
+from polyverse.bench.data import load_set, read_jsonl
+from polyverse.bench.runner import BenchConfig, run_bench
+from polyverse.cli import app
+from polyverse.errors import ConfigError
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture()
+def data_file(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [{"prompt": "hello there"}, {"question": "what is 2+2?"},
+            {"messages": [{"role": "user", "content": "say hi"}]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_bench_runs_end_to_end_and_writes_its_files(tiny_dir, data_file, tmp_path):
+    out = tmp_path / "out"
+    md = tmp_path / "BENCH.md"
+    r = invoke("bench", "--model", tiny_dir, "--data", f"{data_file},mtbench-like", "--limit", 2, "-n", 12,
+               "--methods", "ar,prompt_lookup,auto", "--out", out, "--markdown", md)
+    assert r.exit_code == 0, r.output
+    for name in ("results.json", "report.md", "speedup.png", "accepted.png"):
+        assert (out / name).stat().st_size > 0
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["sets"]) == {"d", "mtbench-like"}
+    rows = doc["sets"]["d"]
+    assert list(rows) == ["generate", "generate(prompt_lookup=10)", "ar", "prompt_lookup", "auto"]
+    for row in rows.values():
+        assert len(row["prompts"]) == 2
+        assert row["summary"]["exact"] == 2  # lossless methods and greedy peers equal ar
+    assert rows["generate"]["summary"]["ratio_median"] == 1.0
+    assert all(p["accepted_per_pass"] for p in rows["auto"]["prompts"])
+    assert doc["environment"]["threads"] >= 1 and doc["environment"]["torch"]
+    report = (out / "report.md").read_text()
+    assert "| auto |" in report and "speedup.png" in report
+    assert "out/speedup.png" in md.read_text()  # image paths relative to the extra copy
+
+
+class Broken(Contender):
+    """A deliberately wrong method: ar's output with one token changed."""
+
+    def run(self, model, ids, max_new_tokens, temperature=0.0, seed=0):
+        r = Contender("ar", "ar").run(model, ids, max_new_tokens, temperature, seed)
+        tokens = list(r.tokens)
+        tokens[3] = (tokens[3] + 1) % model.backend.vocab_size
+        return Run(tokens, r.seconds, r.passes, r.accepted_per_pass)
+
+
+def test_exactness_check_catches_a_wrong_method(tiny):
+    sets = [load_set("mtbench-like", tiny, 2)]
+    doc = run_bench(tiny, [Contender("generate"), Contender("ar", "ar"), Broken("broken", "ar")], sets,
+                    BenchConfig(max_new_tokens=10))
+    rows = doc["sets"]["mtbench-like"]
+    assert rows["ar"]["summary"]["exact"] == 2
+    assert rows["broken"]["summary"]["exact"] == 0
+    m = rows["broken"]["prompts"][0]["mismatch"]
+    assert m["position"] == 3 and m["got"] == (m["expected"] + 1) % tiny.backend.vocab_size
+    assert m["margin"] > 0  # greedy chose the expected token, so its logit is the larger
+
+
+def test_sampled_runs_are_not_judged(tiny):
+    sets = [load_set("mtbench-like", tiny, 1)]
+    doc = run_bench(tiny, [Contender("generate"), Contender("ar", "ar")], sets,
+                    BenchConfig(max_new_tokens=8, temperature=1.0))
+    assert doc["sets"]["mtbench-like"]["ar"]["summary"]["exact"] is None
+
+
+def test_jsonl_reader_names_the_bad_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "fine"}\n\n{"text": "no usable field"}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl, line 3: no usable field"):
+        read_jsonl(path, 10)
+    path.write_text('{"prompt": "fine"}\n{not json\n')
+    with pytest.raises(ConfigError, match=r"line 2: not valid JSON"):
+        read_jsonl(path, 10)
+
+
+BAD = [
+    (["--data", "/nonexistent/data.jsonl"], "data file not found: /nonexistent/data.jsonl"),
+    (["--data", "nosuchset"], "unknown data set 'nosuchset'"),
+    (["--methods", "ar,warp_drive"], "unknown method 'warp_drive'"),
+    (["--methods", "ar", "-o", "jacobi.block=4"], "names method 'jacobi', which is not benchmarked"),
+    (["--methods", "jacobi", "-o", "jacobi.block=0"], "block"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["-n", "0"], "--max-new-tokens must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_input_is_one_clear_line(args, message):
+    r = invoke("bench", *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr
+    assert "Traceback" not in r.output and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_jsonl_line_is_named_on_the_command_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"prompt": "a"}\n{"answer": "b"}\n')
+    r = invoke("bench", "--data", path)
+    assert r.exit_code == 2 and "x.jsonl, line 2: no usable field" in r.stderr
