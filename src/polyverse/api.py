@@ -171,10 +171,24 @@ class Model:
         return self.stream(prompt, **kwargs).result()
 
 
-def load(name_or_path: str = "SmolLM2-135M-Instruct", *, progress: bool = True) -> Model:
-    """Load the bundled model (default), a Hugging Face model directory, or a GGUF file."""
+def load(name_or_path: str = "SmolLM2-135M-Instruct", *, adapter: str | None = None, progress: bool = True) -> Model:
+    """Load the bundled model (default), a Hugging Face model directory, or a GGUF file.
+
+    ``adapter``: a shipped adapter name (e.g. "cllm-gsm8k") or an adapter folder made by a
+    polyverse training pipeline; its weights are merged into the model.
+    """
     from .models.load import load_pretrained, resolve
 
+    if adapter:
+        from .adapters import resolve as resolve_adapter
+
+        resolve_adapter(adapter)  # a bad name fails before the model loads
     path = resolve(name_or_path, progress=progress)
     hf_model, tokenizer = load_pretrained(path)
-    return Model(hf_model, tokenizer, str(name_or_path))
+    name = str(name_or_path)
+    if adapter:
+        from .adapters import apply
+
+        hf_model = apply(hf_model, adapter)
+        name = f"{name}+{adapter}"
+    return Model(hf_model, tokenizer, name)

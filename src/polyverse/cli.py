@@ -69,6 +69,7 @@ def generate(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="auto: most draft tokens per candidate."),
     option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text, token ids, statistics) instead."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter name (e.g. cllm-gsm8k) or folder."),
 ) -> None:
     """Generate text, streaming it as tokens are accepted, then one line of statistics."""
     try:
@@ -83,7 +84,7 @@ def generate(
 
         from .api import load
 
-        lm = load(model, progress=not as_json)
+        lm = load(model, adapter=adapter, progress=not as_json)
         stream = lm.stream(prompt, method=method, options=options, chat=chat, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
         for chunk in stream:
@@ -135,6 +136,7 @@ def bench(
     option: list[str] = typer.Option([], "--option", "-o", help="Method option METHOD.KEY=VALUE (repeatable)."),
     markdown: Optional[str] = typer.Option(None, "--markdown", help="Also write the report to this file (e.g. BENCHMARKS.md)."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampled runs."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter applied to the model (every row)."),
 ) -> None:
     """Measure methods against the transformers peers on data sets: table, results.json, report.md, plots."""
     from pathlib import Path
@@ -173,7 +175,7 @@ def bench(
 
         from .api import load
 
-        lm = load(model)
+        lm = load(model, adapter=adapter)
         contenders: list[Contender] = []
         if peers:
             contenders.append(Contender("generate"))
@@ -212,6 +214,175 @@ def bench(
             table.add_row(*r)
         con.print(table)
     con.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+train_app = typer.Typer(no_args_is_help=True, help="Training pipelines (CLLM consistency distillation).")
+cllm_app = typer.Typer(no_args_is_help=True, help="CLLM: collect Jacobi trajectories, fit an adapter, evaluate it.")
+app.add_typer(train_app, name="train")
+train_app.add_typer(cllm_app, name="cllm")
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err)
+
+
+def _gsm8k_default(name: str) -> str:
+    from .bench.prompts import SHARED_DATA
+
+    return str(SHARED_DATA / name)
+
+
+def _question_rows(data: str, limit: int, offset: int = 0) -> list[tuple[str, Any, Optional[str]]]:
+    """(id, prompt, GSM8K gold answer or None) of a JSONL file's usable rows."""
+    from pathlib import Path
+
+    from .bench.data import read_jsonl
+    from .train.cllm.evaluate import final_number
+
+    if limit < 1 or offset < 0:
+        raise ConfigError("--limit must be at least 1 and --offset at least 0")
+    rows = read_jsonl(Path(data), limit + offset)[offset:]
+    golds: dict[str, Optional[str]] = {}
+    with open(data, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                d = json.loads(line)
+                gold = d.get("answer") if isinstance(d, dict) else None
+                golds[str(d.get("id", n)) if isinstance(d, dict) else str(n)] = (
+                    final_number(gold) if isinstance(gold, str) and "####" in gold else None)
+    return [(pid, p, golds.get(pid)) for pid, p in rows]
+
+
+@cllm_app.command("collect")
+def cllm_collect(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Model whose Jacobi trajectories are collected."),
+    data: str = typer.Option("", "--data", help="JSONL of prompts/questions (default: ../shared/data/gsm8k_train.jsonl)."),
+    out: str = typer.Option(..., "--out", help="Folder for trajectories.jsonl (appended; a rerun resumes)."),
+    block: int = typer.Option(16, "--block", help="n: tokens per Jacobi block."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", help="Tokens generated per prompt."),
+    limit: int = typer.Option(100, "--limit", help="Prompts to use."),
+    offset: int = typer.Option(0, "--offset", help="Skip this many prompts first."),
+    max_run: int = typer.Option(8, "--max-run", help="Drop blocks with this many equal tokens in a row."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+) -> None:
+    """Greedy Jacobi on each prompt, recording every state of each block and its fixed point."""
+    from pathlib import Path
+
+    from .train.cllm.collect import CollectConfig, collect
+
+    try:
+        cfg = CollectConfig(block=block, max_new_tokens=max_new_tokens, max_run=max_run)
+        rows = _question_rows(data or _gsm8k_default("gsm8k_train.jsonl"), limit, offset)
+        from .api import load
+
+        lm = load(model)
+        prompts = [(pid, lm.encode(p, chat)) for pid, p, _ in rows]
+        with _progress() as bar:
+            task = bar.add_task("collect", total=len(prompts))
+            counts = collect(lm, prompts, Path(out), cfg, tick=lambda pid, n: bar.update(task, advance=1, description=f"prompt {pid}: {n} blocks"))
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted: prompts already written are kept; rerun the same command to resume", 130)
+    typer.echo(f"{counts['prompts']} prompts collected ({counts['skipped']} already done), {counts['blocks']} blocks kept, "
+               f"{counts['dropped']} degenerate dropped -> {Path(out) / 'trajectories.jsonl'}")
+
+
+@cllm_app.command("fit")
+def cllm_fit(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model to fine-tune."),
+    trajectories: str = typer.Option(..., "--trajectories", help="Folder written by `collect`."),
+    out: str = typer.Option(..., "--out", help="Adapter folder (checkpoints go under it)."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
+    batch: int = typer.Option(1, "--batch", help="Examples per micro-batch."),
+    accumulate: int = typer.Option(4, "--accumulate", help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(2e-4, "--lr", help="Learning rate."),
+    ar_weight: float = typer.Option(10.0, "--ar-weight", help="Weight of the AR loss."),
+    consistency_weight: float = typer.Option(1.0, "--consistency-weight", help="Weight of the consistency loss."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="Label smoothing of the AR loss."),
+    full: bool = typer.Option(False, "--full", help="Full fine-tune instead of LoRA."),
+    lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank."),
+    save_every: int = typer.Option(50, "--save-every", help="Checkpoint every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint under --out."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order and initialisation."),
+) -> None:
+    """Consistency + AR fine-tune on collected trajectories; writes a LoRA adapter (safetensors)."""
+    from pathlib import Path
+
+    from .train.cllm.collect import read_trajectories
+    from .train.cllm.fit import FitConfig, config_dict, fit, save_adapter
+
+    try:
+        cfg = FitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, ar_weight=ar_weight,
+                        consistency_weight=consistency_weight, label_smoothing=label_smoothing, lora=not full,
+                        lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed)
+        records = read_trajectories(Path(trajectories))
+        from .api import load
+
+        lm = load(model)
+        with _progress() as bar:
+            task = bar.add_task("fit", total=steps)
+
+            def tick(step, ar, cons):
+                bar.update(task, completed=step, description=f"step {step}: ar {ar:.3f} consistency {cons:.4f}")
+
+            trained, history = fit(lm.hf_model, records, Path(out), cfg, resume=resume, tick=tick)
+        save_adapter(trained, Path(out), {"method": "cllm", "base_model": model, "trajectories": str(trajectories),
+                                          "records": len(records), "config": config_dict(cfg),
+                                          "final": history[-1] if history else None,
+                                          "command": "polyverse " + " ".join(sys.argv[1:])})
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted: checkpoints under --out are kept; rerun with --resume to continue", 130)
+    last = history[-1] if history else {}
+    typer.echo(f"adapter written to {out} (step {last.get('step')}: ar {last.get('ar')}, consistency {last.get('consistency')})")
+
+
+@cllm_app.command("eval")
+def cllm_eval(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model."),
+    adapter: str = typer.Option(..., "--adapter", help="Adapter name or folder."),
+    data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
+    limit: int = typer.Option(10, "--limit", help="Prompts."),
+    block: int = typer.Option(16, "--block", help="Jacobi block size."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write every figure to this JSON file."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+) -> None:
+    """Accepted tokens per Jacobi pass and tokens/s before and after an adapter; output drift."""
+    from pathlib import Path
+
+    from .train.cllm.evaluate import evaluate
+
+    try:
+        rows = _question_rows(data or _gsm8k_default("gsm8k_test_dev.jsonl"), limit)
+        from .api import load
+
+        base = load(model)
+        adapted = load(model, adapter=adapter)
+        prompts = [(pid, base.encode(p, chat), gold) for pid, p, gold in rows]
+        with _progress() as bar:
+            task = bar.add_task("eval", total=len(prompts))
+            doc = evaluate(base, adapted, prompts, block, max_new_tokens, tick=lambda pid: bar.update(task, advance=1))
+        if out:
+            Path(out).write_text(json.dumps(doc, indent=1))
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    s = doc["summary"]
+    table = Table("figure", "before", "after")
+    table.add_row("tokens per Jacobi pass (mean)", f"{s['per_pass_before']:.3f}", f"{s['per_pass_after']:.3f}")
+    table.add_row("Jacobi tok/s (median)", f"{s['jacobi_before_rate_median']:.1f}", f"{s['jacobi_after_rate_median']:.1f}")
+    table.add_row("Jacobi x generate of the original (median)", "", f"{s['after_vs_generate_median']:.2f}x")
+    table.add_row("greedy tokens equal to the original (mean)", "1.000", f"{s['agreement_mean']:.3f}")
+    if "accuracy_before" in s:
+        table.add_row("GSM8K answer accuracy", f"{s['accuracy_before']:.2f}", f"{s['accuracy_after']:.2f}")
+    Console().print(table)
 
 
 def main() -> None:

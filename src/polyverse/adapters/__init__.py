@@ -1,0 +1,61 @@
+"""Adapters: weights trained by the polyverse pipelines, applied on top of a base model at load.
+
+An adapter is a folder with ``polyverse.json`` (how it was made) and either peft LoRA files
+(adapter_config.json, adapter_model.safetensors) or a full ``model.safetensors``. Adapters
+shipped with the package live in subfolders of this package and are named by folder name
+(``--adapter cllm-gsm8k``); anything else is a path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+SHIPPED = Path(__file__).resolve().parent
+
+
+def shipped() -> list[str]:
+    return sorted(p.name for p in SHIPPED.iterdir() if (p / "polyverse.json").is_file())
+
+
+def resolve(name_or_path: str) -> Path:
+    """The folder of a shipped adapter name or an adapter path."""
+    p = SHIPPED / name_or_path
+    if "/" not in name_or_path and (p / "polyverse.json").is_file():
+        return p
+    p = Path(name_or_path).expanduser()
+    if not p.is_dir():
+        names = ", ".join(shipped()) or "none"
+        raise ConfigError(f"adapter '{name_or_path}' not found: not a folder, nor a shipped adapter ({names})")
+    if not (p / "adapter_config.json").is_file() and not (p / "model.safetensors").is_file():
+        raise ConfigError(f"{p} is not an adapter: no adapter_config.json or model.safetensors")
+    return p
+
+
+def info(path: Path) -> dict:
+    meta = path / "polyverse.json"
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def apply(hf_model, name_or_path: str):
+    """The base model with the adapter's weights merged in (plain transformers model, same speed)."""
+    path = resolve(name_or_path)
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        try:
+            merged = PeftModel.from_pretrained(hf_model, str(path)).merge_and_unload()
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise ConfigError(f"adapter {path} does not fit this model: {str(exc).splitlines()[0]}") from None
+        merged.eval()
+        return merged
+    from safetensors.torch import load_model
+
+    try:
+        load_model(hf_model, str(path / "model.safetensors"))
+    except (RuntimeError, KeyError) as exc:
+        raise ConfigError(f"adapter {path} does not fit this model: {str(exc).splitlines()[0]}") from None
+    hf_model.eval()
+    return hf_model

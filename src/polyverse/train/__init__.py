@@ -1,0 +1,1 @@
+"""Training pipelines: CLLM consistency distillation (cllm/)."""

@@ -1,0 +1,1 @@
+"""CLLM: Jacobi trajectory collection, consistency + AR losses, LoRA fit, evaluation."""
