@@ -211,8 +211,8 @@ def fit(model, records: list[Trajectory], out: Path, cfg: FitConfig, resume: boo
                 acc.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            ar_sum += float(ar) / cfg.accumulate
-            cons_sum += float(cons) / cfg.accumulate
+            ar_sum += float(ar.detach()) / cfg.accumulate
+            cons_sum += float(cons.detach()) / cfg.accumulate
         step += 1
         ran += 1
         history.append({"step": step, "ar": round(ar_sum, 6), "consistency": round(cons_sum, 6)})
