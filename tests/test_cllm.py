@@ -30,7 +30,7 @@ def test_consistency_loss_is_masked_kl_with_stop_gradient_on_the_fixed_point():
     loss = consistency_loss(student, teacher, mask)
     p = teacher.detach().softmax(-1)
     kl = (p * (p.log() - student.detach().log_softmax(-1))).sum(-1)[0]  # [3]
-    assert math.isclose(float(loss), float(kl[1:].mean()), rel_tol=1e-5)
+    assert math.isclose(float(loss.detach()), float(kl[1:].mean()), rel_tol=1e-5)
     loss.backward()
     assert teacher.grad is None  # stop-gradient on the fixed point's prediction
     assert torch.all(student.grad[0, 0] == 0) and student.grad[0, 1:].abs().sum() > 0  # masked row untouched
@@ -72,13 +72,13 @@ def test_longest_run_and_cleaning():
 
 def test_fixed_points_are_the_ar_greedy_output(tiny):
     prompt = tiny.encode("hello world", chat=False)
-    recs = collect_prompt(tiny.backend, "p", prompt, CollectConfig(block=5, max_new_tokens=20), eos=())
+    recs = collect_prompt(tiny.backend, "p", prompt, CollectConfig(block=5, max_new_tokens=20), tiny.eos_token_ids)
     out = [t for r in recs for t in r.fixed]
     ar = tiny.generate(prompt, method="ar", max_new_tokens=len(out)).token_ids
     assert out == list(ar)
     for i, r in enumerate(recs):
         assert r.states[0] == (r.context[-1],) * 5  # the initial guess
-        assert r.states[-1] == r.fixed  # the last state fed is the fixed point
+        assert r.states[-1][: len(r.fixed)] == r.fixed  # the last state fed holds the fixed point
         assert list(r.context) == prompt + out[: 5 * i]
     assert sum(len(r.states) > 1 for r in recs) > 0  # Jacobi needed more than one pass somewhere
 
@@ -131,11 +131,11 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(records, tmp_path):
 
 
 def test_smoke_fit_lowers_the_consistency_loss_and_saves_a_loadable_adapter(records, tmp_path, tiny_dir):
-    cfg = FitConfig(steps=30, accumulate=1, batch=4, lr=5e-3, save_every=100, seed=0)
+    cfg = FitConfig(steps=60, accumulate=1, batch=4, lr=1e-2, save_every=100, seed=0)
     model, hist = fit(tiny_model(seed=5), records, tmp_path / "ad", cfg)
     early = sum(h["consistency"] for h in hist[:5]) / 5
     late = sum(h["consistency"] for h in hist[-5:]) / 5
-    assert late < 0.7 * early, (early, late)
+    assert late < 0.6 * early, (early, late)
     save_adapter(model, tmp_path / "ad", {"method": "cllm"})
     meta = json.loads((tmp_path / "ad" / "polyverse.json").read_text())
     assert meta["kind"] == "lora" and (tmp_path / "ad" / "adapter_model.safetensors").is_file()
