@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test bench benchmarks
+.PHONY: install demo test bench benchmarks cllm-adapter
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,14 @@ bench: $(STAMP)
 # regenerate BENCHMARKS.md and its plots (benchmarks/) from one real run
 benchmarks: $(STAMP)
 	$(BIN)/polyverse bench $(BENCH_ARGS) --out benchmarks --markdown BENCHMARKS.md
+
+# the shipped CLLM adapter: Jacobi trajectories of the bundled model on GSM8K train questions,
+# then a LoRA consistency fine-tune (both resumable: rerun the same command after an interruption)
+CLLM_PROMPTS ?= 30
+CLLM_STEPS ?= 120
+cllm-adapter: $(STAMP)
+	$(BIN)/polyverse train cllm collect --out cllm-traj --block 16 --max-new-tokens 128 --limit $(CLLM_PROMPTS)
+	$(BIN)/polyverse train cllm fit --trajectories cllm-traj --out cllm-out --steps $(CLLM_STEPS) --lora-rank 4 --accumulate 2 --resume
+	mkdir -p src/polyverse/adapters/cllm-gsm8k
+	cp cllm-out/adapter_config.json cllm-out/adapter_model.safetensors cllm-out/polyverse.json src/polyverse/adapters/cllm-gsm8k/
+	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 10 --max-new-tokens 128 --out cllm-out/eval.json
