@@ -113,3 +113,13 @@ def test_bad_jsonl_line_is_named_on_the_command_line(tmp_path):
     path.write_text('{"prompt": "a"}\n{"answer": "b"}\n')
     r = invoke("bench", "--data", path)
     assert r.exit_code == 2 and "x.jsonl, line 2: no usable field" in r.stderr
+
+
+def test_assisted_generate_peer_runs_and_matches_ar(tiny):
+    """The generate(assistant_model=...) row (given with --draft-model) on a tiny target/draft pair."""
+    sets = [load_set("mtbench-like", tiny, 1)]
+    doc = run_bench(tiny, [Contender("generate"), Contender("ar", "ar"),
+                           Contender("generate(assistant_model)", None, {"assistant_model": tiny})],
+                    sets, BenchConfig(max_new_tokens=10))
+    row = doc["sets"]["mtbench-like"]["generate(assistant_model)"]
+    assert row["summary"]["exact"] == 1 and row["prompts"][0]["new_tokens"] >= 1
