@@ -45,8 +45,12 @@ def apply(hf_model, name_or_path: str):
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 
+        import warnings
+
         try:
-            merged = PeftModel.from_pretrained(hf_model, str(path)).merge_and_unload()
+            with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+                warnings.simplefilter("ignore", FutureWarning)
+                merged = PeftModel.from_pretrained(hf_model, str(path)).merge_and_unload()
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ConfigError(f"adapter {path} does not fit this model: {str(exc).splitlines()[0]}") from None
         merged.eval()
