@@ -6,6 +6,7 @@ Bad input ends with a one-line error on stderr and exit status 2, never a traceb
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Optional
 
@@ -117,6 +118,13 @@ def list_methods() -> None:
     Console().print(table)
 
 
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err)
+
+
 @app.command()
 def bench(
     model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
@@ -141,15 +149,13 @@ def bench(
     """Measure methods against the transformers peers on data sets: table, results.json, report.md, plots."""
     from pathlib import Path
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .bench import report
     from .bench.contenders import Contender
     from .bench.data import load_set, raw_prompts
     from .bench.runner import REFERENCE, BenchConfig, run_bench
 
     try:
-        cfg = BenchConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        cfg = BenchConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, baseline=baseline)
         if methods.strip():
             wanted = [m.strip() for m in methods.split(",") if m.strip()]
         else:
@@ -186,21 +192,17 @@ def bench(
         if REFERENCE not in per_method and temperature == 0:
             per_method = {REFERENCE: {}, **per_method}  # the exactness reference
         contenders += [Contender(m, m, opts) for m, opts in per_method.items()]
-        if baseline not in [c.name for c in contenders]:
-            raise ConfigError(f"baseline '{baseline}' is not a contender: {', '.join(c.name for c in contenders)}")
-        cfg = BenchConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, baseline=baseline)
         sets = [load_set(d, lm, limit, chat) for d in set_names]
         total = sum(len(s.prompts) for s in sets) * len(contenders)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err, transient=False) as bar:
+        with _progress() as bar:
             task = bar.add_task("warm-up", total=total)
             doc = run_bench(lm, contenders, sets, cfg, tick=lambda what: bar.update(task, advance=1, description=what))
         command = "polyverse bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
         paths = report.write(doc, Path(out), command)
         if markdown:
             md = Path(markdown)
-            rel = Path(out).resolve().relative_to(md.resolve().parent) if Path(out).resolve().is_relative_to(md.resolve().parent) else Path(out).resolve()
-            md.write_text(report.markdown(doc, command, image_prefix=f"{rel.as_posix()}/"))
+            rel = os.path.relpath(Path(out).resolve(), md.resolve().parent)  # image links from the copy's folder
+            md.write_text(report.markdown(doc, command, image_prefix=f"{Path(rel).as_posix()}/"))
     except PolyverseError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -222,13 +224,6 @@ app.add_typer(train_app, name="train")
 train_app.add_typer(cllm_app, name="cllm")
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=err)
-
-
 def _gsm8k_default(name: str) -> str:
     from .bench.prompts import SHARED_DATA
 
@@ -239,21 +234,16 @@ def _question_rows(data: str, limit: int, offset: int = 0) -> list[tuple[str, An
     """(id, prompt, GSM8K gold answer or None) of a JSONL file's usable rows."""
     from pathlib import Path
 
-    from .bench.data import read_jsonl
+    from .bench.data import read_rows
     from .train.cllm.evaluate import final_number
 
     if limit < 1 or offset < 0:
         raise ConfigError("--limit must be at least 1 and --offset at least 0")
-    rows = read_jsonl(Path(data), limit + offset)[offset:]
-    golds: dict[str, Optional[str]] = {}
-    with open(data, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                d = json.loads(line)
-                gold = d.get("answer") if isinstance(d, dict) else None
-                golds[str(d.get("id", n)) if isinstance(d, dict) else str(n)] = (
-                    final_number(gold) if isinstance(gold, str) and "####" in gold else None)
-    return [(pid, p, golds.get(pid)) for pid, p in rows]
+    out = []
+    for pid, prompt, row in read_rows(Path(data), limit + offset)[offset:]:
+        answer = row.get("answer")
+        out.append((pid, prompt, final_number(answer) if isinstance(answer, str) and "####" in answer else None))
+    return out
 
 
 @cllm_app.command("collect")
@@ -312,8 +302,10 @@ def cllm_fit(
     """Consistency + AR fine-tune on collected trajectories; writes a LoRA adapter (safetensors)."""
     from pathlib import Path
 
+    from dataclasses import asdict
+
     from .train.cllm.collect import read_trajectories
-    from .train.cllm.fit import FitConfig, config_dict, fit, save_adapter
+    from .train.cllm.fit import FitConfig, fit, save_adapter
 
     try:
         cfg = FitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, ar_weight=ar_weight,
@@ -331,7 +323,7 @@ def cllm_fit(
 
             trained, history = fit(lm.hf_model, records, Path(out), cfg, resume=resume, tick=tick)
         save_adapter(trained, Path(out), {"method": "cllm", "base_model": model, "trajectories": str(trajectories),
-                                          "records": len(records), "config": config_dict(cfg),
+                                          "records": len(records), "config": asdict(cfg),
                                           "final": history[-1] if history else None,
                                           "command": "polyverse " + " ".join(sys.argv[1:])})
     except PolyverseError as exc:

@@ -69,11 +69,11 @@ def _row_prompt(row: Any, where: str) -> "str | list[dict]":
     raise ConfigError(f"{where}: no usable field (a non-empty 'prompt' or 'question' string, or chat 'messages')")
 
 
-def read_jsonl(path: Path, limit: int) -> list[tuple[str, "str | list[dict]"]]:
-    """(id, prompt) pairs of the first ``limit`` usable rows; a bad row is an error naming its line."""
+def read_rows(path: Path, limit: int) -> list[tuple[str, "str | list[dict]", dict]]:
+    """(id, prompt, whole row) of the first ``limit`` usable rows; a bad row is an error naming its line."""
     if not path.is_file():
         raise ConfigError(f"data file not found: {path}")
-    out: list[tuple[str, "str | list[dict]"]] = []
+    out: list[tuple[str, "str | list[dict]", dict]] = []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -83,12 +83,18 @@ def read_jsonl(path: Path, limit: int) -> list[tuple[str, "str | list[dict]"]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
-            out.append((str(row.get("id", n)) if isinstance(row, dict) else str(n), _row_prompt(row, where)))
+            prompt = _row_prompt(row, where)  # a non-object row fails here
+            out.append((str(row.get("id", n)), prompt, row))
             if len(out) >= limit:
                 break
     if not out:
         raise ConfigError(f"{path}: no prompts")
     return out
+
+
+def read_jsonl(path: Path, limit: int) -> list[tuple[str, "str | list[dict]"]]:
+    """(id, prompt) pairs of the first ``limit`` usable rows (see ``read_rows``)."""
+    return [(pid, prompt) for pid, prompt, _ in read_rows(path, limit)]
 
 
 def raw_prompts(name: str, limit: int) -> tuple[list[tuple[str, "str | list[dict]"]], bool]:

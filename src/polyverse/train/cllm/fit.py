@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -244,7 +244,3 @@ def save_adapter(model, out: Path, meta: dict) -> None:
         kind = "full"
     doc = {"kind": kind, "date": time.strftime("%Y-%m-%d"), **meta}
     (out / "polyverse.json").write_text(json.dumps(doc, indent=1, default=str))
-
-
-def config_dict(cfg: FitConfig) -> dict:
-    return asdict(cfg)
