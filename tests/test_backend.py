@@ -78,3 +78,35 @@ def test_truncate_and_fork(model):
     assert torch.allclose(b[0], reference_logits(model, [1, 2, 3, 4, 5, 9])[-1], atol=1e-4)
     with pytest.raises(ValueError):
         other.commit([3, 1])
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7])
+def test_few_row_linear_equals_linear(rows):
+    from polyverse.backends.few_rows import FewRowLinear
+
+    torch.manual_seed(rows)
+    x = torch.randn(1, rows, 24)
+    w = torch.randn(40, 24)
+    b = torch.randn(40)
+    with FewRowLinear():
+        out = torch.nn.functional.linear(x, w)  # [1, rows, 40]
+        with_bias = torch.nn.functional.linear(x, w, b)  # bias: stock path
+    assert out.shape == (1, rows, 40) and out.is_contiguous()
+    assert torch.allclose(out, x @ w.t(), atol=1e-5)
+    assert torch.allclose(with_bias, x @ w.t() + b, atol=1e-5)
+
+
+@pytest.mark.parametrize("draft_len", [1, 2, 3])
+def test_small_passes_match_a_full_forward(model, draft_len):
+    # passes of 2 to 4 tokens run under FewRowLinear: their logits must still be the model's
+    from polyverse.backends import few_rows
+
+    assert few_rows.wanted(draft_len + 1, torch.device("cpu"))
+    be = TransformersBackend(model)
+    ctx = [5, 17, 42, 8, 9, 33]
+    be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
+    be.commit(range(len(ctx) - 1))
+    draft = Draft.chain([20, 21, 22][:draft_len])
+    logits = be.forward(draft_feed(ctx[-1], len(ctx) - 1, draft))[:]  # [1 + draft_len, V]
+    ref = reference_logits(model, ctx + list(draft.tokens))
+    assert torch.allclose(logits, ref[len(ctx) - 1 :], atol=1e-4)

@@ -27,6 +27,7 @@ LOSSLESS_CASES = [
     ("early_exit", {"layers": 1, "k": 3}),
     ("draft", {"k": 4}),
     ("auto", {}),
+    ("space", {"k": 2, "mask_id": 7}), ("space", {"k": 4, "mask_id": 7}),
 ]
 
 
@@ -144,6 +145,7 @@ PROMPT = [3, 5, 4, 3, 5, 4]
 SAMPLING_CASES = [
     ("ar", {}), ("jacobi", {"block": 3}), ("lookahead", {"window": 3, "ngram": 3, "guesses": 2}),
     ("prompt_lookup", {"num_tokens": 3}), ("early_exit", {"layers": 1, "k": 2}), ("draft", {"k": 2}), ("auto", {}),
+    ("space", {"k": 2, "mask_id": 7}),
 ]
 
 

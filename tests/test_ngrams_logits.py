@@ -1,5 +1,6 @@
 """NgramIndex continuations (including self-overlapping copies) and on-demand logits."""
 
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
@@ -57,9 +58,11 @@ def test_lazy_logits_match_the_full_projection():
     full = head(hidden).detach()
     lazy = LazyLogits(hidden, Projection(head), 50)
     assert torch.allclose(lazy[0], full[0], atol=1e-5)
-    assert lazy.computed() == 1  # the first row read is projected alone
+    assert lazy.computed() == 2  # the first read projects its row and the next
     assert torch.allclose(lazy[3], full[3], atol=1e-5)
-    assert lazy.computed() == 1 + 8  # later misses project a block
+    assert lazy.computed() == 2 + 8  # later misses project a block
+    assert torch.allclose(lazy[1], full[1], atol=1e-5)
+    assert lazy.computed() == 2 + 8
     assert torch.allclose(lazy[:], full, atol=1e-5)
 
 
@@ -71,3 +74,13 @@ def test_projection_follows_weight_updates():
     with torch.no_grad():
         head.weight.mul_(2.0)
     assert torch.allclose(proj(h), head(h).detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 9])
+def test_projection_matches_the_head_for_any_row_count(rows):
+    torch.manual_seed(rows)
+    head = torch.nn.Linear(12, 40, bias=False)
+    h = torch.randn(rows, 12)
+    out = Projection(head)(h)
+    assert out.shape == (rows, 40) and out.is_contiguous() and out.dtype == torch.float32
+    assert torch.allclose(out, head(h).detach(), atol=1e-5)

@@ -189,6 +189,6 @@ def load(name_or_path: str = "SmolLM2-135M-Instruct", *, adapter: str | None = N
     if adapter:
         from .adapters import apply
 
-        hf_model = apply(hf_model, adapter)
+        hf_model = apply(hf_model, adapter, tokenizer)
         name = f"{name}+{adapter}"
     return Model(hf_model, tokenizer, name)

@@ -65,7 +65,7 @@ def generate(
     num_tokens: Optional[int] = typer.Option(None, "--num-tokens", help="prompt_lookup: tokens drafted per candidate."),
     candidates: Optional[int] = typer.Option(None, "--candidates", help="prompt_lookup/auto: continuations per pass."),
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="draft: the draft model (same tokenizer)."),
-    k: Optional[int] = typer.Option(None, "--k", help="draft/early_exit: tokens drafted per pass."),
+    k: Optional[int] = typer.Option(None, "--k", help="draft/early_exit: tokens drafted per pass; space: masks per group."),
     layers: Optional[int] = typer.Option(None, "--layers", help="early_exit: the target's first L layers draft."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="auto: most draft tokens per candidate."),
     option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE (repeatable)."),
@@ -218,10 +218,12 @@ def bench(
     con.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
-train_app = typer.Typer(no_args_is_help=True, help="Training pipelines (CLLM consistency distillation).")
+train_app = typer.Typer(no_args_is_help=True, help="Training pipelines (CLLM consistency distillation, SPACE SFT).")
 cllm_app = typer.Typer(no_args_is_help=True, help="CLLM: collect Jacobi trajectories, fit an adapter, evaluate it.")
+space_app = typer.Typer(no_args_is_help=True, help="SPACE: [MASK] semi-autoregressive SFT, evaluate the adapter.")
 app.add_typer(train_app, name="train")
 train_app.add_typer(cllm_app, name="cllm")
+train_app.add_typer(space_app, name="space")
 
 
 def _gsm8k_default(name: str) -> str:
@@ -318,8 +320,8 @@ def cllm_fit(
         with _progress() as bar:
             task = bar.add_task("fit", total=steps)
 
-            def tick(step, ar, cons):
-                bar.update(task, completed=step, description=f"step {step}: ar {ar:.3f} consistency {cons:.4f}")
+            def tick(step, parts):
+                bar.update(task, completed=step, description=f"step {step}: ar {parts['ar']:.3f} consistency {parts['consistency']:.4f}")
 
             trained, history = fit(lm.hf_model, records, Path(out), cfg, resume=resume, tick=tick)
         save_adapter(trained, Path(out), {"method": "cllm", "base_model": model, "trajectories": str(trajectories),
@@ -374,6 +376,107 @@ def cllm_eval(
     table.add_row("greedy tokens equal to the original (mean)", "1.000", f"{s['agreement_mean']:.3f}")
     if "accuracy_before" in s:
         table.add_row("GSM8K answer accuracy", f"{s['accuracy_before']:.2f}", f"{s['accuracy_after']:.2f}")
+    Console().print(table)
+
+
+@space_app.command("fit")
+def space_fit(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model to fine-tune."),
+    data: str = typer.Option("", "--data", help="JSONL with question/answer (GSM8K) or prompt/response rows "
+                             "(default: ../shared/data/gsm8k_train.jsonl)."),
+    out: str = typer.Option(..., "--out", help="Adapter folder (checkpoints go under it)."),
+    limit: int = typer.Option(0, "--limit", help="Use the first N rows (0: all)."),
+    steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
+    batch: int = typer.Option(4, "--batch", help="Samples per micro-batch."),
+    accumulate: int = typer.Option(1, "--accumulate", help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(3e-4, "--lr", help="Learning rate."),
+    k: int = typer.Option(5, "--k", help="Masks per group: future tokens proposed per pass."),
+    p: float = typer.Option(0.5, "--p", help="Share of samples cut and given k + 1 masks."),
+    full: bool = typer.Option(False, "--full", help="Full fine-tune instead of LoRA."),
+    lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank."),
+    save_every: int = typer.Option(50, "--save-every", help="Checkpoint every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint under --out."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order and initialisation."),
+) -> None:
+    """Semi-autoregressive SFT with a new [MASK] token; writes a LoRA adapter (safetensors)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .train.common import save_adapter
+    from .train.space.data import read_samples
+    from .train.space.fit import SpaceFitConfig, fit
+
+    try:
+        cfg = SpaceFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, k=k, p=p, lora=not full,
+                             lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed)
+        if limit < 0:
+            raise ConfigError("--limit must be 0 (all) or more")
+        from .api import load
+
+        lm = load(model)
+        path = Path(data or _gsm8k_default("gsm8k_train.jsonl"))
+        samples = read_samples(path, lm.tokenizer, limit)
+        with _progress() as bar:
+            task = bar.add_task("fit", total=steps)
+
+            def tick(step, parts):
+                bar.update(task, completed=step, description=f"step {step}: ar {parts['ar']:.3f} mask {parts['mask']:.3f}")
+
+            trained, history, mask_id = fit(lm.hf_model, lm.tokenizer, samples, Path(out), cfg, resume=resume, tick=tick)
+        save_adapter(trained, Path(out), {"method": "space", "base_model": model, "data": str(path),
+                                          "samples": len(samples), "config": asdict(cfg),
+                                          "added_tokens": ["[MASK]"], "mask_id": mask_id,
+                                          "vocab_size": mask_id + 1, "final": history[-1] if history else None,
+                                          "command": "polyverse " + " ".join(sys.argv[1:])})
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted: checkpoints under --out are kept; rerun with --resume to continue", 130)
+    last = history[-1] if history else {}
+    typer.echo(f"adapter written to {out} (step {last.get('step')}: ar {last.get('ar')}, mask {last.get('mask')})")
+
+
+@space_app.command("eval")
+def space_eval(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model."),
+    adapter: str = typer.Option(..., "--adapter", help="SPACE adapter name or folder."),
+    data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
+    limit: int = typer.Option(10, "--limit", help="Prompts."),
+    k: int = typer.Option(5, "--k", help="Masks per group at decoding."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write every figure to this JSON file."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+) -> None:
+    """Accepted tokens per pass and tokens/s of `space` against `generate` of the original model."""
+    from pathlib import Path
+
+    from .train.space.evaluate import evaluate
+
+    try:
+        rows = _question_rows(data or _gsm8k_default("gsm8k_test_dev.jsonl"), limit)
+        from .api import load
+
+        base = load(model)
+        adapted = load(model, adapter=adapter)
+        prompts = [(pid, base.encode(p, chat), gold) for pid, p, gold in rows]
+        with _progress() as bar:
+            task = bar.add_task("eval", total=len(prompts))
+            doc = evaluate(base, adapted, prompts, k, max_new_tokens, tick=lambda pid: bar.update(task, advance=1))
+        if out:
+            Path(out).write_text(json.dumps(doc, indent=1))
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    s = doc["summary"]
+    table = Table("figure", "value")
+    table.add_row("accepted tokens per pass (mean)", f"{s['per_pass_mean']:.3f}")
+    table.add_row("space tok/s (median)", f"{s['space_rate_median']:.1f}")
+    table.add_row("generate tok/s, original model (median)", f"{s['generate_rate_median']:.1f}")
+    table.add_row("space x generate (median)", f"{s['space_vs_generate_median']:.2f}x")
+    table.add_row("space output equal to adapted ar", f"{s['equal_to_ar']}/{s['prompts']}")
+    if "accuracy_before" in s:
+        table.add_row("GSM8K accuracy: original / adapted", f"{s['accuracy_before']:.2f} / {s['accuracy_after']:.2f}")
     Console().print(table)
 
 

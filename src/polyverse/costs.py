@@ -20,6 +20,7 @@ from .draft import Draft
 from .layout import chain_feed, draft_feed
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+VERSION = 6  # bumped when the pass itself changes (v6: W @ x.T products for heads and 2-4 token passes)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def cost_curve(model, backend) -> CostCurve:
     if path.exists():
         try:
             data = json.loads(path.read_text())
-            if data.get("version") == 4:
+            if data.get("version") == VERSION:
                 curve = CostCurve(tuple(data["sizes"]), tuple(data["seconds"]))
         except (ValueError, KeyError, TypeError):
             curve = None
@@ -115,7 +116,7 @@ def cost_curve(model, backend) -> CostCurve:
         curve = measure(backend)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"sizes": curve.sizes, "seconds": curve.seconds, "model": model.name, "version": 4}))
+        tmp.write_text(json.dumps({"sizes": curve.sizes, "seconds": curve.seconds, "model": model.name, "version": VERSION}))
         tmp.replace(path)
     model.resources["cost_curve"] = curve
     return curve

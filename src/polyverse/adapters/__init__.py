@@ -39,9 +39,27 @@ def info(path: Path) -> dict:
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
-def apply(hf_model, name_or_path: str):
-    """The base model with the adapter's weights merged in (plain transformers model, same speed)."""
+def add_tokens(hf_model, tokenizer, path: Path) -> None:
+    """Special tokens the adapter was trained with (``added_tokens`` in polyverse.json, e.g. SPACE's
+    [MASK]): added to the tokenizer, and the embeddings grown to ``vocab_size`` before its weights load."""
+    meta = info(path)
+    tokens = list(meta.get("added_tokens", []))
+    if not tokens:
+        return
+    if tokenizer is not None:
+        tokenizer.add_tokens(tokens, special_tokens=True)
+    size = int(meta.get("vocab_size", 0))
+    if size > hf_model.get_input_embeddings().weight.shape[0]:
+        hf_model.resize_token_embeddings(size, mean_resizing=False)
+
+
+def apply(hf_model, name_or_path: str, tokenizer=None):
+    """The base model with the adapter's weights merged in (plain transformers model, same speed).
+
+    ``tokenizer`` receives the adapter's added special tokens, if it has any.
+    """
     path = resolve(name_or_path)
+    add_tokens(hf_model, tokenizer, path)
     if (path / "adapter_config.json").is_file():
         from peft import PeftModel
 

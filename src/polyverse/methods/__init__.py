@@ -1,7 +1,7 @@
 """Built-in methods, registered by name in ``polyverse.registry``."""
 
 from ..registry import registry
-from . import ar, auto, draft_model, jacobi, lookahead, prompt_lookup
+from . import ar, auto, draft_model, jacobi, lookahead, prompt_lookup, space
 
 registry.register("ar", ar.ARConfig, ar.make, "plain autoregressive decoding: one token per pass (the reference)")
 registry.register("jacobi", jacobi.JacobiConfig, jacobi.make, "Jacobi / CLLM decoding: refine a block of guesses in parallel")
@@ -15,3 +15,5 @@ registry.register("early_exit", draft_model.EarlyExitConfig, draft_model.make_ea
                   "speculative decoding drafted by the target's own first L layers")
 registry.register("auto", auto.AutoConfig, auto.make,
                   "adaptive: n-gram speculation or plain decoding per step, draft size from measured pass costs")
+registry.register("space", space.SpaceConfig, space.make,
+                  "SPACE auto-correct decoding: a [MASK]-trained model verifies and proposes in one pass")

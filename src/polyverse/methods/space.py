@@ -1,0 +1,124 @@
+"""`space`: SPACE auto-correct decoding (arXiv 2402.11809) for a model fine-tuned with [MASK] tokens.
+
+A SPACE model, given a context followed by [MASK] tokens, predicts at each mask the token one
+further on: the mask at position x stands in for the unknown token at x and its logits predict
+the token at x + 1 (``polyverse.train.space.data`` builds the training samples that way). One
+pass holds the pending token t, then the candidates c1..cn proposed by the last pass as a chain,
+and a group of k masks hanging below t and below each candidate:
+
+    t ─ c1 ─ c2 ─ ... ─ cn          (the draft that is verified)
+    └ M M .. M   (k masks below t)
+         └ M M .. M   (k masks below c1)   ...   below cn
+
+A mask group sees its own ancestors only and nothing later sees it (it is a side branch of the
+tree), so the candidates' cache entries are exactly those of plain decoding and the shared
+verification stays lossless: greedy output equals greedy `ar` of the same (adapted) model, and
+sampled output has its distribution. The next candidates are the argmax of the mask group below
+the last accepted node: they continue after the token the verification adds (the bonus token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..draft import Draft
+from ..errors import ConfigError
+from ..loop import Observation
+
+MASK_TOKEN = "[MASK]"
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    k: int = 5  # masks per group = most candidates proposed per pass
+    mask_id: int | None = None  # the [MASK] token id; None = look up "[MASK]" in the tokenizer
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or not 1 <= self.k <= 16:
+            raise ConfigError(f"space k must be an integer in [1, 16], got {self.k!r}")
+        if self.mask_id is not None and (not isinstance(self.mask_id, int) or self.mask_id < 0):
+            raise ConfigError(f"space mask_id must be a token id, got {self.mask_id!r}")
+
+
+def space_draft(candidates: Sequence[int], k: int, mask_id: int) -> tuple[Draft, list[list[int]]]:
+    """The pass layout: the candidate chain first, then one group of k masks below the root and
+    below each candidate. Returns (draft, groups) where groups[i] lists the draft nodes of the
+    mask group below candidate i (groups[0]: below the root, groups[i]: below candidate i).
+
+    Example: candidates (a, b), k = 2 -> tokens (a, b, M, M, M, M, M, M),
+    parents (-1, 0, -1, 2, 0, 4, 1, 6), groups [[2, 3], [4, 5], [6, 7]].
+    """
+    tokens = [int(c) for c in candidates]
+    parents = list(range(-1, len(tokens) - 1))
+    groups: list[list[int]] = []
+    for owner in range(-1, len(candidates)):
+        group, parent = [], owner
+        for _ in range(k):
+            tokens.append(mask_id)
+            parents.append(parent)
+            parent = len(tokens) - 1
+            group.append(parent)
+        groups.append(group)
+    return Draft(tuple(tokens), tuple(parents)), groups
+
+
+class SpaceProposer:
+    def __init__(self, config: SpaceConfig, mask_id: int) -> None:
+        self.k = config.k
+        self.mask_id = mask_id
+        self.candidates: list[int] = []
+        self.draft = Draft.empty()  # the last draft proposed, before any pruning by the loop
+        self.groups: list[list[int]] = []
+
+    def start(self, context: Sequence[int]) -> None:
+        self.candidates = []
+
+    def propose(self, context: Sequence[int]) -> Draft:
+        self.draft, self.groups = space_draft(self.candidates, self.k, self.mask_id)
+        return self.draft
+
+    def observe(self, obs: Observation) -> None:
+        # near the token budget the loop prunes deep nodes and renumbers the rest: follow it
+        if len(obs.draft) == len(self.draft):
+            index = {i: i for i in range(len(self.draft))}
+        else:
+            depth = max(obs.draft.depths(), default=0)
+            kept = [i for i, d in enumerate(self.draft.depths()) if d <= depth]
+            index = {old: new for new, old in enumerate(kept)}
+        n = sum(1 for i in range(len(self.candidates)) if i in index)
+        accepted = [i for i in obs.verdict.accepted if i < n]  # candidate nodes on the accepted path
+        if len(accepted) != len(obs.verdict.accepted):  # the path went through a mask node (a [MASK] output)
+            self.candidates = []
+            return
+        last = len(accepted)  # group index: 0 = below the root, i = below candidate i
+        rows = []
+        for node in self.groups[last]:
+            if node not in index:
+                break
+            rows.append(1 + index[node])  # logits row of the group's next mask
+        proposals = [int(obs.logits[r].argmax()) for r in rows]
+        cut = proposals.index(self.mask_id) if self.mask_id in proposals else len(proposals)
+        self.candidates = proposals[:cut]
+
+
+def find_mask_id(config: SpaceConfig, ctx) -> int:
+    """The [MASK] id from the config or the model's tokenizer; a clear error when there is none."""
+    if config.mask_id is not None:
+        mask_id = config.mask_id
+    else:
+        tok = getattr(getattr(ctx, "model", None), "tokenizer", None)
+        vocab = tok.get_vocab() if tok is not None else {}
+        if MASK_TOKEN not in vocab:
+            raise ConfigError(
+                "method 'space' needs a model fine-tuned with a [MASK] token, and this one has none: "
+                "load a SPACE adapter (--adapter space-gsm8k) or train one with `polyverse train space fit`"
+            )
+        mask_id = vocab[MASK_TOKEN]
+    if mask_id >= ctx.backend.vocab_size:
+        raise ConfigError(f"space mask_id {mask_id} is outside the model's vocabulary of {ctx.backend.vocab_size}")
+    return mask_id
+
+
+def make(config: SpaceConfig, ctx) -> SpaceProposer:
+    return SpaceProposer(config, find_mask_id(config, ctx))

@@ -1,0 +1,179 @@
+"""Trainer plumbing shared by the pipelines (CLLM, SPACE): LoRA wrapping, checkpoints, the loop.
+
+The loop asks the pipeline for micro-batch ``(step, micro)`` and for its loss; the data order is
+therefore a function of the step, and a run resumed from a checkpoint continues exactly as an
+uninterrupted one. Checkpoints (trainable weights, optimizer state, step, history) are written
+every ``save_every`` steps under ``OUT/checkpoints/step-N``.
+
+Training runs through ``accelerate``: on one CPU or GPU as a plain process, and on many GPUs with
+the same code under ``accelerate launch --config_file fsdp.yaml -m polyverse.cli train ...``
+(or ``torchrun``), FSDP configured in the accelerate file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from ..errors import ConfigError
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoopConfig(Protocol):
+    steps: int
+    accumulate: int
+    lr: float
+    lora: bool
+    lora_rank: int
+    lora_alpha: int
+    save_every: int
+    seed: int
+
+
+def check_positive(cfg, names: Sequence[str]) -> None:
+    for name in names:
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr must be > 0, got {cfg.lr}")
+
+
+def trainable(model, cfg: LoopConfig, token_ids: Sequence[int] = ()):
+    """The model to train: LoRA-wrapped (peft), or the model itself for a full fine-tune.
+
+    ``token_ids``: embedding rows trained in full alongside LoRA (new special tokens); with tied
+    input and output embeddings that row is the LM-head row too.
+    """
+    if not cfg.lora:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t for t in LORA_TARGETS if t in names]
+    if not targets:
+        raise ConfigError(f"no LoRA target modules ({', '.join(LORA_TARGETS)}) in this model")
+    extra = {"trainable_token_indices": list(token_ids)} if token_ids else {}
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets,
+                      task_type="CAUSAL_LM", **extra)
+    return get_peft_model(model, lcfg)
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, history: list) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in _trainable_state(model).items()}, str(tmp / "weights.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "history": history}))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: Path, model, optimizer) -> tuple[int, list]:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "weights.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [k for k in weights if k not in params]
+    if missing:
+        raise ConfigError(f"checkpoint {path} does not fit this model (e.g. {missing[0]})")
+    with torch.no_grad():
+        for k, v in weights.items():
+            params[k].copy_(v)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    state = json.loads((path / "state.json").read_text())
+    return int(state["step"]), list(state["history"])
+
+
+Batch = dict[str, torch.Tensor]
+
+
+def run(model, cfg: LoopConfig, out: Path, batch_fn: Callable[[int, int], Batch],
+        loss_fn: Callable[[object, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        resume: bool = False, tick: Callable[[int, dict[str, float]], None] | None = None,
+        stop_after: int | None = None, token_ids: Sequence[int] = ()):
+    """Train; returns (trained model, history).
+
+    batch_fn(step, micro) -> the micro-batch (a function of its arguments only);
+    loss_fn(model, batch) -> (loss to minimise, named parts to log).
+    ``stop_after`` ends the run after that many steps of this call (as if killed), for tests.
+    history: one {"step", **parts} per optimizer step, parts averaged over the micro-batches.
+    """
+    from accelerate import Accelerator
+
+    torch.manual_seed(cfg.seed)
+    model = trainable(model, cfg, token_ids)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    acc = Accelerator(gradient_accumulation_steps=cfg.accumulate)
+    model, optimizer = acc.prepare(model, optimizer)
+    step, history = 0, []
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is not None:
+            step, history = load_checkpoint(ckpt, acc.unwrap_model(model), optimizer)
+    ran = 0
+    while step < cfg.steps:
+        sums: dict[str, float] = {}
+        for micro in range(cfg.accumulate):
+            batch = {k: v.to(acc.device) for k, v in batch_fn(step, micro).items()}
+            with acc.accumulate(model):
+                loss, parts = loss_fn(model, batch)
+                acc.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.accumulate
+        step += 1
+        ran += 1
+        history.append({"step": step, **{k: round(v, 6) for k, v in sums.items()}})
+        if tick:
+            tick(step, sums)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            if acc.is_main_process:
+                save_checkpoint(out / "checkpoints" / f"step-{step}", acc.unwrap_model(model), optimizer, step, history)
+        if stop_after is not None and ran >= stop_after:
+            break
+    model.eval()
+    return acc.unwrap_model(model), history
+
+
+def save_adapter(model, out: Path, meta: dict) -> None:
+    """The trained weights as safetensors plus ``polyverse.json`` saying how they were made.
+
+    LoRA: peft's adapter files (adapter_model.safetensors, adapter_config.json). Full fine-tune:
+    model.safetensors with the full state.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(out), safe_serialization=True)
+        kind = "lora"
+    else:
+        from safetensors.torch import save_model
+
+        save_model(model, str(out / "model.safetensors"))  # tied weights stored once
+        kind = "full"
+    doc = {"kind": kind, "date": time.strftime("%Y-%m-%d"), **meta}
+    (out / "polyverse.json").write_text(json.dumps(doc, indent=1, default=str))

@@ -1,0 +1,1 @@
+"""SPACE: semi-autoregressive SFT with [MASK] tokens (data transform, LoRA fit, evaluation)."""

@@ -1,0 +1,53 @@
+"""SPACE evaluation: the adapted model's `space` decoding against `generate` of the original model.
+
+Per prompt, side by side: transformers `generate` greedy of the original model (the speed
+baseline and the original answer), `ar` greedy of the adapted model (the reference `space` must
+equal, and the adapted answer), and `space` on the adapted model. Reported: mean accepted tokens
+per pass (new tokens per forward pass), tokens/s ratio of `space` to the baseline, whether every
+`space` output equals adapted `ar`, and GSM8K answer accuracy of the original and the adapted
+model when the data rows carry GSM8K answers.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Callable, Sequence
+
+from ...bench.contenders import Contender
+from ..cllm.evaluate import final_number
+
+
+def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]], k: int, max_new_tokens: int,
+             tick: Callable[[str], None] | None = None) -> dict:
+    """prompts: (id, token ids, gold answer or None). Returns per-prompt figures and a summary."""
+    gen, ar, space = Contender("generate"), Contender("ar", "ar"), Contender("space", "space", {"k": k})
+    gen.run(base, prompts[0][1], 8)  # warm-up
+    ar.run(adapted, prompts[0][1], 8)
+    space.run(adapted, prompts[0][1], 8)
+    rows = []
+    for pid, ids, gold in prompts:
+        g = gen.run(base, ids, max_new_tokens)
+        a = ar.run(adapted, ids, max_new_tokens)
+        s = space.run(adapted, ids, max_new_tokens)
+        row = {"id": pid, "generate_rate": g.rate, "ar_rate": a.rate, "space_rate": s.rate,
+               "space_per_pass": s.tokens_per_pass, "space_vs_generate": s.rate / g.rate if g.rate else 0.0,
+               "equal_to_ar": s.tokens == a.tokens, "tokens": len(s.tokens)}
+        if gold is not None:
+            row["correct_before"] = final_number(base.tokenizer.decode(g.tokens, skip_special_tokens=True)) == gold
+            row["correct_after"] = final_number(adapted.tokenizer.decode(a.tokens, skip_special_tokens=True)) == gold
+        rows.append(row)
+        if tick:
+            tick(pid)
+    summary = {
+        "prompts": len(rows),
+        "per_pass_mean": statistics.mean(r["space_per_pass"] for r in rows),
+        "generate_rate_median": statistics.median(r["generate_rate"] for r in rows),
+        "space_rate_median": statistics.median(r["space_rate"] for r in rows),
+        "space_vs_generate_median": statistics.median(r["space_vs_generate"] for r in rows),
+        "equal_to_ar": sum(r["equal_to_ar"] for r in rows),
+    }
+    graded = [r for r in rows if "correct_before" in r]
+    if graded:
+        summary["accuracy_before"] = sum(r["correct_before"] for r in graded) / len(graded)
+        summary["accuracy_after"] = sum(r["correct_after"] for r in graded) / len(graded)
+    return {"summary": summary, "prompts": rows, "k": k, "max_new_tokens": max_new_tokens}

@@ -1,0 +1,190 @@
+"""SPACE: the data transform, the decoding layout (k = 2, hand-drawn), the proposer, a smoke fit."""
+
+import random
+
+import pytest
+import torch
+
+from polyverse.backends.transformers import TransformersBackend
+from polyverse.config import GenerationConfig
+from polyverse.draft import Draft
+from polyverse.errors import ConfigError
+from polyverse.layout import draft_feed, visibility
+from polyverse.loop import Observation, decode
+from polyverse.methods.ar import ARProposer
+from polyverse.methods.space import SpaceConfig, SpaceProposer, find_mask_id, make, space_draft
+from polyverse.models.tiny import tiny_model
+from polyverse.registry import MethodContext
+from polyverse.train.space.data import IGNORE, Sample, add_mask_token, collate, gsm8k_answer, transform
+from polyverse.verify import Verdict
+
+M = 99  # the mask id used in the hand-made cases
+
+
+class CutAt:
+    """A stand-in random stream: cut (random() < p) at response index ``c``."""
+
+    def __init__(self, c: int) -> None:
+        self.c = c
+
+    def random(self) -> float:
+        return 0.0
+
+    def randrange(self, n: int) -> int:
+        assert 0 <= self.c < n
+        return self.c
+
+
+def test_transform_cut_sample_hand_made():
+    s = Sample(prompt=(1, 2), response=(10, 11, 12, 13))
+    ids, labels = transform(s, CutAt(1), k=2, p=0.5, mask_id=M)
+    assert ids == [1, 2, 10, M, M, M]
+    assert labels == [IGNORE, IGNORE, 10, 11, 12, 13]
+
+
+def test_transform_cut_near_the_end_pads_labels():
+    s = Sample(prompt=(1,), response=(10, 11, 12))
+    ids, labels = transform(s, CutAt(2), k=3, p=1.0, mask_id=M)
+    assert ids == [1, 10, 11, M, M, M, M]
+    assert labels == [IGNORE, 10, 11, 12, IGNORE, IGNORE, IGNORE]
+
+
+def test_transform_uncut_sample_is_plain_sft_with_prompt_masked():
+    s = Sample(prompt=(1, 2, 3), response=(10, 11))
+    ids, labels = transform(s, random.Random(0), k=5, p=0.0, mask_id=M)
+    assert ids == [1, 2, 3, 10, 11]
+    assert labels == [IGNORE, IGNORE, IGNORE, 10, 11]
+
+
+def test_transform_cuts_about_p_of_the_samples():
+    s = Sample(prompt=(1,), response=tuple(range(10, 30)))
+    rng = random.Random(3)
+    cut = sum(M in transform(s, rng, k=5, p=0.5, mask_id=M)[0] for _ in range(2000))
+    assert 900 < cut < 1100
+
+
+def test_collate_pads_right():
+    batch = collate([([1, 2, 3], [IGNORE, 2, 3]), ([4], [4])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE, 2, 3], [4, IGNORE, IGNORE]]
+
+
+def test_gsm8k_answer_drops_calculator_annotations():
+    assert gsm8k_answer("48/2 = <<48/2=24>>24 clips.\n#### 72") == "48/2 = 24 clips.\n#### 72"
+
+
+def test_space_draft_hand_drawn_k2():
+    # pending token x = 7 at position 20; candidates a = 30, b = 31; k = 2 masks per group
+    draft, groups = space_draft([30, 31], k=2, mask_id=M)
+    assert groups == [[2, 3], [4, 5], [6, 7]]
+    feed = draft_feed(7, 20, draft)
+    #                     x   a   b   M   M   M   M   M   M
+    assert feed.tokens == (7, 30, 31, M, M, M, M, M, M)
+    assert feed.positions == (20, 21, 22, 21, 22, 22, 23, 23, 24)
+    vis = visibility(feed.parents).int().tolist()
+    expected = [
+        # x  a  b  m  m  m  m  m  m
+        [1, 0, 0, 0, 0, 0, 0, 0, 0],  # x
+        [1, 1, 0, 0, 0, 0, 0, 0, 0],  # a: candidate 1
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],  # b: candidate 2 (the masks are hidden from it)
+        [1, 0, 0, 1, 0, 0, 0, 0, 0],  # group below x, mask 1
+        [1, 0, 0, 1, 1, 0, 0, 0, 0],  # group below x, mask 2
+        [1, 1, 0, 0, 0, 1, 0, 0, 0],  # group below a, mask 1
+        [1, 1, 0, 0, 0, 1, 1, 0, 0],  # group below a, mask 2
+        [1, 1, 1, 0, 0, 0, 0, 1, 0],  # group below b, mask 1
+        [1, 1, 1, 0, 0, 0, 0, 1, 1],  # group below b, mask 2
+    ]
+    assert vis == expected
+
+
+def test_proposer_reads_the_group_below_the_last_accepted_candidate():
+    p = SpaceProposer(SpaceConfig(k=2), mask_id=M)
+    p.start([1, 2])
+    p.candidates = [30, 31]
+    draft = p.propose([1, 2])  # nodes: a=0, b=1, groups [2, 3], [4, 5], [6, 7]
+    logits = torch.zeros(9, 100)
+    winners = {0: 30, 1: 55, 2: 32, 3: 40, 4: 41, 5: 50, 6: 51, 7: 60, 8: 61}  # feed row -> argmax
+    for row, tok in winners.items():
+        logits[row, tok] = 1.0
+    # a accepted, b rejected: the next candidates come from the group below a (rows 5, 6)
+    p.observe(Observation(draft, Verdict((0,), (30, 55)), logits, (1, 2, 30, 55)))
+    assert p.candidates == [50, 51]
+    draft2 = p.propose([1, 2, 30, 55])
+    logits2 = torch.zeros(1 + 2 + 6, 100)
+    for row, tok in {3: 70, 4: M}.items():  # the group below the root proposes 70, then [MASK]
+        logits2[row, tok] = 1.0
+    p.observe(Observation(draft2, Verdict((), (9,)), logits2, (1, 2, 30, 55, 9)))
+    assert p.candidates == [70]  # cut at a proposed [MASK]
+
+
+def test_space_without_a_mask_token_is_a_clear_error():
+    class Tok:
+        def get_vocab(self):
+            return {"a": 0}
+
+    class Lm:
+        tokenizer = Tok()
+
+    be = TransformersBackend(tiny_model(seed=1))
+    with pytest.raises(ConfigError, match="SPACE adapter"):
+        find_mask_id(SpaceConfig(), MethodContext(be, None, None, Lm()))
+    with pytest.raises(ConfigError, match="outside"):
+        make(SpaceConfig(mask_id=10_000), MethodContext(be, None, None, None))
+    with pytest.raises(ConfigError):
+        SpaceConfig(k=0)
+
+
+class TinyTokenizer:
+    """The few tokenizer calls the SPACE pipeline makes, over a tiny model's integer vocabulary."""
+
+    def __init__(self, size: int) -> None:
+        self.vocab = {f"t{i}": i for i in range(size)}
+        self.pad_token_id = 0
+
+    def get_vocab(self):
+        return dict(self.vocab)
+
+    def add_tokens(self, tokens, special_tokens=False):
+        for t in tokens:
+            self.vocab.setdefault(t, len(self.vocab))
+
+    def convert_tokens_to_ids(self, token):
+        return self.vocab[token]
+
+
+def test_add_mask_token_grows_the_embedding_with_the_mean_row():
+    m = tiny_model(seed=2, vocab_size=50)
+    tok = TinyTokenizer(50)
+    old = m.get_input_embeddings().weight.detach().clone()
+    mask_id = add_mask_token(m, tok)
+    assert mask_id == 50 and tok.get_vocab()["[MASK]"] == 50
+    emb = m.get_input_embeddings().weight
+    assert emb.shape[0] == 51
+    assert torch.allclose(emb[50], old.mean(0), atol=1e-6)
+    assert add_mask_token(m, tok) == 50 and m.get_input_embeddings().weight.shape[0] == 51  # idempotent
+
+
+def test_smoke_fit_lowers_the_mask_loss_and_space_stays_lossless(tmp_path):
+    from polyverse.train.space.fit import SpaceFitConfig, fit
+
+    torch.manual_seed(0)
+    m = tiny_model(seed=3, vocab_size=40)
+    tok = TinyTokenizer(40)
+    # responses count upward: the future is predictable, so the mask rows can learn it
+    samples = [Sample((1, 2), tuple(range(s, s + 12))) for s in range(5, 25)]
+    cfg = SpaceFitConfig(steps=40, batch=4, lr=1e-2, k=3, p=0.7, lora_rank=8, lora_alpha=16, save_every=40)
+    trained, history, mask_id = fit(m, tok, samples, tmp_path / "out", cfg)
+    first = sum(h["mask"] for h in history[:5]) / 5
+    last = sum(h["mask"] for h in history[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    assert (tmp_path / "out" / "checkpoints" / "step-40").is_dir()
+    merged = trained.merge_and_unload().eval()
+    be = TransformersBackend(merged)
+    prompt = [1, 2, 9, 10]
+    cfg_g = GenerationConfig(max_new_tokens=12)
+    ar = [t for s in decode(be, ARProposer(), prompt, cfg_g) for t in s.tokens]
+    steps = list(decode(be, SpaceProposer(SpaceConfig(k=3), mask_id), prompt, cfg_g))
+    got = [t for s in steps for t in s.tokens]
+    assert got == ar
+    assert len(steps) < len(got)  # the trained mask rows make some of their proposals accepted
