@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test bench benchmarks cllm-adapter
+.PHONY: install demo test bench benchmarks cllm-adapter space-adapter
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# every method against the transformers peers on HumanEval, input-grounded edits and GSM8K (~80 min here)
-BENCH_ARGS ?= --data humaneval,grounded,gsm8k --limit 20 --max-new-tokens 128
+# every method against the transformers peers on HumanEval and input-grounded edits (~50 min here;
+# add gsm8k or mtbench-like to --data for more sets)
+BENCH_ARGS ?= --data humaneval,grounded --limit 20 --max-new-tokens 128
 bench: $(STAMP)
 	$(BIN)/polyverse bench $(BENCH_ARGS) --out bench-out
 
@@ -43,3 +44,13 @@ cllm-adapter: $(STAMP)
 	mkdir -p src/polyverse/adapters/cllm-gsm8k
 	cp cllm-out/adapter_config.json cllm-out/adapter_model.safetensors cllm-out/polyverse.json src/polyverse/adapters/cllm-gsm8k/
 	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 10 --max-new-tokens 128 --out cllm-out/eval.json
+
+# the shipped SPACE adapter: [MASK] semi-autoregressive LoRA SFT of the bundled model on GSM8K
+# train solutions (resumable: rerun after an interruption), then its figures on GSM8K dev questions
+SPACE_ROWS ?= 2000
+SPACE_STEPS ?= 200
+space-adapter: $(STAMP)
+	$(BIN)/polyverse train space fit --out space-out --limit $(SPACE_ROWS) --steps $(SPACE_STEPS) --batch 4 --k 5 --lora-rank 8 --save-every 20 --resume
+	mkdir -p src/polyverse/adapters/space-gsm8k
+	cp space-out/adapter_config.json space-out/adapter_model.safetensors space-out/polyverse.json src/polyverse/adapters/space-gsm8k/
+	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --out src/polyverse/adapters/space-gsm8k/eval.json

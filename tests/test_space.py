@@ -179,7 +179,19 @@ def test_smoke_fit_lowers_the_mask_loss_and_space_stays_lossless(tmp_path):
     last = sum(h["mask"] for h in history[-5:]) / 5
     assert last < 0.7 * first, (first, last)
     assert (tmp_path / "out" / "checkpoints" / "step-40").is_dir()
+    # the adapter as shipped: LoRA + the [MASK] row, applied to a fresh base model and tokenizer
+    from polyverse.adapters import apply
+    from polyverse.train.common import save_adapter
+
+    save_adapter(trained, tmp_path / "adapter", {"method": "space", "added_tokens": ["[MASK]"], "vocab_size": mask_id + 1})
+    fresh_tok = TinyTokenizer(40)
+    loaded = apply(tiny_model(seed=3, vocab_size=40), str(tmp_path / "adapter"), fresh_tok)
+    assert fresh_tok.get_vocab()["[MASK]"] == mask_id
     merged = trained.merge_and_unload().eval()
+    assert torch.allclose(loaded.get_input_embeddings().weight, merged.get_input_embeddings().weight, atol=1e-6)
+    probe = torch.tensor([[1, 2, 9, mask_id, mask_id]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=probe).logits, merged(input_ids=probe).logits, atol=1e-4)
     be = TransformersBackend(merged)
     prompt = [1, 2, 9, 10]
     cfg_g = GenerationConfig(max_new_tokens=12)
@@ -188,3 +200,15 @@ def test_smoke_fit_lowers_the_mask_loss_and_space_stays_lossless(tmp_path):
     got = [t for s in steps for t in s.tokens]
     assert got == ar
     assert len(steps) < len(got)  # the trained mask rows make some of their proposals accepted
+
+
+def test_bench_runs_space_by_default_only_with_a_space_adapter(tmp_path):
+    import json
+
+    from polyverse.cli import _has_mask
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "polyverse.json").write_text(json.dumps({"method": "space", "added_tokens": ["[MASK]"]}))
+    assert _has_mask(str(tmp_path))
+    assert not _has_mask(None)
+    assert not _has_mask("cllm-gsm8k")

@@ -125,11 +125,20 @@ def _progress():
                     TimeRemainingColumn(), console=err)
 
 
+def _has_mask(adapter: Optional[str]) -> bool:
+    """Whether the adapter adds SPACE's [MASK] token (so `space` can run on the adapted model)."""
+    if not adapter:
+        return False
+    from .adapters import info, resolve
+
+    return "[MASK]" in info(resolve(adapter)).get("added_tokens", [])
+
+
 @app.command()
 def bench(
     model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
     methods: str = typer.Option("", "--methods", help="Comma-separated polyverse methods (default: every method that "
-                                "needs no extra model; draft too when --draft-model is given)."),
+                                "needs no extra model; draft too when --draft-model is given, space with a SPACE adapter)."),
     data: str = typer.Option("humaneval", "--data", help="Comma-separated: humaneval, gsm8k, grounded, mtbench-like, or PATH.jsonl."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Most new tokens per prompt."),
     limit: int = typer.Option(20, "--limit", help="Prompts per data set."),
@@ -159,7 +168,7 @@ def bench(
         if methods.strip():
             wanted = [m.strip() for m in methods.split(",") if m.strip()]
         else:
-            wanted = [m.name for m in registry if m.name != "draft" or draft_model]
+            wanted = [m.name for m in registry if (m.name != "draft" or draft_model) and (m.name != "space" or _has_mask(adapter))]
         per_method: dict[str, dict[str, Any]] = {m: {} for m in wanted}
         for item in option:
             key, sep, value = item.partition("=")

@@ -168,7 +168,8 @@ def save_adapter(model, out: Path, meta: dict) -> None:
     """
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config"):
-        model.save_pretrained(str(out), safe_serialization=True)
+        # trained token rows are in the adapter itself; never the whole embedding (and no hub look-up)
+        model.save_pretrained(str(out), safe_serialization=True, save_embedding_layers=False)
         kind = "lora"
     else:
         from safetensors.torch import save_model
