@@ -50,7 +50,19 @@ def add_tokens(hf_model, tokenizer, path: Path) -> None:
         tokenizer.add_tokens(tokens, special_tokens=True)
     size = int(meta.get("vocab_size", 0))
     if size > hf_model.get_input_embeddings().weight.shape[0]:
-        hf_model.resize_token_embeddings(size, mean_resizing=False)
+        grow_embeddings(hf_model, size)
+
+
+def grow_embeddings(hf_model, size: int) -> None:
+    """Resize the vocabulary to ``size``; new input and output rows start as the mean of the old ones."""
+    import torch
+
+    old = hf_model.get_input_embeddings().weight.shape[0]
+    hf_model.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        for layer in (hf_model.get_input_embeddings(), hf_model.get_output_embeddings()):
+            if layer is not None:
+                layer.weight[old:] = layer.weight[:old].mean(0)
 
 
 def apply(hf_model, name_or_path: str, tokenizer=None):

@@ -61,10 +61,21 @@ def trainable(model, cfg: LoopConfig, token_ids: Sequence[int] = ()):
     targets = [t for t in LORA_TARGETS if t in names]
     if not targets:
         raise ConfigError(f"no LoRA target modules ({', '.join(LORA_TARGETS)}) in this model")
-    extra = {"trainable_token_indices": list(token_ids)} if token_ids else {}
+    extra = {"trainable_token_indices": _token_modules(model, token_ids)} if token_ids else {}
     lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets,
                       task_type="CAUSAL_LM", **extra)
     return get_peft_model(model, lcfg)
+
+
+def _token_modules(model, token_ids: Sequence[int]) -> dict[str, list[int]]:
+    """Embedding modules whose ``token_ids`` rows train in full: the input embedding, and the LM
+    head too when it is not tied to it (a tied head shares the row)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    out = {names[id(emb)].rsplit(".", 1)[-1]: list(token_ids)}
+    if head is not None and head.weight.data_ptr() != emb.weight.data_ptr():
+        out[names[id(head)].rsplit(".", 1)[-1]] = list(token_ids)
+    return out
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import torch
 
+from ...adapters import grow_embeddings
 from ...errors import ConfigError
 from ...methods.space import MASK_TOKEN
 
@@ -127,12 +128,5 @@ def add_mask_token(model, tokenizer) -> int:
         return vocab[MASK_TOKEN]
     tokenizer.add_tokens([MASK_TOKEN], special_tokens=True)
     mask_id = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
-    emb = model.get_input_embeddings().weight
-    model.resize_token_embeddings(max(mask_id + 1, emb.shape[0]), mean_resizing=False)
-    with torch.no_grad():
-        weight = model.get_input_embeddings().weight  # [V + 1, H]
-        weight[mask_id] = weight[:mask_id].mean(0)
-        out = model.get_output_embeddings()
-        if out is not None and out.weight.data_ptr() != weight.data_ptr():
-            out.weight[mask_id] = out.weight[:mask_id].mean(0)
+    grow_embeddings(model, max(mask_id + 1, model.get_input_embeddings().weight.shape[0]))
     return mask_id
