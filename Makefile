@@ -50,7 +50,7 @@ cllm-adapter: $(STAMP)
 SPACE_ROWS ?= 2000
 SPACE_STEPS ?= 200
 space-adapter: $(STAMP)
-	$(BIN)/polyverse train space fit --out space-out --limit $(SPACE_ROWS) --steps $(SPACE_STEPS) --batch 4 --k 5 --lora-rank 8 --save-every 20 --resume
+	$(BIN)/polyverse train space fit --out space-out --limit $(SPACE_ROWS) --steps $(SPACE_STEPS) --batch 4 --k 5 --lora-rank 8 --save-every 10 --resume
 	mkdir -p src/polyverse/adapters/space-gsm8k
 	cp space-out/adapter_config.json space-out/adapter_model.safetensors space-out/polyverse.json src/polyverse/adapters/space-gsm8k/
 	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --out src/polyverse/adapters/space-gsm8k/eval.json

@@ -42,3 +42,19 @@ def test_every_method_greedy_equals_ar_on_the_bundled_model(bundled, references,
     for prompt in PROMPTS:
         got = bundled.generate(prompt, method=method, options=options, max_new_tokens=64)
         assert got.token_ids == references[prompt], f"{method} diverged on {prompt[:30]!r}"
+
+
+@pytest.mark.bundled
+def test_space_with_the_shipped_adapter_equals_ar_of_the_adapted_model(bundled):
+    import polyverse
+    from polyverse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="SPACE adapter"):
+        bundled.generate(PROMPTS[1], method="space", max_new_tokens=4)  # no [MASK] in the plain model
+    adapted = polyverse.load(adapter="space-gsm8k", progress=False)
+    for prompt in PROMPTS:
+        ar = adapted.generate(prompt, method="ar", max_new_tokens=64)
+        for k in (2, 5):
+            got = adapted.generate(prompt, method="space", options={"k": k}, max_new_tokens=64)
+            assert got.token_ids == ar.token_ids, f"space k={k} diverged on {prompt[:30]!r}"
+        assert got.stats.passes < ar.stats.passes  # the trained masks do get proposals accepted
