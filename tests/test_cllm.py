@@ -10,7 +10,8 @@ import polyverse
 from polyverse.backends.transformers import TransformersBackend
 from polyverse.models.tiny import tiny_model
 from polyverse.train.cllm.collect import CollectConfig, Trajectory, clean, collect, collect_prompt, done_prompts, longest_run
-from polyverse.train.cllm.fit import FitConfig, collate, example, fit, save_adapter
+from polyverse.train.cllm.fit import FitConfig, collate, example, fit
+from polyverse.train.common import save_adapter
 from polyverse.train.cllm.losses import ar_loss, consistency_loss, consistency_mask
 
 
@@ -159,3 +160,18 @@ def test_load_with_an_adapter_changes_the_model_and_bad_adapters_fail(tiny_dir, 
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="is not an adapter"):
         polyverse.load(str(tiny_dir), adapter=str(tmp_path / "empty"), progress=False)
+
+
+def test_grade_and_accuracy_of_final_answers():
+    from types import SimpleNamespace
+
+    from polyverse.train.cllm.evaluate import accuracy, grade
+
+    tok = SimpleNamespace(decode=lambda ids, skip_special_tokens=True: " ".join(str(i) for i in ids))
+    lm = SimpleNamespace(tokenizer=tok)
+    right_then_wrong = grade(lm, [3, 72], lm, [3, 71], "72")
+    assert right_then_wrong == {"correct_before": True, "correct_after": False}
+    assert grade(lm, [1], lm, [1], None) == {}
+    rows = [right_then_wrong, grade(lm, [5], lm, [72], "72"), {}]
+    assert accuracy(rows) == {"accuracy_before": 0.5, "accuracy_after": 0.5}
+    assert accuracy([{}]) == {}

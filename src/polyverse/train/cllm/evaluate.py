@@ -43,6 +43,24 @@ def agreement(a: Sequence[int], b: Sequence[int]) -> tuple[float, int]:
     return same / len(a), first
 
 
+def grade(base, before: Sequence[int], adapted, after: Sequence[int], gold: str | None) -> dict:
+    """{"correct_before", "correct_after"}: whether each output's final number is the gold answer
+    ({} without a gold answer)."""
+    if gold is None:
+        return {}
+    return {"correct_before": final_number(base.tokenizer.decode(before, skip_special_tokens=True)) == gold,
+            "correct_after": final_number(adapted.tokenizer.decode(after, skip_special_tokens=True)) == gold}
+
+
+def accuracy(rows: Sequence[dict]) -> dict:
+    """{"accuracy_before", "accuracy_after"} over the graded rows ({} when none is graded)."""
+    graded = [r for r in rows if "correct_before" in r]
+    if not graded:
+        return {}
+    return {"accuracy_before": sum(r["correct_before"] for r in graded) / len(graded),
+            "accuracy_after": sum(r["correct_after"] for r in graded) / len(graded)}
+
+
 def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]], block: int, max_new_tokens: int,
              tick: Callable[[str], None] | None = None) -> dict:
     """prompts: (id, token ids, gold answer or None). Returns per-prompt figures and a summary."""
@@ -59,10 +77,7 @@ def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]]
         row = {"id": pid, "generate_rate": g.rate, "before_rate": before.rate, "after_rate": after.rate,
                "before_per_pass": before.tokens_per_pass, "after_per_pass": after.tokens_per_pass,
                "after_vs_generate": after.rate / g.rate if g.rate else 0.0,
-               "agreement": share, "first_difference": first}
-        if gold is not None:
-            row["correct_before"] = final_number(base.tokenizer.decode(g.tokens, skip_special_tokens=True)) == gold
-            row["correct_after"] = final_number(adapted.tokenizer.decode(after.tokens, skip_special_tokens=True)) == gold
+               "agreement": share, "first_difference": first, **grade(base, g.tokens, adapted, after.tokens, gold)}
         rows.append(row)
         if tick:
             tick(pid)
@@ -76,8 +91,5 @@ def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]]
         "after_vs_generate_median": statistics.median(r["after_vs_generate"] for r in rows),
         "agreement_mean": statistics.mean(r["agreement"] for r in rows),
     }
-    graded = [r for r in rows if "correct_before" in r]
-    if graded:
-        summary["accuracy_before"] = sum(r["correct_before"] for r in graded) / len(graded)
-        summary["accuracy_after"] = sum(r["correct_after"] for r in graded) / len(graded)
+    summary.update(accuracy(rows))
     return {"summary": summary, "prompts": rows, "block": block, "max_new_tokens": max_new_tokens}

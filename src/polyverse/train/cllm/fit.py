@@ -16,7 +16,6 @@ import torch
 
 from ...errors import ConfigError
 from .. import common
-from ..common import save_adapter  # noqa: F401  (the CLI and tests save CLLM adapters from here)
 from .collect import Trajectory
 from .losses import ar_loss, consistency_loss, consistency_mask
 

@@ -14,7 +14,7 @@ import statistics
 from typing import Callable, Sequence
 
 from ...bench.contenders import Contender
-from ..cllm.evaluate import final_number
+from ..cllm.evaluate import accuracy, grade
 
 
 def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]], k: int, max_new_tokens: int,
@@ -31,10 +31,7 @@ def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]]
         s = space.run(adapted, ids, max_new_tokens)
         row = {"id": pid, "generate_rate": g.rate, "ar_rate": a.rate, "space_rate": s.rate,
                "space_per_pass": s.tokens_per_pass, "space_vs_generate": s.rate / g.rate if g.rate else 0.0,
-               "equal_to_ar": s.tokens == a.tokens, "tokens": len(s.tokens)}
-        if gold is not None:
-            row["correct_before"] = final_number(base.tokenizer.decode(g.tokens, skip_special_tokens=True)) == gold
-            row["correct_after"] = final_number(adapted.tokenizer.decode(a.tokens, skip_special_tokens=True)) == gold
+               "equal_to_ar": s.tokens == a.tokens, "tokens": len(s.tokens), **grade(base, g.tokens, adapted, a.tokens, gold)}
         rows.append(row)
         if tick:
             tick(pid)
@@ -46,8 +43,5 @@ def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]]
         "space_vs_generate_median": statistics.median(r["space_vs_generate"] for r in rows),
         "equal_to_ar": sum(r["equal_to_ar"] for r in rows),
     }
-    graded = [r for r in rows if "correct_before" in r]
-    if graded:
-        summary["accuracy_before"] = sum(r["correct_before"] for r in graded) / len(graded)
-        summary["accuracy_after"] = sum(r["correct_after"] for r in graded) / len(graded)
+    summary.update(accuracy(rows))
     return {"summary": summary, "prompts": rows, "k": k, "max_new_tokens": max_new_tokens}

@@ -1,0 +1,268 @@
+"""`polyverse train ...`: the CLLM and SPACE pipelines (collect, fit, eval)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .cli_common import _fail, _progress
+from .errors import ConfigError, PolyverseError
+
+train_app = typer.Typer(no_args_is_help=True, help="Training pipelines (CLLM consistency distillation, SPACE SFT).")
+cllm_app = typer.Typer(no_args_is_help=True, help="CLLM: collect Jacobi trajectories, fit an adapter, evaluate it.")
+space_app = typer.Typer(no_args_is_help=True, help="SPACE: [MASK] semi-autoregressive SFT, evaluate the adapter.")
+train_app.add_typer(cllm_app, name="cllm")
+train_app.add_typer(space_app, name="space")
+
+
+def _gsm8k_default(name: str) -> str:
+    from .bench.prompts import SHARED_DATA
+
+    return str(SHARED_DATA / name)
+
+
+def _question_rows(data: str, limit: int, offset: int = 0) -> list[tuple[str, Any, Optional[str]]]:
+    """(id, prompt, GSM8K gold answer or None) of a JSONL file's usable rows."""
+    from pathlib import Path
+
+    from .bench.data import read_rows
+    from .train.cllm.evaluate import final_number
+
+    if limit < 1 or offset < 0:
+        raise ConfigError("--limit must be at least 1 and --offset at least 0")
+    out = []
+    for pid, prompt, row in read_rows(Path(data), limit + offset)[offset:]:
+        answer = row.get("answer")
+        out.append((pid, prompt, final_number(answer) if isinstance(answer, str) and "####" in answer else None))
+    return out
+
+
+def _evaluate_adapter(model: str, adapter: str, data: str, limit: int, chat: Optional[bool], out: Optional[str],
+                      run: Callable[..., dict]) -> dict:
+    """Load the base and the adapted model, run ``run(base, adapted, prompts, tick)`` over GSM8K-style
+    questions with a progress bar, write the figures to ``out`` if given; bad input fails cleanly."""
+    from pathlib import Path
+
+    try:
+        rows = _question_rows(data or _gsm8k_default("gsm8k_test_dev.jsonl"), limit)
+        from .api import load
+
+        base = load(model)
+        adapted = load(model, adapter=adapter)
+        prompts = [(pid, base.encode(p, chat), gold) for pid, p, gold in rows]
+        with _progress() as bar:
+            task = bar.add_task("eval", total=len(prompts))
+            doc = run(base, adapted, prompts, lambda pid: bar.update(task, advance=1))
+        if out:
+            Path(out).write_text(json.dumps(doc, indent=1))
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    return doc
+
+
+@cllm_app.command("collect")
+def cllm_collect(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Model whose Jacobi trajectories are collected."),
+    data: str = typer.Option("", "--data", help="JSONL of prompts/questions (default: ../shared/data/gsm8k_train.jsonl)."),
+    out: str = typer.Option(..., "--out", help="Folder for trajectories.jsonl (appended; a rerun resumes)."),
+    block: int = typer.Option(16, "--block", help="n: tokens per Jacobi block."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", help="Tokens generated per prompt."),
+    limit: int = typer.Option(100, "--limit", help="Prompts to use."),
+    offset: int = typer.Option(0, "--offset", help="Skip this many prompts first."),
+    max_run: int = typer.Option(8, "--max-run", help="Drop blocks with this many equal tokens in a row."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+) -> None:
+    """Greedy Jacobi on each prompt, recording every state of each block and its fixed point."""
+    from pathlib import Path
+
+    from .train.cllm.collect import CollectConfig, collect
+
+    try:
+        cfg = CollectConfig(block=block, max_new_tokens=max_new_tokens, max_run=max_run)
+        rows = _question_rows(data or _gsm8k_default("gsm8k_train.jsonl"), limit, offset)
+        from .api import load
+
+        lm = load(model)
+        prompts = [(pid, lm.encode(p, chat)) for pid, p, _ in rows]
+        with _progress() as bar:
+            task = bar.add_task("collect", total=len(prompts))
+            counts = collect(lm, prompts, Path(out), cfg, tick=lambda pid, n: bar.update(task, advance=1, description=f"prompt {pid}: {n} blocks"))
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted: prompts already written are kept; rerun the same command to resume", 130)
+    typer.echo(f"{counts['prompts']} prompts collected ({counts['skipped']} already done), {counts['blocks']} blocks kept, "
+               f"{counts['dropped']} degenerate dropped -> {Path(out) / 'trajectories.jsonl'}")
+
+
+@cllm_app.command("fit")
+def cllm_fit(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model to fine-tune."),
+    trajectories: str = typer.Option(..., "--trajectories", help="Folder written by `collect`."),
+    out: str = typer.Option(..., "--out", help="Adapter folder (checkpoints go under it)."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
+    batch: int = typer.Option(1, "--batch", help="Examples per micro-batch."),
+    accumulate: int = typer.Option(4, "--accumulate", help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(2e-4, "--lr", help="Learning rate."),
+    ar_weight: float = typer.Option(10.0, "--ar-weight", help="Weight of the AR loss."),
+    consistency_weight: float = typer.Option(1.0, "--consistency-weight", help="Weight of the consistency loss."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="Label smoothing of the AR loss."),
+    full: bool = typer.Option(False, "--full", help="Full fine-tune instead of LoRA."),
+    lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank."),
+    save_every: int = typer.Option(50, "--save-every", help="Checkpoint every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint under --out."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order and initialisation."),
+) -> None:
+    """Consistency + AR fine-tune on collected trajectories; writes a LoRA adapter (safetensors)."""
+    from pathlib import Path
+
+    from dataclasses import asdict
+
+    from .train.cllm.collect import read_trajectories
+    from .train.cllm.fit import FitConfig, fit
+    from .train.common import save_adapter
+
+    try:
+        cfg = FitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, ar_weight=ar_weight,
+                        consistency_weight=consistency_weight, label_smoothing=label_smoothing, lora=not full,
+                        lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed)
+        records = read_trajectories(Path(trajectories))
+        from .api import load
+
+        lm = load(model)
+        with _progress() as bar:
+            task = bar.add_task("fit", total=steps)
+
+            def tick(step, parts):
+                bar.update(task, completed=step, description=f"step {step}: ar {parts['ar']:.3f} consistency {parts['consistency']:.4f}")
+
+            trained, history = fit(lm.hf_model, records, Path(out), cfg, resume=resume, tick=tick)
+        save_adapter(trained, Path(out), {"method": "cllm", "base_model": model, "trajectories": str(trajectories),
+                                          "records": len(records), "config": asdict(cfg),
+                                          "final": history[-1] if history else None,
+                                          "command": "polyverse " + " ".join(sys.argv[1:])})
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted: checkpoints under --out are kept; rerun with --resume to continue", 130)
+    last = history[-1] if history else {}
+    typer.echo(f"adapter written to {out} (step {last.get('step')}: ar {last.get('ar')}, consistency {last.get('consistency')})")
+
+
+@cllm_app.command("eval")
+def cllm_eval(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model."),
+    adapter: str = typer.Option(..., "--adapter", help="Adapter name or folder."),
+    data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
+    limit: int = typer.Option(10, "--limit", help="Prompts."),
+    block: int = typer.Option(16, "--block", help="Jacobi block size."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write every figure to this JSON file."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+) -> None:
+    """Accepted tokens per Jacobi pass and tokens/s before and after an adapter; output drift."""
+    from .train.cllm.evaluate import evaluate
+
+    doc = _evaluate_adapter(model, adapter, data, limit, chat, out,
+                            lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts, block, max_new_tokens, tick))
+    s = doc["summary"]
+    table = Table("figure", "before", "after")
+    table.add_row("tokens per Jacobi pass (mean)", f"{s['per_pass_before']:.3f}", f"{s['per_pass_after']:.3f}")
+    table.add_row("Jacobi tok/s (median)", f"{s['jacobi_before_rate_median']:.1f}", f"{s['jacobi_after_rate_median']:.1f}")
+    table.add_row("Jacobi x generate of the original (median)", "", f"{s['after_vs_generate_median']:.2f}x")
+    table.add_row("greedy tokens equal to the original (mean)", "1.000", f"{s['agreement_mean']:.3f}")
+    if "accuracy_before" in s:
+        table.add_row("GSM8K answer accuracy", f"{s['accuracy_before']:.2f}", f"{s['accuracy_after']:.2f}")
+    Console().print(table)
+
+
+@space_app.command("fit")
+def space_fit(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model to fine-tune."),
+    data: str = typer.Option("", "--data", help="JSONL with question/answer (GSM8K) or prompt/response rows "
+                             "(default: ../shared/data/gsm8k_train.jsonl)."),
+    out: str = typer.Option(..., "--out", help="Adapter folder (checkpoints go under it)."),
+    limit: int = typer.Option(0, "--limit", help="Use the first N rows (0: all)."),
+    steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
+    batch: int = typer.Option(4, "--batch", help="Samples per micro-batch."),
+    accumulate: int = typer.Option(1, "--accumulate", help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(3e-4, "--lr", help="Learning rate."),
+    k: int = typer.Option(5, "--k", help="Masks per group: future tokens proposed per pass."),
+    p: float = typer.Option(0.5, "--p", help="Share of samples cut and given k + 1 masks."),
+    full: bool = typer.Option(False, "--full", help="Full fine-tune instead of LoRA."),
+    lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank."),
+    save_every: int = typer.Option(50, "--save-every", help="Checkpoint every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint under --out."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order and initialisation."),
+) -> None:
+    """Semi-autoregressive SFT with a new [MASK] token; writes a LoRA adapter (safetensors)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .train.common import save_adapter
+    from .train.space.data import read_samples
+    from .train.space.fit import SpaceFitConfig, fit
+
+    try:
+        cfg = SpaceFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, k=k, p=p, lora=not full,
+                             lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed)
+        if limit < 0:
+            raise ConfigError("--limit must be 0 (all) or more")
+        from .api import load
+
+        lm = load(model)
+        path = Path(data or _gsm8k_default("gsm8k_train.jsonl"))
+        samples = read_samples(path, lm.tokenizer, limit)
+        with _progress() as bar:
+            task = bar.add_task("fit", total=steps)
+
+            def tick(step, parts):
+                bar.update(task, completed=step, description=f"step {step}: ar {parts['ar']:.3f} mask {parts['mask']:.3f}")
+
+            trained, history, mask_id = fit(lm.hf_model, lm.tokenizer, samples, Path(out), cfg, resume=resume, tick=tick)
+        save_adapter(trained, Path(out), {"method": "space", "base_model": model, "data": str(path),
+                                          "samples": len(samples), "config": asdict(cfg),
+                                          "added_tokens": ["[MASK]"], "mask_id": mask_id,
+                                          "vocab_size": mask_id + 1, "final": history[-1] if history else None,
+                                          "command": "polyverse " + " ".join(sys.argv[1:])})
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted: checkpoints under --out are kept; rerun with --resume to continue", 130)
+    last = history[-1] if history else {}
+    typer.echo(f"adapter written to {out} (step {last.get('step')}: ar {last.get('ar')}, mask {last.get('mask')})")
+
+
+@space_app.command("eval")
+def space_eval(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model."),
+    adapter: str = typer.Option(..., "--adapter", help="SPACE adapter name or folder."),
+    data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
+    limit: int = typer.Option(10, "--limit", help="Prompts."),
+    k: int = typer.Option(5, "--k", help="Masks per group at decoding."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write every figure to this JSON file."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+) -> None:
+    """Accepted tokens per pass and tokens/s of `space` against `generate` of the original model."""
+    from .train.space.evaluate import evaluate
+
+    doc = _evaluate_adapter(model, adapter, data, limit, chat, out,
+                            lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts, k, max_new_tokens, tick))
+    s = doc["summary"]
+    table = Table("figure", "value")
+    table.add_row("accepted tokens per pass (mean)", f"{s['per_pass_mean']:.3f}")
+    table.add_row("space tok/s (median)", f"{s['space_rate_median']:.1f}")
+    table.add_row("generate tok/s, original model (median)", f"{s['generate_rate_median']:.1f}")
+    table.add_row("space x generate (median)", f"{s['space_vs_generate_median']:.2f}x")
+    table.add_row("space output equal to adapted ar", f"{s['equal_to_ar']}/{s['prompts']}")
+    if "accuracy_before" in s:
+        table.add_row("GSM8K accuracy: original / adapted", f"{s['accuracy_before']:.2f} / {s['accuracy_after']:.2f}")
+    Console().print(table)
