@@ -1,8 +1,11 @@
 """Pure builders: from a draft to the tokens, positions and visibility of one forward pass.
 
-The visibility of a pass is described by branches: every fed token sees the whole committed
-context, itself, and its ancestors through ``parents``. Each backend turns that into its own
-mechanism (a 4D additive mask for transformers; sequence ids for llama.cpp).
+The visibility of a pass is described by branches: every fed token sees the committed context
+of its sequence, itself, and its ancestors through ``parents``. Sequences are llama.cpp's idea:
+every KV cell belongs to a set of sequence ids, and a fed token sees the cells of its own
+sequence (its first id). Plain methods use sequence 0 only, where every token sees the whole
+context; the Multiverse engine gives each path its own sequence. Each backend turns this into
+its own mechanism (a 4D additive mask for transformers; sequence ids for llama.cpp).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ class Feed:
     tokens: tuple[int, ...]
     positions: tuple[int, ...]
     parents: tuple[int, ...]  # index into this feed, -1 = hangs directly below the context
+    # per token: the sequence ids its KV cell joins; the first is the one whose context it sees.
+    # None = every token in sequence 0.
+    seqs: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if not len(self.tokens) == len(self.positions) == len(self.parents):
@@ -32,6 +38,15 @@ class Feed:
         for i, p in enumerate(self.parents):
             if not -1 <= p < i:
                 raise ValueError(f"feed node {i} has parent {p}: parents must come first")
+        if self.seqs is not None:
+            if len(self.seqs) != len(self.tokens):
+                raise ValueError(f"feed has {len(self.tokens)} tokens but {len(self.seqs)} sequence sets")
+            if any(not s or min(s) < 0 for s in self.seqs):
+                raise ValueError("every fed token needs at least one sequence id >= 0")
+
+    def own_seqs(self) -> tuple[int, ...]:
+        """The sequence whose context each token sees (its first id; 0 when the feed has none)."""
+        return (0,) * len(self.tokens) if self.seqs is None else tuple(s[0] for s in self.seqs)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -62,9 +77,14 @@ def draft_feed(root_token: int, root_position: int, draft: Draft) -> Feed:
 
 
 def is_plain_chain(feed: Feed, past: int) -> bool:
-    """True when the feed is an ordinary causal continuation of a context of length ``past``."""
+    """True when the feed is an ordinary causal continuation of a context of length ``past``
+    (sequence 0 only; the caller checks that every committed cell is in sequence 0 too)."""
     n = len(feed)
-    return feed.parents == tuple(range(-1, n - 1)) and feed.positions == tuple(range(past, past + n))
+    return (
+        feed.parents == tuple(range(-1, n - 1))
+        and feed.positions == tuple(range(past, past + n))
+        and (feed.seqs is None or all(s == (0,) for s in feed.seqs))
+    )
 
 
 def visibility(parents: "tuple[int, ...]") -> torch.Tensor:
@@ -82,13 +102,23 @@ def visibility(parents: "tuple[int, ...]") -> torch.Tensor:
     return vis
 
 
-def additive_mask(parents: "tuple[int, ...]", past: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def additive_mask(
+    parents: "tuple[int, ...]",
+    past: int,
+    dtype: torch.dtype = torch.float32,
+    context: torch.Tensor | None = None,
+) -> torch.Tensor:
     """[1, 1, q, past + q] additive mask: 0 where visible, the dtype's minimum where hidden.
 
-    Every token sees all ``past`` committed entries and its own branch of the feed.
+    Every token sees its own branch of the feed and the committed entries that ``context``
+    ([q, past] bool) marks visible to it; all ``past`` entries when ``context`` is None.
     """
     q = len(parents)
     vis = torch.ones(q, past + q, dtype=torch.bool)  # [q, kv]
+    if context is not None:
+        if tuple(context.shape) != (q, past):
+            raise ValueError(f"context visibility has shape {tuple(context.shape)}, expected {(q, past)}")
+        vis[:, :past] = context
     vis[:, past:] = visibility(parents)
     mask = torch.zeros(q, past + q, dtype=dtype)  # [q, kv]
     mask.masked_fill_(~vis, torch.finfo(dtype).min)

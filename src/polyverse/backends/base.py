@@ -4,7 +4,8 @@ A backend holds a committed context (KV entries of tokens that are part of the o
 ``forward`` appends the feed's entries as *pending*; ``commit`` keeps a chosen subset of the
 pending entries (those of the accepted path) and drops the rest. Visibility is given by the
 feed's branches (parents), never as a raw mask, so that backends other than transformers
-(llama.cpp sequence ids) can serve the same methods.
+(llama.cpp sequence ids) can serve the same methods. Every cell belongs to a set of sequence
+ids (0 unless a feed says otherwise); a fed token sees the cells of its own sequence.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ class Backend(Protocol):
 
     def commit(self, keep: Sequence[int]) -> None:
         """Keep the pending entries at these feed indices (ascending), drop the other pending ones."""
+
+    def copy_seq(self, src: int, dst: int) -> None:
+        """Every committed cell of sequence ``src`` joins sequence ``dst`` too (shares a prefix)."""
+
+    def drop_seq(self, seq: int) -> None:
+        """No committed cell belongs to ``seq`` any more."""
 
     def truncate(self, length: int) -> None:
         """Drop committed entries beyond ``length`` (and any pending ones)."""

@@ -31,6 +31,7 @@ class TransformersBackend:
         self.cache = DynamicCache(config=model.config)
         self._committed = 0
         self._pending = 0
+        self._cells: torch.Tensor | None = None  # [S, committed + pending] bool: cell c in sequence s; None = all in 0
         # the LM head can run apart from the body when the logits are a plain projection
         base = getattr(model, getattr(model, "base_model_prefix", ""), None)
         head = model.get_output_embeddings()
@@ -53,8 +54,9 @@ class TransformersBackend:
         ids = torch.tensor([feed.tokens], device=self.device)  # [1, q]
         pos = torch.tensor([feed.positions], device=self.device)  # [1, q]
         mask = None
-        if not is_plain_chain(feed, past):
-            mask = additive_mask(feed.parents, past, self.dtype).to(self.device)  # [1, 1, q, kv]
+        context = self._context(feed, past)  # [q, past] bool or None (= all visible)
+        if context is not None or not is_plain_chain(feed, past):
+            mask = additive_mask(feed.parents, past, self.dtype, context).to(self.device)  # [1, 1, q, kv]
         kwargs = dict(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=self.cache, use_cache=True)
         product = few_rows.FewRowLinear() if few_rows.wanted(q, self.device) else nullcontext()
         if self._split is not None:
@@ -82,9 +84,48 @@ class TransformersBackend:
         logits = out.logits[0].float()  # [len(logits_for) or q, V]
         return eager(logits) if logits_for is None else logits
 
+    def _context(self, feed: Feed, past: int) -> torch.Tensor | None:
+        """Which committed cells each fed token sees ([q, past]); records the feed's cells as pending."""
+        if self._cells is None and (feed.seqs is None or all(s == (0,) for s in feed.seqs)):
+            return None
+        seqs = feed.seqs if feed.seqs is not None else ((0,),) * len(feed)
+        self._grow(max(max(s) for s in seqs) + 1)
+        context = self._cells[list(feed.own_seqs()), :past]  # [q, past]
+        pending = torch.zeros(self._cells.shape[0], len(feed), dtype=torch.bool)  # [S, q]
+        for i, ids in enumerate(seqs):
+            pending[list(ids), i] = True
+        self._cells = torch.cat([self._cells[:, :past], pending], dim=1)  # [S, past + q]
+        return context
+
+    def _grow(self, n_seqs: int) -> None:
+        """Make the cell table exist with at least ``n_seqs`` sequences (new ones empty)."""
+        if self._cells is None:
+            self._cells = torch.zeros(1, self._committed, dtype=torch.bool)
+            self._cells[0] = True
+        if self._cells.shape[0] < n_seqs:
+            extra = torch.zeros(n_seqs - self._cells.shape[0], self._cells.shape[1], dtype=torch.bool)
+            self._cells = torch.cat([self._cells, extra])
+
+    def copy_seq(self, src: int, dst: int) -> None:
+        """Every committed cell of sequence ``src`` joins ``dst`` too (llama.cpp's seq_cp)."""
+        if self._pending:
+            raise RuntimeError("copy_seq called with pending entries: commit first")
+        self._grow(max(src, dst) + 1)
+        self._cells[dst] |= self._cells[src]
+
+    def drop_seq(self, seq: int) -> None:
+        """No cell belongs to ``seq`` any more (the cells stay for the other sequences)."""
+        if self._pending:
+            raise RuntimeError("drop_seq called with pending entries: commit first")
+        self._grow(seq + 1)
+        self._cells[seq] = False
+
     def commit(self, keep: Sequence[int]) -> None:
         keep = list(keep)
         n = self._pending
+        if self._cells is not None and self._cells.shape[1] == self._committed + n:
+            cols = list(range(self._committed)) + [self._committed + k for k in keep if 0 <= k < n]
+            self._cells = self._cells[:, cols]
         if keep == list(range(len(keep))):
             drop = n - len(keep)
             if drop:
@@ -108,13 +149,17 @@ class TransformersBackend:
             self.cache.crop(length - total)
         self._committed = min(self._committed, length)
         self._pending = 0
+        if self._cells is not None:
+            self._cells = self._cells[:, : self._committed]
 
     def fork(self) -> "TransformersBackend":
         other = copy.copy(self)
         other.cache = copy.deepcopy(self.cache)
+        other._cells = None if self._cells is None else self._cells.clone()
         return other
 
     def reset(self) -> None:
         self.cache = DynamicCache(config=self.model.config)
         self._committed = 0
         self._pending = 0
+        self._cells = None

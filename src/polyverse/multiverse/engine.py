@@ -1,0 +1,353 @@
+"""The Multiverse engine: decode, fork one path per outline at ``</Goal>``, run the paths in the
+same forward passes, merge them, and go on with the Conclusion.
+
+Layout: flattened. All branches live in one KV cache; each path is a backend *sequence* (see
+``layout``): a fork makes every committed cell of the parent visible to the children, a path's
+cells join its parent when it closes, so the Conclusion sees everything and the merge costs
+nothing. Each pass feeds the queued tokens of every open branch, each chain below the context of
+its own sequence, and asks for one logits row per branch. Positions follow ``attention``: paths
+restart after ``</Goal>``, the Conclusion starts after the longest path. With ``parallel=False``
+the same engine runs the paths one after another (the sequential baseline: the same tokens, one
+logits row per pass).
+
+Budgets: ``max_new_tokens`` counts sequential length (as the paper does): the furthest position
+written minus the prompt. A block with more outlines than ``max_paths``, or nested deeper than
+``max_depth``, is not forked (its text goes on as plain decoding). A path that reaches
+``max_path_tokens`` is closed with a forced ``</Path>``. A model that never writes the tags is
+plain AR decoding: one branch, one token per pass.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from ..config import GenerationConfig
+from ..errors import ConfigError
+from ..layout import Feed
+from ..sampling import make_generator, sample, target_probs
+from .attention import Label
+from .sequence import CONCLUSION_END, CONCLUSION_SEED, GOAL_END, PARALLEL_CLOSE, PATH_END, PATH_SEED
+
+_OUTLINE = re.compile(r"<Outline>\s*(\d+(?:\.\d+)*)\s*:")
+
+
+@dataclass(frozen=True)
+class MultiverseConfig:
+    """Budgets and scheduling of the engine (``guided`` adds the training-free mode)."""
+
+    max_paths: int = 8  # a block with more outlines is not forked
+    max_depth: int = 2  # blocks nested deeper are not forked
+    max_path_tokens: int = 256  # a longer path is closed with a forced </Path>
+    parallel: bool = True  # False: paths one after another (the sequential baseline)
+    guided: bool = False  # training-free: the engine writes the tags and asks the model for the outlines
+    paths: int = 0  # guided: number of outlines (0 = the model chooses, between min_paths and max_paths)
+    min_paths: int = 2  # guided: fewest outlines when the model chooses
+    outline_tokens: int = 32  # guided: longest outline
+
+    def __post_init__(self) -> None:
+        if self.max_paths < 1 or self.max_depth < 0 or self.max_path_tokens < 8:
+            raise ConfigError("multiverse needs max_paths >= 1, max_depth >= 0 and max_path_tokens >= 8")
+        if not 0 <= self.paths <= self.max_paths or not 1 <= self.min_paths <= self.max_paths:
+            raise ConfigError(f"multiverse paths must lie in 1..max_paths ({self.max_paths}); 0 lets the model choose")
+
+
+@dataclass
+class Branch:
+    label: Label
+    seq: int  # the backend sequence whose context this branch sees
+    number: str | None  # path number ("2.1"); None on the trunk
+    parent: "Branch | None"
+    pos: int  # position of the next token fed
+    tokens: list[int]  # everything written on this branch, queue included
+    queue: list[int] = field(default_factory=list)  # written, not fed yet
+    kind: str = "trunk"  # trunk | path
+    conclusion: bool = False  # writing the Conclusion of its last block
+    state: str = "run"  # run | wait (children open) | closing | resume (next pass) | done
+    join: tuple[int, ...] = ()  # more sequences the queued cells join
+    anchor: "Branch | None" = None  # this pass, hang the chain below the anchor's last token
+    mark: int = 0  # start of the current segment in ``tokens`` (tag search starts here)
+    blocks: int = 0  # blocks forked from this branch
+    block_start: int = 0  # first position of the paths of this branch's open block
+    children: list["Branch"] = field(default_factory=list)
+    forks: list[tuple[int, list["Branch"]]] = field(default_factory=list)  # (index in tokens, paths)
+    allowed: tuple[int, ...] | None = None  # the next token must be one of these (guided choices)
+    guide: str = ""  # guided-mode state of this branch ("" = not guided)
+    notes: dict = field(default_factory=dict)  # guided-mode bookkeeping
+
+    @property
+    def depth(self) -> int:
+        return len(self.label)
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one pass wrote: per branch (label, path number, new tokens)."""
+
+    writes: tuple[tuple[Label, str | None, tuple[int, ...]], ...]
+    fed: int  # tokens in the pass
+    rows: int  # logits rows (branches that chose a token)
+    seconds: float
+    finish_reason: str | None = None
+
+
+Pick = Callable[[Branch, torch.Tensor], int]
+
+
+class Engine:
+    """One request. Iterate ``run(prompt)`` for Updates; then ``tokens()``/``labels()`` give the
+    structured output in training order."""
+
+    def __init__(self, backend, tokenizer, config: MultiverseConfig, gen: GenerationConfig,
+                 generator: torch.Generator | None = None, pick: Pick | None = None,
+                 record: Callable[[Label, int, torch.Tensor], None] | None = None) -> None:
+        self.backend, self.tokenizer, self.cfg, self.gen = backend, tokenizer, config, gen
+        self.generator = generator if generator is not None else make_generator(gen.seed)
+        self.pick = pick or self._choose
+        self.record = record
+        self.eos = set(gen.eos_token_ids)
+        self._ids: dict[str, list[int]] = {}
+        self._seqs = 0
+        self.trunk: Branch | None = None
+        self.prompt_len = 0
+        self.passes = 0
+
+    # -- tokens -----------------------------------------------------------------------------
+    def ids(self, text: str) -> list[int]:
+        if text not in self._ids:
+            self._ids[text] = [int(t) for t in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        return self._ids[text]
+
+    def _tail(self, br: Branch, n: int, drop_last: bool = False) -> str:
+        seg = br.tokens[br.mark: len(br.tokens) - (1 if drop_last else 0)]
+        return self.tokenizer.decode(seg[-n:], skip_special_tokens=False)
+
+    def _wrote(self, br: Branch, tag: str) -> bool:
+        """Did the last token written on ``br`` complete ``tag``?"""
+        n = len(tag) + 1
+        return tag in self._tail(br, n) and tag not in self._tail(br, n, drop_last=True)
+
+    def _choose(self, br: Branch, row: torch.Tensor) -> int:
+        if br.allowed is not None:
+            keep = torch.full_like(row, float("-inf"))
+            keep[list(br.allowed)] = row[list(br.allowed)]
+            row = keep
+        elif br.guide == "outline" and self.eos:  # an outline cannot end the answer
+            row = row.clone()
+            row[list(self.eos)] = float("-inf")
+        if self.gen.sampling.greedy:
+            return int(torch.argmax(row))
+        return sample(target_probs(row[None], self.gen.sampling)[0], self.generator)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, prompt: Sequence[int]) -> Iterator[Update]:
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise ConfigError("the prompt must hold at least one token")
+        if len(prompt) >= self.backend.max_length:
+            raise ConfigError(f"prompt of {len(prompt)} tokens does not fit the context of {self.backend.max_length}")
+        self.backend.reset()
+        self.prompt_len = len(prompt)
+        if len(prompt) > 1:
+            self.backend.forward(Feed(tuple(prompt[:-1]), tuple(range(len(prompt) - 1)), tuple(range(-1, len(prompt) - 2))), logits_for=[])
+            self.backend.commit(range(len(prompt) - 1))
+        self.trunk = Branch((), self._new_seq(), None, None, len(prompt) - 1, list(prompt), [prompt[-1]], mark=len(prompt))
+        if self.cfg.guided:
+            from .guided import start
+
+            start(self, self.trunk)
+        finish = None
+        while finish is None:
+            t0 = time.perf_counter()
+            before = {id(b): len(b.tokens) for b in self._branches()}
+            batch = self._schedule()
+            if not batch:
+                finish = "eos"
+                break
+            fed, rows = self._pass(batch)
+            finish = self._finished()
+            writes = tuple((b.label, b.number, tuple(b.tokens[before.get(id(b), 0):]))
+                           for b in self._branches() if len(b.tokens) > before.get(id(b), 0))
+            yield Update(writes, fed, rows, time.perf_counter() - t0, finish)
+
+    def _pass(self, batch: list[Branch]) -> tuple[int, int]:
+        tokens, positions, parents, seqs, want = [], [], [], [], []
+        last: dict[int, int] = {}
+        for br in batch:
+            up = last.get(id(br.anchor), -1) if br.anchor is not None else -1
+            for k, tok in enumerate(br.queue):
+                tokens.append(tok)
+                positions.append(br.pos + k)
+                parents.append(up if k == 0 else len(tokens) - 2)
+                seqs.append((br.seq,) + br.join)
+            last[id(br)] = len(tokens) - 1
+            if br.state == "run":
+                want.append(br)
+        rows = [last[id(br)] for br in want]
+        logits = self.backend.forward(Feed(tuple(tokens), tuple(positions), tuple(parents), tuple(seqs)), logits_for=rows)
+        self.backend.commit(range(len(tokens)))
+        self.passes += 1
+        for br in batch:
+            br.pos += len(br.queue)
+            br.queue, br.join = [], ()
+            if br.state == "closing":
+                br.state = "done"
+        for br in self._branches():
+            br.anchor = None
+            if br.state == "resume":  # a conclusion that had to wait for this pass's closing tokens
+                br.state = "run"
+        for br, row in zip(want, logits):
+            if self.record is not None:
+                self.record(br.label, len(br.tokens) - 1, row)
+            self._write(br, self.pick(br, row))
+        return len(tokens), len(rows)
+
+    def _schedule(self) -> list[Branch]:
+        live = [b for b in self._branches() if b.queue and b.state in ("run", "wait", "closing")]
+        if not self.cfg.parallel:
+            running = [b for b in live if b.state == "run"]
+            first = min(running, key=lambda b: b.label) if running else None
+            live = [b for b in live if b.state != "run" or b is first]
+        # anchors first, so that a chain hangs below a token already in the feed
+        placed: list[Branch] = []
+        rest = list(live)
+        while rest:
+            ready = [b for b in rest if b.anchor is None or b.anchor not in rest]
+            placed.extend(ready)
+            rest = [b for b in rest if b not in ready]
+        return placed
+
+    def _branches(self) -> list[Branch]:
+        out, todo = [], [self.trunk]
+        while todo:
+            br = todo.pop()
+            out.append(br)
+            todo.extend(reversed(br.children))
+        return out
+
+    def _finished(self) -> str | None:
+        if self.trunk.state == "done":
+            return "eos"
+        furthest = max(b.pos + len(b.queue) - 1 for b in self._branches())
+        if furthest - (self.prompt_len - 1) >= self.gen.max_new_tokens:
+            return "length"
+        return None
+
+    def _new_seq(self) -> int:
+        self._seqs += 1
+        return self._seqs - 1
+
+    # -- writing and events -----------------------------------------------------------------
+    def force(self, br: Branch, text: str) -> None:
+        for tok in self.ids(text):
+            br.tokens.append(tok)
+            br.queue.append(tok)
+
+    def _write(self, br: Branch, tok: int) -> None:
+        br.allowed = None
+        if self.cfg.guided and br.guide:
+            from .guided import on_token
+
+            if on_token(self, br, tok):
+                return
+        if tok in self.eos:
+            if br.conclusion:  # the grammar cannot end here: close what is open
+                self.force(br, "\n" + CONCLUSION_END + PARALLEL_CLOSE)
+                br.conclusion = False
+            if br.kind == "path":
+                self.force(br, "\n" + PATH_END)
+                self._close(br)
+            else:
+                br.tokens.append(tok)
+                br.state = "done"
+            return
+        br.tokens.append(tok)
+        br.queue.append(tok)
+        self.after_write(br)
+
+    def after_write(self, br: Branch) -> None:
+        """React to tags the branch's last token completed; enforce the path budget."""
+        if br.conclusion and self._wrote(br, CONCLUSION_END):
+            self.force(br, PARALLEL_CLOSE)
+            br.conclusion, br.mark = False, len(br.tokens)
+            if br.guide and br.kind == "trunk":
+                br.state = "done"
+        elif br.kind == "path" and not br.conclusion and self._wrote(br, PATH_END):
+            self._close(br)
+        elif self._wrote(br, GOAL_END) and self.fork(br):
+            pass
+        elif br.kind == "path" and br.pos + len(br.queue) - br.parent.block_start >= self.cfg.max_path_tokens - 4:
+            if br.conclusion:
+                self.force(br, "\n" + CONCLUSION_END + PARALLEL_CLOSE)
+                br.conclusion = False
+            self.force(br, "\n" + PATH_END)
+            self._close(br)
+
+    def fork(self, br: Branch) -> bool:
+        """Open one path per outline of the Goal just closed on ``br``; False when not forked."""
+        goal = self.tokenizer.decode(br.tokens[br.mark:], skip_special_tokens=False)
+        goal = goal[goal.rfind("<Goal>"):]
+        numbers = _OUTLINE.findall(goal)
+        if not numbers or len(numbers) > self.cfg.max_paths or br.depth >= self.cfg.max_depth:
+            return False
+        block, start = br.blocks, br.pos + len(br.queue)
+        br.blocks += 1
+        br.block_start = start
+        kids = []
+        for i in range(1, len(numbers) + 1):
+            number = f"{br.number}.{i}" if br.number else str(i)
+            kid = Branch(br.label + ((block, i),), self._new_seq(), number, br, start, [], kind="path", anchor=br,
+                         guide="path" if br.guide else "")
+            self.backend.copy_seq(br.seq, kid.seq)
+            self.force(kid, PATH_SEED.format(number=number))
+            kids.append(kid)
+        br.join = tuple(k.seq for k in kids)
+        br.state = "wait"
+        br.children.extend(kids)
+        br.forks.append((len(br.tokens), kids))
+        return True
+
+    def _close(self, br: Branch) -> None:
+        parent = br.parent
+        br.state = "closing"
+        br.join = (parent.seq,)
+        self.backend.copy_seq(br.seq, parent.seq)
+        kids = parent.forks[-1][1]
+        if any(k.state not in ("closing", "done") for k in kids):
+            return
+        longest = max(k.pos + len(k.queue) for k in kids) - parent.block_start
+        parent.pos = parent.block_start + longest
+        parent.conclusion, parent.mark = True, len(parent.tokens)
+        self.force(parent, CONCLUSION_SEED)
+        closing = [k for k in kids if k.state == "closing"]
+        if closing == [br]:
+            parent.anchor, parent.state = br, "run"
+        else:  # several paths close in this pass: the conclusion starts once they are all in the cache
+            parent.state = "resume"
+
+    # -- the result -------------------------------------------------------------------------
+    def flat(self, br: Branch | None = None) -> tuple[list[int], list[Label]]:
+        """Output tokens in training order (paths one after another) with their labels, prompt included."""
+        br = br or self.trunk
+        toks: list[int] = []
+        labels: list[Label] = []
+        at = 0
+        for cut, kids in br.forks:
+            toks += br.tokens[at:cut]
+            labels += [br.label] * (cut - at)
+            for kid in kids:
+                t, l = self.flat(kid)
+                toks += t
+                labels += l
+            at = cut
+        toks += br.tokens[at:]
+        labels += [br.label] * (len(br.tokens) - at)
+        return toks, labels
+
+    def text(self) -> str:
+        toks, _ = self.flat()
+        return self.tokenizer.decode(toks[self.prompt_len:], skip_special_tokens=True)
