@@ -124,10 +124,20 @@ class Model:
         seed: int | None = None,
         stop: Sequence[str] = (),
         generator=None,
+        on_update=None,
     ) -> Stream:
-        """Start generating; nothing runs until the stream is iterated. Bad options raise at once."""
+        """Start generating; nothing runs until the stream is iterated. Bad options raise at once.
+
+        ``method="multiverse"`` runs the Multiverse engine; ``on_update(engine, update)`` then sees
+        every pass (paths as they grow). With ``guided``, a text prompt gets the plan instruction.
+        """
         spec = registry.get(method)
         method_cfg = spec.make_config(options)
+        if method == "multiverse" and getattr(method_cfg, "guided", False) and isinstance(prompt, str):
+            from .multiverse.guided import instruction
+
+            if chat is not False and getattr(self.tokenizer, "chat_template", None):
+                prompt = instruction(prompt)
         gen_cfg = GenerationConfig(
             max_new_tokens=int(max_new_tokens),
             sampling=SamplingConfig(float(temperature), int(top_k), float(top_p)),
@@ -142,8 +152,12 @@ class Model:
         else:
             ids = self.encode(prompt, chat)
         gen = generator if generator is not None else make_generator(seed)
-        proposer = spec.factory(method_cfg, MethodContext(self.backend, gen_cfg.sampling, gen, self))
         holder: dict = {}
+        if method == "multiverse":  # its own engine: branches, not one chain of drafts
+            from .multiverse.run import chunks
+
+            return Stream(chunks(self, ids, method_cfg, gen_cfg, gen, holder, on_update), holder)
+        proposer = spec.factory(method_cfg, MethodContext(self.backend, gen_cfg.sampling, gen, self))
         return Stream(self._run(ids, proposer, gen_cfg, gen, method, holder), holder)
 
     def _run(self, ids, proposer, gen_cfg, gen, method, holder) -> Iterator[Chunk]:

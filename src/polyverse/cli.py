@@ -151,7 +151,8 @@ def bench(
         if methods.strip():
             wanted = [m.strip() for m in methods.split(",") if m.strip()]
         else:
-            wanted = [m.name for m in registry if (m.name != "draft" or draft_model) and (m.name != "space" or _has_mask(adapter))]
+            wanted = [m.name for m in registry if (m.name != "draft" or draft_model) and (m.name != "space" or _has_mask(adapter))
+                      and m.name != "multiverse"]  # structured output: its own benchmark (bench/multiverse.py)
         per_method: dict[str, dict[str, Any]] = {m: {} for m in wanted}
         for item in option:
             key, sep, value = item.partition("=")

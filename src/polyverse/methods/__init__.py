@@ -2,6 +2,7 @@
 
 from ..registry import registry
 from . import ar, auto, draft_model, jacobi, lookahead, prompt_lookup, space
+from ..multiverse import engine as multiverse
 
 registry.register("ar", ar.ARConfig, ar.make, "plain autoregressive decoding: one token per pass (the reference)")
 registry.register("jacobi", jacobi.JacobiConfig, jacobi.make, "Jacobi / CLLM decoding: refine a block of guesses in parallel")
@@ -17,3 +18,5 @@ registry.register("auto", auto.AutoConfig, auto.make,
                   "adaptive: n-gram speculation or plain decoding per step, draft size from measured pass costs")
 registry.register("space", space.SpaceConfig, space.make,
                   "SPACE auto-correct decoding: a [MASK]-trained model verifies and proposes in one pass")
+registry.register("multiverse", multiverse.MultiverseConfig, multiverse.make,
+                  "Multiverse: fork a path per <Outline> at </Goal>, decode the paths together, merge (guided=true: any model)")

@@ -34,6 +34,7 @@ from .attention import Label
 from .sequence import CONCLUSION_END, CONCLUSION_SEED, GOAL_END, PARALLEL_CLOSE, PATH_END, PATH_SEED
 
 _OUTLINE = re.compile(r"<Outline>\s*(\d+(?:\.\d+)*)\s*:")
+_TAG_TOKENS: dict[int, list[int]] = {}
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,15 @@ class MultiverseConfig:
     max_path_tokens: int = 256  # a longer path is closed with a forced </Path>
     parallel: bool = True  # False: paths one after another (the sequential baseline)
     guided: bool = False  # training-free: the engine writes the tags and asks the model for the outlines
-    paths: int = 0  # guided: number of outlines (0 = the model chooses, between min_paths and max_paths)
+    paths: int = 0  # guided: number of outlines (0 = the model chooses, between min_paths and choose_max)
     min_paths: int = 2  # guided: fewest outlines when the model chooses
+    choose_max: int = 4  # guided: most outlines when the model chooses
     outline_tokens: int = 32  # guided: longest outline
 
     def __post_init__(self) -> None:
         if self.max_paths < 1 or self.max_depth < 0 or self.max_path_tokens < 8:
             raise ConfigError("multiverse needs max_paths >= 1, max_depth >= 0 and max_path_tokens >= 8")
-        if not 0 <= self.paths <= self.max_paths or not 1 <= self.min_paths <= self.max_paths:
+        if not 0 <= self.paths <= self.max_paths or (self.guided and not 1 <= self.min_paths <= self.max_paths):
             raise ConfigError(f"multiverse paths must lie in 1..max_paths ({self.max_paths}); 0 lets the model choose")
 
 
@@ -131,6 +133,14 @@ class Engine:
         n = len(tag) + 1
         return tag in self._tail(br, n) and tag not in self._tail(br, n, drop_last=True)
 
+    def _tag_tokens(self) -> list[int]:
+        """Ids of the tokens whose text holds '<' (guided content may not open or close tags)."""
+        key = id(self.tokenizer)
+        if key not in _TAG_TOKENS:
+            pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            _TAG_TOKENS[key] = [i for i, p in enumerate(pieces) if p and "<" in p]
+        return [i for i in _TAG_TOKENS[key] if i < self.backend.vocab_size and i not in self.eos]
+
     def _choose(self, br: Branch, row: torch.Tensor) -> int:
         if br.allowed is not None:
             keep = torch.full_like(row, float("-inf"))
@@ -139,6 +149,9 @@ class Engine:
         elif br.guide == "outline" and self.eos:  # an outline cannot end the answer
             row = row.clone()
             row[list(self.eos)] = float("-inf")
+        elif br.guide == "path" or (br.guide and br.conclusion):  # guided content writes no tags
+            row = row.clone()
+            row[self._tag_tokens()] = float("-inf")
         if self.gen.sampling.greedy:
             return int(torch.argmax(row))
         return sample(target_probs(row[None], self.gen.sampling)[0], self.generator)
@@ -155,11 +168,13 @@ class Engine:
         if len(prompt) > 1:
             self.backend.forward(Feed(tuple(prompt[:-1]), tuple(range(len(prompt) - 1)), tuple(range(-1, len(prompt) - 2))), logits_for=[])
             self.backend.commit(range(len(prompt) - 1))
-        self.trunk = Branch((), self._new_seq(), None, None, len(prompt) - 1, list(prompt), [prompt[-1]], mark=len(prompt))
+        self.trunk = Branch((), self._new_seq(), None, None, len(prompt) - 1, list(prompt), [prompt[-1]])
         if self.cfg.guided:
             from .guided import start
 
             start(self, self.trunk)
+        elif self._tail(self.trunk, len(GOAL_END) + 1).endswith(GOAL_END):
+            self.fork(self.trunk)  # the prompt holds the Goal: its paths start at once
         finish = None
         while finish is None:
             t0 = time.perf_counter()
@@ -280,18 +295,33 @@ class Engine:
             self._close(br)
         elif self._wrote(br, GOAL_END) and self.fork(br):
             pass
-        elif br.kind == "path" and br.pos + len(br.queue) - br.parent.block_start >= self.cfg.max_path_tokens - 4:
+        elif br.guide and br.kind == "trunk" and br.conclusion and len(br.tokens) - br.mark >= self.cfg.max_path_tokens:
+            self.force(br, "\n" + CONCLUSION_END + PARALLEL_CLOSE)
+            br.state = "done"
+        elif br.kind == "path" and self._path_length(br) + self._closing(br) >= self.cfg.max_path_tokens:
             if br.conclusion:
                 self.force(br, "\n" + CONCLUSION_END + PARALLEL_CLOSE)
                 br.conclusion = False
             self.force(br, "\n" + PATH_END)
             self._close(br)
 
+    @staticmethod
+    def _path_length(br: Branch) -> int:
+        """Sequential length of a path so far (seed, nested blocks and queue included)."""
+        return br.pos + len(br.queue) - br.parent.block_start
+
+    def _closing(self, br: Branch) -> int:
+        """Tokens the forced close of this path will add."""
+        tail = "\n" + CONCLUSION_END + PARALLEL_CLOSE if br.conclusion else ""
+        return len(self.ids(tail + "\n" + PATH_END))
+
     def fork(self, br: Branch) -> bool:
         """Open one path per outline of the Goal just closed on ``br``; False when not forked."""
-        goal = self.tokenizer.decode(br.tokens[br.mark:], skip_special_tokens=False)
+        since = max(br.forks[-1][0] if br.forks else 0, len(br.tokens) - 2048)
+        goal = self.tokenizer.decode(br.tokens[since:], skip_special_tokens=False)
         goal = goal[goal.rfind("<Goal>"):]
         numbers = _OUTLINE.findall(goal)
+        outlines = [t.strip().rstrip(".:") for t in re.findall(r"<Outline>\s*[\d.]+\s*:(.*?)</Outline>", goal, re.S)]
         if not numbers or len(numbers) > self.cfg.max_paths or br.depth >= self.cfg.max_depth:
             return False
         block, start = br.blocks, br.pos + len(br.queue)
@@ -303,7 +333,10 @@ class Engine:
             kid = Branch(br.label + ((block, i),), self._new_seq(), number, br, start, [], kind="path", anchor=br,
                          guide="path" if br.guide else "")
             self.backend.copy_seq(br.seq, kid.seq)
-            self.force(kid, PATH_SEED.format(number=number))
+            seed = PATH_SEED.format(number=number)
+            if br.guide:  # training-free: the path opens by restating its outline
+                seed += " " + outlines[i - 1] + ":"
+            self.force(kid, seed)
             kids.append(kid)
         br.join = tuple(k.seq for k in kids)
         br.state = "wait"
@@ -351,3 +384,9 @@ class Engine:
     def text(self) -> str:
         toks, _ = self.flat()
         return self.tokenizer.decode(toks[self.prompt_len:], skip_special_tokens=True)
+
+
+def make(config: MultiverseConfig, ctx):
+    """The registry's factory: Multiverse is not a draft proposer of the one decode loop."""
+    raise ConfigError("multiverse runs its own engine: use Model.stream/generate(method='multiverse') or the CLI; "
+                      "it does not combine with the draft methods (jacobi, lookahead, ...) inside paths")

@@ -69,7 +69,7 @@ def _next(engine, br) -> None:
         more = n < cfg.paths
     elif n < cfg.min_paths:
         more = True
-    elif n >= cfg.max_paths:
+    elif n >= min(cfg.max_paths, cfg.choose_max):
         more = False
     else:
         more_ids = engine.ids(f"<Outline>\n{n + 1}:")

@@ -1,0 +1,1 @@
+"""Multiverse (arXiv 2506.09991): parallel reasoning written as <Parallel>/<Path> blocks."""
