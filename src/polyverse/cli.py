@@ -17,12 +17,15 @@ from rich.table import Table
 from . import registry
 from .config import GenerationConfig, SamplingConfig
 from .cli_common import _fail, _parse_value, _progress, err
+from .cli_multiverse import curate, multiverse_app
 from .cli_train import train_app
 from .errors import ConfigError, PolyverseError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Parallel decoding for language models: many tokens per forward pass, same output.")
 app.add_typer(train_app, name="train")  # the CLLM and SPACE pipelines (cli_train.py)
+train_app.add_typer(multiverse_app, name="multiverse")  # Multiverse SFT (cli_multiverse.py)
+app.command("curate")(curate)
 
 
 def _method_options(flags: dict[str, Any], option: list[str]) -> dict[str, Any]:
@@ -76,13 +79,27 @@ def generate(
         from .api import load
 
         lm = load(model, adapter=adapter, progress=not as_json)
+        live = None
+        if method == "multiverse" and not as_json:  # one panel per path as they grow
+            from rich.live import Live
+
+            from .multiverse.view import render
+
+            live = Live(console=Console(), refresh_per_second=8, transient=False)
+        on_update = (lambda engine, update: live.update(render(engine))) if live else None
         stream = lm.stream(prompt, method=method, options=options, chat=chat, max_new_tokens=max_new_tokens,
-                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
-        for chunk in stream:
-            if not as_json and chunk.text:
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
-        result = stream.result()
+                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop,
+                           **({"on_update": on_update} if on_update else {}))
+        if live:
+            with live:
+                result = stream.result()
+            typer.echo(result.text)
+        else:
+            for chunk in stream:
+                if not as_json and chunk.text:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+            result = stream.result()
     except PolyverseError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -209,6 +226,44 @@ def bench(
             table.add_row(*r)
         con.print(table)
     con.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command("bench-multiverse")
+def bench_multiverse(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or HF model directory."),
+    paths: str = typer.Option("2,4,8", "--paths", help="Comma-separated path counts."),
+    path_tokens: int = typer.Option(64, "--path-tokens", help="Tokens per path (the same in every run)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the rows as JSON here."),
+) -> None:
+    """Multiverse paths in parallel against the same tokens written sequentially (tokens/s, parallelism, speedup)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .bench.multiverse import HEADER, measure, table
+
+    try:
+        counts = [int(p) for p in paths.split(",") if p.strip()]
+        if not counts or min(counts) < 1:
+            raise ConfigError("--paths takes positive counts, e.g. 2,4,8")
+        if path_tokens < 16:
+            raise ConfigError("--path-tokens must be at least 16")
+    except ValueError:
+        _fail(f"--paths takes comma-separated integers, got '{paths}'")
+    except PolyverseError as exc:
+        _fail(str(exc))
+    from .api import load
+
+    lm = load(model)
+    with _progress() as bar:
+        task = bar.add_task("warm-up", total=2 * len(counts))
+        rows = measure(lm, counts, path_tokens, tick=lambda what: bar.update(task, advance=1, description=what))
+    t = Table(*HEADER, title=f"Multiverse on {model}: {path_tokens} tokens per path")
+    for r in table(rows):
+        t.add_row(*r)
+    Console(width=max(Console().width, 140)).print(t)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps([asdict(r) | {"degree": r.degree, "speedup": r.speedup} for r in rows], indent=1))
 
 
 def main() -> None:

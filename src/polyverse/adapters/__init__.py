@@ -44,10 +44,14 @@ def add_tokens(hf_model, tokenizer, path: Path) -> None:
     [MASK]): added to the tokenizer, and the embeddings grown to ``vocab_size`` before its weights load."""
     meta = info(path)
     tokens = list(meta.get("added_tokens", []))
-    if not tokens:
+    plain = list(meta.get("plain_tokens", []))  # kept in decoded text (Multiverse tags)
+    if not tokens and not plain:
         return
     if tokenizer is not None:
-        tokenizer.add_tokens(tokens, special_tokens=True)
+        if tokens:
+            tokenizer.add_tokens(tokens, special_tokens=True)
+        if plain:
+            tokenizer.add_tokens(plain, special_tokens=False)
     size = int(meta.get("vocab_size", 0))
     if size > hf_model.get_input_embeddings().weight.shape[0]:
         grow_embeddings(hf_model, size)

@@ -42,11 +42,12 @@ def mask(labels: Sequence[Label]) -> torch.Tensor:
     [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 1]]
     """
     n = len(labels)
-    out = torch.zeros(n, n, dtype=torch.bool)  # [n, n]
-    for i in range(n):
-        for j in range(i + 1):
-            out[i, j] = labels[i] == labels[j] or sees(labels[i], labels[j])
-    return out
+    kinds = list(dict.fromkeys(tuple(lab) for lab in labels))  # distinct branches
+    which = {lab: k for k, lab in enumerate(kinds)}
+    pair = torch.tensor([[a == b or sees(a, b) for b in kinds] for a in kinds], dtype=torch.bool)  # [K, K]
+    idx = torch.tensor([which[tuple(lab)] for lab in labels], dtype=torch.long)  # [n]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()  # [n, n]
+    return causal & pair[idx][:, idx]
 
 
 def additive(labels: Sequence[Label], dtype: torch.dtype = torch.float32) -> torch.Tensor:

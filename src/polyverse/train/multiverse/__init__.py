@@ -1,0 +1,1 @@
+"""Multiverse SFT: tag tokens, Multiverse Attention and positions, LoRA (shared trainer)."""
