@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test bench benchmarks cllm-adapter space-adapter
+.PHONY: install demo test bench benchmarks cllm-adapter space-adapter multiverse-data multiverse-adapter multiverse-bench
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -54,3 +54,23 @@ space-adapter: $(STAMP)
 	mkdir -p src/polyverse/adapters/space-gsm8k
 	cp space-out/adapter_config.json space-out/adapter_model.safetensors space-out/polyverse.json src/polyverse/adapters/space-gsm8k/
 	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --out src/polyverse/adapters/space-gsm8k/eval.json
+
+# Multiverse: GSM8K train solutions turned into <Parallel> structure by the rule-based curator (add
+# --llm URL for the five LLM stages), then a LoRA SFT of the bundled model under Multiverse Attention
+# (resumable), then how often it writes valid structure on held-out questions, before and after
+MV_ROWS ?= 3000
+MV_STEPS ?= 150
+multiverse-data: $(STAMP)
+	$(BIN)/polyverse curate --in ../shared/data/gsm8k_train.jsonl --out mv-data/gsm8k.jsonl --limit $(MV_ROWS)
+
+multiverse-adapter: multiverse-data
+	$(BIN)/polyverse train multiverse fit --data mv-data/gsm8k.jsonl --out mv-out --steps $(MV_STEPS) --batch 4 --lora-rank 8 --save-every 25 --resume
+	mkdir -p src/polyverse/adapters/multiverse-gsm8k
+	cp mv-out/adapter_config.json mv-out/adapter_model.safetensors mv-out/polyverse.json src/polyverse/adapters/multiverse-gsm8k/
+	$(BIN)/polyverse train multiverse eval --adapter multiverse-gsm8k --limit 20 --out src/polyverse/adapters/multiverse-gsm8k/eval.json
+
+# the wall-clock test (2, 4, 8 paths: parallel against the same tokens sequentially) and the
+# training-free mode on 10 varied prompts
+multiverse-bench: $(STAMP)
+	$(BIN)/polyverse bench-multiverse --paths 2,4,8 --path-tokens 64 --out bench-out/multiverse.json
+	$(BIN)/polyverse bench-multiverse --guided --out bench-out/multiverse-guided.json

@@ -234,12 +234,32 @@ def bench_multiverse(
     paths: str = typer.Option("2,4,8", "--paths", help="Comma-separated path counts."),
     path_tokens: int = typer.Option(64, "--path-tokens", help="Tokens per path (the same in every run)."),
     out: Optional[str] = typer.Option(None, "--out", help="Also write the rows as JSON here."),
+    guided: bool = typer.Option(False, "--guided", help="Instead: the training-free mode on 10 varied prompts "
+                                "(how many answers are valid structure)."),
 ) -> None:
     """Multiverse paths in parallel against the same tokens written sequentially (tokens/s, parallelism, speedup)."""
     from dataclasses import asdict
     from pathlib import Path
 
-    from .bench.multiverse import HEADER, measure, table
+    from .bench.multiverse import GUIDED_PROMPTS, HEADER, guided_validity, measure, table
+
+    if guided:
+        from .api import load
+
+        lm = load(model)
+        with _progress() as bar:
+            task = bar.add_task("guided", total=len(GUIDED_PROMPTS))
+            doc = guided_validity(lm, path_tokens=path_tokens, tick=lambda what: bar.update(task, advance=1, description=what))
+        t = Table("prompt", "valid", "paths", "tokens/pass", "tok/s", title="Training-free Multiverse")
+        for r in doc["rows"]:
+            t.add_row(r["prompt"][:50], "yes" if r["valid"] else "no: " + "; ".join(r["errors"])[:60], str(r["paths"]),
+                      f"{r['tokens_per_pass']:.2f}", f"{r['tokens_per_second']:.1f}")
+        Console(width=max(Console().width, 140)).print(t)
+        typer.echo(f"valid structure on {doc['valid']} of {doc['n']} prompts")
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(doc, indent=1))
+        return
 
     try:
         counts = [int(p) for p in paths.split(",") if p.strip()]
@@ -247,10 +267,10 @@ def bench_multiverse(
             raise ConfigError("--paths takes positive counts, e.g. 2,4,8")
         if path_tokens < 16:
             raise ConfigError("--path-tokens must be at least 16")
-    except ValueError:
-        _fail(f"--paths takes comma-separated integers, got '{paths}'")
     except PolyverseError as exc:
         _fail(str(exc))
+    except ValueError:
+        _fail(f"--paths takes comma-separated integers, got '{paths}'")
     from .api import load
 
     lm = load(model)

@@ -153,3 +153,34 @@ def table(rows: list[Row]) -> list[list[str]]:
 
 HEADER = ["paths", "tokens", "seq. length", "parallelism", "sequential tok/s", "parallel tok/s", "speedup",
           "passes seq / par", "same tokens", "pass ms flat / batched"]
+
+
+GUIDED_PROMPTS = (
+    "What are good ways to stay healthy?",
+    "Tom has 3 apples and buys 5 more. Then he gives 2 away. How many apples does he have?",
+    "Compare cats and dogs as pets.",
+    "Write a short plan for learning to play the guitar.",
+    "Explain how a bicycle works.",
+    "What should I check before buying a used car?",
+    "Give three ideas for a birthday party.",
+    "How can a small town reduce its energy use?",
+    "Summarise the pros and cons of working from home.",
+    "Write a Python function that returns the largest of three numbers, and explain it.",
+)
+
+
+def guided_validity(model, prompts=GUIDED_PROMPTS, max_new_tokens: int = 320, path_tokens: int = 64, tick=None) -> dict:
+    """Training-free mode on varied prompts: how many answers are valid Multiverse structure."""
+    from ..multiverse.grammar import validate
+
+    rows = []
+    for p in prompts:
+        g = model.generate(p, method="multiverse", options={"guided": True, "max_path_tokens": path_tokens},
+                           max_new_tokens=max_new_tokens)
+        errors = [str(e) for e in validate(g.text)]
+        rows.append({"prompt": p, "valid": not errors and "<Parallel>" in g.text, "errors": errors,
+                     "paths": g.text.count("<Path>"), "tokens_per_pass": round(g.stats.mean_accepted, 3),
+                     "tokens_per_second": round(g.stats.tokens_per_second, 2), "text": g.text})
+        if tick:
+            tick(p[:40])
+    return {"valid": sum(r["valid"] for r in rows), "n": len(rows), "rows": rows}
