@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -71,6 +72,13 @@ class Model:
         self.name = name
         self.backend = TransformersBackend(hf_model)
         self.resources: dict[str, Any] = {}  # per-model caches of methods (draft models, cost curves)
+
+    def session(self) -> "Model":
+        """This model with a backend (KV cache) of its own over the same weights, tokenizer and
+        resources: one per request when several decode at once (the server)."""
+        twin = copy.copy(self)
+        twin.backend = TransformersBackend(self.hf_model)
+        return twin
 
     @property
     def max_length(self) -> int:

@@ -36,6 +36,23 @@ class LoopConfig(Protocol):
     seed: int
 
 
+def jsonl_rows(path: Path):
+    """(line number, object) of each non-empty line of a JSONL data file; clear errors otherwise."""
+    if not path.is_file():
+        raise ConfigError(f"no data file {path}")
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{n}: expected an object")
+            yield n, row
+
+
 def check_positive(cfg, names: Sequence[str]) -> None:
     for name in names:
         v = getattr(cfg, name)

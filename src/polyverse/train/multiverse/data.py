@@ -9,7 +9,6 @@ the same labels, hence the same mask and positions.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -67,25 +66,20 @@ def structured_sample(tokenizer, question: str, structured: str, max_len: int = 
 
 def read_curated(path: Path, tokenizer, limit: int = 0, max_len: int = 768) -> list[Sample]:
     """Samples from ``polyverse curate`` output rows (``question`` + ``structured``); too long ones are skipped."""
+    from ..common import jsonl_rows
+
     if not path.is_file():
         raise ConfigError(f"no curated data file {path} (make it with `polyverse curate`)")
     out: list[Sample] = []
-    with path.open() as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or "structured" not in row:
-                raise ConfigError(f"{path}:{n}: needs 'structured' (and 'question')")
-            try:
-                out.append(structured_sample(tokenizer, str(row.get("question", "")), str(row["structured"]), max_len))
-            except ConfigError:
-                continue
-            if limit and len(out) >= limit:
-                break
+    for n, row in jsonl_rows(path):
+        if "structured" not in row:
+            raise ConfigError(f"{path}:{n}: needs 'structured' (and 'question')")
+        try:
+            out.append(structured_sample(tokenizer, str(row.get("question", "")), str(row["structured"]), max_len))
+        except ConfigError:
+            continue  # longer than max_len
+        if limit and len(out) >= limit:
+            break
     if not out:
         raise ConfigError(f"{path} holds no usable samples")
     return out

@@ -14,7 +14,6 @@ input (p1, p2, a, M, M, M), labels (-100, -100, a, b, c, d).
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -90,28 +89,19 @@ def gsm8k_answer(text: str) -> str:
 
 def read_samples(path: Path, tokenizer, limit: int = 0, max_len: int = 512) -> list[Sample]:
     """Samples from JSONL rows with ``question`` and ``answer`` (GSM8K) or ``prompt`` and ``response``."""
-    if not path.is_file():
-        raise ConfigError(f"no data file {path}")
+    from ..common import jsonl_rows
+
     out: list[Sample] = []
-    with path.open() as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{n}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{n}: expected an object")
-            if "question" in row and "answer" in row:
-                q, a = str(row["question"]), gsm8k_answer(str(row["answer"]))
-            elif "prompt" in row and "response" in row:
-                q, a = str(row["prompt"]), str(row["response"])
-            else:
-                raise ConfigError(f"{path}:{n}: needs 'question' and 'answer' (or 'prompt' and 'response')")
-            out.append(chat_sample(tokenizer, q, a, max_len))
-            if limit and len(out) >= limit:
-                break
+    for n, row in jsonl_rows(path):
+        if "question" in row and "answer" in row:
+            q, a = str(row["question"]), gsm8k_answer(str(row["answer"]))
+        elif "prompt" in row and "response" in row:
+            q, a = str(row["prompt"]), str(row["response"])
+        else:
+            raise ConfigError(f"{path}:{n}: needs 'question' and 'answer' (or 'prompt' and 'response')")
+        out.append(chat_sample(tokenizer, q, a, max_len))
+        if limit and len(out) >= limit:
+            break
     if not out:
         raise ConfigError(f"{path} holds no samples")
     return out

@@ -1,0 +1,68 @@
+"""`polyverse serve`: the OpenAI-compatible server (FastAPI + uvicorn) for every method."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from .cli_common import _fail, _parse_value, err
+from .errors import ConfigError, PolyverseError
+
+
+def serve(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter name (e.g. cllm-gsm8k) or folder."),
+    method: str = typer.Option("auto", "--method", "-m", help="Method of requests that name none (see `polyverse methods`)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Option KEY=VALUE of that method (repeatable)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes the server)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POLYVERSE_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics."),
+    max_concurrent: int = typer.Option(16, "--max-concurrent", help="Requests decoded at once (interleaved pass by pass)."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait for a slot; beyond that: 429."),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
+    default_max_tokens: int = typer.Option(256, "--default-max-tokens", help="max_tokens of requests that give none."),
+    shutdown_grace: float = typer.Option(10.0, "--shutdown-grace", help="Seconds in-flight requests get to finish on shutdown."),
+    served_name: Optional[str] = typer.Option(None, "--served-name", help="Model id clients name (default: --model, plus +ADAPTER)."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve the model behind the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /metrics, a chat page at /."""
+    from . import registry
+
+    try:
+        options = {}
+        for item in option:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--option takes KEY=VALUE, got '{item}'")
+            options[key.strip().replace("-", "_")] = _parse_value(value.strip())
+        registry.get(method).make_config(options)
+        if not 0 < port < 65536:
+            raise ConfigError(f"--port must be in 1..65535, got {port}")
+        from .server import ServerConfig
+
+        name = served_name or (f"{model}+{adapter}" if adapter else model)
+        cfg = ServerConfig(served_name=name, method=method, options=tuple(options.items()), max_concurrent=max_concurrent,
+                           max_queue=max_queue, max_body_bytes=max_body_bytes, api_key=api_key,
+                           default_max_tokens=default_max_tokens, shutdown_grace=shutdown_grace)
+        from .api import load
+
+        lm = load(model, adapter=adapter)
+        err.print(f"warming up '{method}' on {name} ...", highlight=False)
+        lm.session().generate("Hi", method=method, options=options, max_new_tokens=2)  # lazy state: cost curve, drafts
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    from .server.run import serve as run
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        err.print(f"[yellow]warning:[/] listening on {host} without --api-key", highlight=False)
+    err.print(f"serving {name} on http://{host}:{port} (pid {os.getpid()}); chat page at /, metrics at /metrics",
+              highlight=False)
+    try:
+        run(lm, cfg, host, port, log_level)
+    except OSError as exc:  # port taken, address not available
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")

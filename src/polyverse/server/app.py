@@ -1,0 +1,264 @@
+"""The FastAPI app: OpenAI routes, /health, /metrics, the chat page, auth and body-size guards.
+
+    POST /v1/chat/completions, POST /v1/completions   (stream: server-sent events, OpenAI chunks)
+    GET  /v1/models, /v1/models/{id}, /health, /metrics (Prometheus), /  (the chat page)
+
+Bodies are parsed here (not by FastAPI), so every bad input gets an OpenAI-style error with the
+right status and never pydantic's 422 format. With an API key, /v1/* and /metrics answer 401
+before the body is read; /health and the page stay open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.staticfiles import StaticFiles
+
+from ..registry import registry
+from .config import ServerConfig
+from .errors import APIError, error_body, invalid, validation_message
+from .metrics import CONTENT_TYPE, Metrics
+from .plan import plan
+from .responses import Reply, sse
+from .scheduler import Job, Scheduler
+from .schemas import ChatRequest, CompletionRequest
+
+log = logging.getLogger("polyverse.server")
+STATIC = Path(__file__).parent / "static"
+ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
+
+
+class Guard:
+    """ASGI middleware: the bearer token, the body size limit, and HTTP status counts."""
+
+    def __init__(self, app, config: ServerConfig, metrics: Metrics) -> None:
+        self.app, self.config, self.metrics = app, config, metrics
+        self.key = config.api_key.encode() if config.api_key else None
+
+    def _needs_key(self, path: str) -> bool:
+        return self.key is not None and (path.startswith("/v1/") or path == "/v1" or path == "/metrics")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        route = path if path in ROUTES else "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
+        status = {"code": 500}
+
+        async def counted_send(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            headers = dict(scope.get("headers") or [])
+            if self._needs_key(path):
+                auth = headers.get(b"authorization", b"")
+                scheme, _, token = auth.partition(b" ")
+                if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                    err = APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'", None,
+                                   "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+                    return await err.response()(scope, receive, counted_send)
+            limit = self.config.max_body_bytes
+            length = headers.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                return await _too_large(limit).response()(scope, receive, counted_send)
+            seen = {"n": 0}
+
+            async def limited_receive():
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen["n"] += len(message.get("body", b""))
+                    if seen["n"] > limit:
+                        raise _too_large(limit)
+                return message
+
+            await self.app(scope, limited_receive, counted_send)
+        finally:
+            self.metrics.http.labels(route, str(status["code"])).inc()
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than {limit} bytes", None, "request_too_large")
+
+
+async def read_body(request: Request, cls):
+    """The body as a validated request model, or an APIError 400 that says what is wrong."""
+    raw = await request.body()
+    if not raw.strip():
+        raise invalid("the body is empty: send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid(f"the body is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise invalid(f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except (RecursionError, ValueError) as exc:
+        raise invalid(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid(f"the body must be a JSON object, got a JSON {type(data).__name__}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        raise invalid(message, param) from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def _watch(request: Request, job: Job, scheduler: Scheduler) -> None:
+    """Cancel ``job`` as soon as its client disconnects."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            scheduler.cancel(job)
+            job.events.put_nowait(("cancelled", None))
+            return
+
+
+def create_app(model, config: ServerConfig | None = None) -> FastAPI:
+    """An ASGI app serving ``model`` (a polyverse Model); run it with uvicorn (see ``run.serve``)."""
+    config = config or ServerConfig(served_name=model.name)
+    metrics = Metrics()
+    scheduler = Scheduler(model, config.max_concurrent, config.max_queue, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        await asyncio.to_thread(scheduler.stop)
+
+    app = FastAPI(title="polyverse", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.model, app.state.config, app.state.metrics, app.state.scheduler = model, config, metrics, scheduler
+    app.add_middleware(Guard, config=config, metrics=metrics)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = {404: f"unknown route {request.method} {request.url.path}",
+                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        message, param = validation_message(list(exc.errors()))
+        return invalid(message, param).response()
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(500, "internal server error: see the server log", None, "internal_error"),
+                            status_code=500)
+
+    def model_card() -> dict[str, Any]:
+        return {"id": config.served_name, "object": "model", "created": 0, "owned_by": "polyverse",
+                "polyverse": {"methods": registry.names(), "default_method": config.method,
+                              "context_length": model.max_length}}
+
+    @app.get("/health")
+    async def health() -> dict:
+        active, waiting = scheduler.counts
+        return {"status": "ok", "model": config.served_name, "active": active, "waiting": waiting}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def one_model(model_id: str) -> dict:
+        if model_id != config.served_name:
+            raise APIError(404, f"the model '{model_id}' does not exist: this server serves '{config.served_name}'",
+                           "model", "model_not_found")
+        return model_card()
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    @app.get("/")
+    async def page() -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await generate(request, await read_body(request, ChatRequest), "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await generate(request, await read_body(request, CompletionRequest), "completion")
+
+    async def generate(request: Request, req, kind: str) -> Response:
+        p = plan(model, config, req, kind)
+        job = Job(p, asyncio.get_running_loop())
+        scheduler.submit(job)
+        watcher = asyncio.create_task(_watch(request, job, scheduler))
+        reply = Reply(p, config.served_name)
+        streaming = False
+        try:
+            event, payload = await job.events.get()  # "started", or an error before any output
+            if event == "error":
+                return payload.response()
+            if event == "cancelled":
+                return Response(status_code=499)
+            if p.stream:
+                streaming = True
+                return StreamingResponse(_events(job, reply, watcher, scheduler), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            while True:
+                event, payload = await job.events.get()
+                if event == "done":
+                    return JSONResponse(reply.whole(payload))
+                if event == "error":
+                    return payload.response()
+                if event == "cancelled":
+                    return Response(status_code=499)
+        finally:
+            if not streaming:
+                watcher.cancel()
+                scheduler.cancel(job)
+
+    return app
+
+
+async def _events(job: Job, reply: Reply, watcher: asyncio.Task, scheduler: Scheduler):
+    """The SSE body: the role chunk, one chunk per forward pass that released text, the end."""
+    passes = 0
+    try:
+        if reply.chat:
+            yield reply.first()
+        while True:
+            event, payload = await job.events.get()
+            if event == "chunk":
+                passes += 1
+                if payload.text:
+                    yield reply.piece(payload.text, passes, payload.step.accepted)
+            elif event == "done":
+                yield reply.last(payload)
+                return
+            elif event == "error":
+                yield sse(payload.body())
+                return
+            else:  # cancelled: the client is gone
+                return
+    finally:
+        watcher.cancel()
+        scheduler.cancel(job)

@@ -1,0 +1,47 @@
+"""The server's settings: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server runs.
+
+    method: the decoding method of requests that name none; options: its options.
+    max_concurrent: requests decoded at once (interleaved pass by pass); max_queue: requests that
+    may wait for a slot beyond those (one more is answered 429). max_body_bytes: larger bodies get
+    413. api_key: when set, /v1/* and /metrics need ``Authorization: Bearer <api_key>``.
+    default_max_tokens: completion length of requests that give no max_tokens (cut to the context).
+    shutdown_grace: seconds in-flight requests get to finish on shutdown before they are cancelled.
+    served_name: the model id of /v1/models and the ``model`` field requests must name.
+    """
+
+    served_name: str = "polyverse"
+    method: str = "auto"
+    options: tuple[tuple[str, object], ...] = ()
+    max_concurrent: int = 16
+    max_queue: int = 64
+    max_body_bytes: int = 1 << 20
+    api_key: str | None = None
+    default_max_tokens: int = 256
+    shutdown_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent < 1:
+            raise ConfigError(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
+        if self.max_queue < 0:
+            raise ConfigError(f"--max-queue must be >= 0, got {self.max_queue}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"--max-body-bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.default_max_tokens < 1:
+            raise ConfigError(f"default max_tokens must be >= 1, got {self.default_max_tokens}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("--api-key must not be empty")
+        if self.shutdown_grace < 0:
+            raise ConfigError(f"--shutdown-grace must be >= 0, got {self.shutdown_grace}")
+        if not self.served_name:
+            raise ConfigError("the served model name must not be empty")

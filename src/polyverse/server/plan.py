@@ -1,0 +1,136 @@
+"""A validated request -> a Plan the scheduler can run, or an APIError saying what is wrong.
+
+Everything a client can get wrong is checked here, before the request is queued: the model
+name (404), unsupported fields, n, the method and its options, sampling values, the prompt (its
+chat template, its length against the context) and max_tokens against the room left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import SamplingConfig
+from ..errors import ConfigError, PolyverseError
+from ..registry import registry
+from .config import ServerConfig
+from .errors import APIError, invalid
+from .schemas import ChatRequest, Common, CompletionRequest
+
+SERVER_ONLY = {("draft", "model")}  # options that load files: set with `polyverse serve -o`, not per request
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str  # "chat" | "completion"
+    prompt: Any  # what Model.stream receives: token ids, or the text/messages for multiverse
+    chat: bool
+    prompt_tokens: int
+    method: str
+    options: dict
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+
+
+def method_and_options(req: Common, config: ServerConfig) -> tuple[str, dict]:
+    pv = req.polyverse
+    method = (pv.method if pv and pv.method else None) or config.method
+    options = dict(pv.options) if pv and pv.method else {**dict(config.options), **(pv.options if pv else {})}
+    try:
+        spec = registry.get(method)
+    except PolyverseError as exc:
+        raise invalid(str(exc), "polyverse.method", "unknown_method") from None
+    if pv and pv.method:
+        for key in options:
+            if (method, key) in SERVER_ONLY:
+                raise invalid(f"option '{key}' of method '{method}' is set when the server starts "
+                              f"(polyverse serve -m {method} -o {key}=...), not per request", f"polyverse.options.{key}")
+    try:
+        spec.make_config(options)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise invalid(str(exc), "polyverse.options") from None
+    return method, options
+
+
+def _messages(req: ChatRequest) -> list[dict]:
+    out = []
+    for m in req.messages:
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": m.content or ""})
+    if not any(m["content"].strip() for m in out):
+        raise invalid("the messages hold no text", "messages")
+    return out
+
+
+def _encode(model, req: Common, kind: str) -> tuple[list[int], Any, bool]:
+    """(prompt ids, what Model.stream gets for multiverse, chat flag)."""
+    limit = model.max_length
+    if kind == "chat":
+        if not getattr(model.tokenizer, "chat_template", None):
+            raise invalid(f"model '{model.name}' has no chat template: use /v1/completions", "messages")
+        messages = _messages(req)
+        try:
+            ids = model.encode(messages, chat=True)
+        except ConfigError as exc:
+            raise invalid(str(exc), "messages", "context_length_exceeded" if "context" in str(exc) else None) from None
+        except Exception as exc:  # the chat template's own checks (role order, ...)
+            raise invalid(f"the chat template rejected the messages: {str(exc).splitlines()[0][:200]}", "messages") from None
+        raw = messages[0]["content"] if len(messages) == 1 and messages[0]["role"] == "user" else messages
+        return ids, raw, True
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        vocab = model.backend.vocab_size
+        bad = next((t for t in prompt if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise invalid(f"token id {bad} is outside the vocabulary (0 to {vocab - 1})", "prompt")
+        if len(prompt) >= limit:
+            raise invalid(f"the prompt is {len(prompt)} tokens long; the model's context holds {limit}", "prompt",
+                          "context_length_exceeded")
+        return list(prompt), list(prompt), False
+    if not prompt.strip():
+        raise invalid("the prompt is empty", "prompt")
+    try:
+        ids = model.encode(prompt, chat=False)
+    except ConfigError as exc:
+        raise invalid(str(exc), "prompt", "context_length_exceeded" if "context" in str(exc) else None) from None
+    return ids, prompt, False
+
+
+def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
+    if req.model != config.served_name:
+        raise APIError(404, f"the model '{req.model}' does not exist: this server serves '{config.served_name}'",
+                       "model", "model_not_found")
+    field = req.unsupported()
+    if field:
+        raise invalid(f"{field} is not supported by polyverse: leave it out", field, "unsupported_parameter")
+    if req.n != 1:
+        raise invalid(f"n must be 1: polyverse returns one choice per request (got {req.n}); send n requests instead",
+                      "n", "unsupported_parameter")
+    if isinstance(req, CompletionRequest):
+        if req.echo:
+            raise invalid("echo is not supported: the prompt is not repeated in the reply", "echo", "unsupported_parameter")
+        if req.suffix:
+            raise invalid("suffix is not supported: polyverse completes after the prompt only", "suffix",
+                          "unsupported_parameter")
+    method, options = method_and_options(req, config)
+    top_k = req.polyverse.top_k if req.polyverse else 0
+    try:
+        SamplingConfig(req.temperature, top_k, req.top_p)
+    except ConfigError as exc:
+        raise invalid(str(exc), None) from None
+    ids, raw, chat = _encode(model, req, kind)
+    room = model.max_length - len(ids)
+    asked = req.max_tokens if req.max_tokens is not None else getattr(req, "max_completion_tokens", None)
+    if asked is not None and asked > room:
+        raise invalid(f"max_tokens is {asked}, but the model's context of {model.max_length} tokens leaves room for "
+                      f"{room} after the prompt's {len(ids)}", "max_tokens", "context_length_exceeded")
+    max_tokens = asked if asked is not None else min(config.default_max_tokens, room)
+    return Plan(kind=kind, prompt=raw if method == "multiverse" else ids, chat=chat, prompt_tokens=len(ids),
+                method=method, options=options, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                top_k=top_k, seed=req.seed, stop=tuple(req.stop or ()), stream=req.stream,
+                include_usage=bool(req.stream_options and req.stream_options.include_usage))

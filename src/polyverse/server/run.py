@@ -1,0 +1,41 @@
+"""Running the app under uvicorn with a graceful shutdown.
+
+On SIGINT/SIGTERM (or ``server.should_exit = True``) the server stops accepting connections,
+refuses new requests with 503, gives those in flight ``shutdown_grace`` seconds to finish, then
+cancels the rest: each gets a clean end (an SSE error event, or a 503 body), never a cut stream.
+"""
+
+from __future__ import annotations
+
+import uvicorn
+
+from .app import create_app
+from .config import ServerConfig
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, draining the polyverse scheduler before uvicorn closes connections."""
+
+    def __init__(self, config: uvicorn.Config, app) -> None:
+        super().__init__(config)
+        self.polyverse_app = app
+
+    async def shutdown(self, sockets=None) -> None:
+        for server in getattr(self, "servers", []):  # stop accepting first
+            server.close()
+        grace = self.polyverse_app.state.config.shutdown_grace
+        await self.polyverse_app.state.scheduler.drain(grace, hurry=lambda: self.force_exit)
+        await super().shutdown(sockets)
+
+
+def make_server(model, config: ServerConfig, host: str = "127.0.0.1", port: int = 8000,
+                log_level: str = "info", access_log: bool = True) -> Server:
+    app = create_app(model, config)
+    uv = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                        timeout_graceful_shutdown=int(config.shutdown_grace) + 5, lifespan="on")
+    return Server(uv, app)
+
+
+def serve(model, config: ServerConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve ``model`` until interrupted (blocks)."""
+    make_server(model, config, host, port, log_level).run()

@@ -1,0 +1,124 @@
+"""Request bodies of the OpenAI endpoints as strict pydantic models (no silent "5" -> 5).
+
+Fields the server does not use (``user``, ``metadata``, ...) are ignored; fields that would
+change the output in a way polyverse does not implement (``logprobs``, ``tools``, penalties, ...)
+are refused with a 400 by ``unsupported``. The polyverse extra field::
+
+    "polyverse": {"method": "lookahead", "options": {"window": 4}, "top_k": 0}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class PolyverseParams(Strict):
+    """The extra body field: the decoding method, its options, and top-k sampling."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    method: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    top_k: int = Field(0, ge=0)
+
+
+class Common(Strict):
+    """What chat and completion requests share."""
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=100.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stop: list[str] | None = None
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    polyverse: PolyverseParams | None = None
+    # accepted only at their neutral values
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    tools: Any = None
+    functions: Any = None
+    response_format: Any = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise ValueError("must be a string or a list of strings")
+        if len(v) > 16:
+            raise ValueError("takes at most 16 strings")
+        if any(not s for s in v):
+            raise ValueError("stop strings must not be empty")
+        return v
+
+    def unsupported(self) -> str | None:
+        """The first field set to a value polyverse does not implement, or None."""
+        neutral = {"presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None, {}),
+                   "logprobs": (None, False, 0), "top_logprobs": (None, 0), "tools": (None, []),
+                   "functions": (None, []), "response_format": (None, {"type": "text"})}
+        for name, ok in neutral.items():
+            value = getattr(self, name)
+            if not any(value == o and type(value) is not bool or value is o for o in ok):
+                return name
+        return None
+
+
+class Message(Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, v: Any) -> Any:
+        """A string, or OpenAI content parts of type text (joined)."""
+        if v is None or isinstance(v, str):
+            return v
+        if isinstance(v, list) and all(isinstance(p, dict) for p in v):
+            if any(p.get("type") != "text" or not isinstance(p.get("text"), str) for p in v):
+                raise ValueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
+            return "".join(p["text"] for p in v)
+        raise ValueError("must be a string or a list of text parts")
+
+
+class ChatRequest(Common):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(Common):
+    prompt: str | list[int]
+    echo: bool = False
+    best_of: int | None = Field(None, ge=1, le=1)
+    suffix: str | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v: Any) -> Any:
+        """A string, a list of token ids, or a list of one string; batches of prompts are refused."""
+        if isinstance(v, list) and v and all(isinstance(p, str) for p in v):
+            if len(v) > 1:
+                raise ValueError("one prompt per request: send several requests for several prompts")
+            return v[0]
+        if isinstance(v, str):
+            return v
+        if isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v):
+            return v
+        raise ValueError("must be a string, a list of one string, or a non-empty list of token ids")
