@@ -1,4 +1,4 @@
-"""`polyverse curate` and `polyverse train multiverse fit|eval`: Multiverse data and SFT."""
+"""`polyverse curate`, `polyverse train multiverse fit|eval`, `polyverse bench-multiverse`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from .cli_common import _fail, _progress
 from .errors import ConfigError, PolyverseError
@@ -136,3 +138,60 @@ def multiverse_eval(
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps({"adapter": adapter, "limit": limit, "max_new_tokens": max_new_tokens, **docs}, indent=1))
+
+
+def bench_multiverse(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or HF model directory."),
+    paths: str = typer.Option("2,4,8", "--paths", help="Comma-separated path counts."),
+    path_tokens: int = typer.Option(64, "--path-tokens", help="Tokens per path (the same in every run)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the rows as JSON here."),
+    guided: bool = typer.Option(False, "--guided", help="Instead: the training-free mode on 10 varied prompts "
+                                "(how many answers are valid structure)."),
+) -> None:
+    """Multiverse paths in parallel against the same tokens written sequentially (tokens/s, parallelism, speedup)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .bench.multiverse import GUIDED_PROMPTS, HEADER, guided_validity, measure, table
+
+    if guided:
+        from .api import load
+
+        lm = load(model)
+        with _progress() as bar:
+            task = bar.add_task("guided", total=len(GUIDED_PROMPTS))
+            doc = guided_validity(lm, path_tokens=path_tokens, tick=lambda what: bar.update(task, advance=1, description=what))
+        t = Table("prompt", "valid", "paths", "tokens/pass", "tok/s", title="Training-free Multiverse")
+        for r in doc["rows"]:
+            t.add_row(r["prompt"][:50], "yes" if r["valid"] else "no: " + "; ".join(r["errors"])[:60], str(r["paths"]),
+                      f"{r['tokens_per_pass']:.2f}", f"{r['tokens_per_second']:.1f}")
+        Console(width=max(Console().width, 140)).print(t)
+        typer.echo(f"valid structure on {doc['valid']} of {doc['n']} prompts")
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(doc, indent=1))
+        return
+
+    try:
+        counts = [int(p) for p in paths.split(",") if p.strip()]
+        if not counts or min(counts) < 1:
+            raise ConfigError("--paths takes positive counts, e.g. 2,4,8")
+        if path_tokens < 16:
+            raise ConfigError("--path-tokens must be at least 16")
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except ValueError:
+        _fail(f"--paths takes comma-separated integers, got '{paths}'")
+    from .api import load
+
+    lm = load(model)
+    with _progress() as bar:
+        task = bar.add_task("warm-up", total=2 * len(counts))
+        rows = measure(lm, counts, path_tokens, tick=lambda what: bar.update(task, advance=1, description=what))
+    t = Table(*HEADER, title=f"Multiverse on {model}: {path_tokens} tokens per path")
+    for r in table(rows):
+        t.add_row(*r)
+    Console(width=max(Console().width, 140)).print(t)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps([asdict(r) | {"degree": r.degree, "speedup": r.speedup} for r in rows], indent=1))
