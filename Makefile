@@ -21,7 +21,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/polyverse generate "$$(printf '$(PROMPT)')" --method auto --max-new-tokens 96
 
+# the chat page's test drives Debian's chromium headless (installed once; root on CI)
 test: $(STAMP)
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
 # every method against the transformers peers on HumanEval and input-grounded edits (~50 min here;

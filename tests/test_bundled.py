@@ -58,3 +58,31 @@ def test_space_with_the_shipped_adapter_equals_ar_of_the_adapted_model(bundled):
             got = adapted.generate(prompt, method="space", options={"k": k}, max_new_tokens=64)
             assert got.token_ids == ar.token_ids, f"space k={k} diverged on {prompt[:30]!r}"
         assert got.stats.passes < ar.stats.passes  # the trained masks do get proposals accepted
+
+
+@pytest.mark.bundled
+def test_multiverse_adapter_writes_a_block_and_parallel_equals_sequential():
+    """The shipped Multiverse SFT forks on the real model; scheduling the paths in parallel or one
+    after another writes the same tokens (the paths see the same context either way)."""
+    import polyverse
+    from polyverse.multiverse.grammar import validate
+
+    m = polyverse.load(adapter="multiverse-gsm8k", progress=False)
+    q = PROMPTS[1]
+    par = m.generate(q, method="multiverse", max_new_tokens=200)
+    seq = m.generate(q, method="multiverse", options={"parallel": False}, max_new_tokens=200)
+    assert "<Parallel>" in par.text and "</Parallel>" in par.text
+    assert par.token_ids == seq.token_ids
+    assert par.stats.passes < seq.stats.passes
+    block = par.text[par.text.index("<Parallel>"):par.text.index("</Parallel>") + len("</Parallel>")]
+    assert validate(block) == []
+
+
+@pytest.mark.bundled
+def test_multiverse_guided_mode_is_valid_structure_on_the_bundled_model(bundled):
+    from polyverse.multiverse.grammar import validate
+
+    g = bundled.generate("Give three tips for sleeping well.", method="multiverse",
+                         options={"guided": True, "max_path_tokens": 40}, max_new_tokens=240)
+    assert g.text.startswith("<Parallel>") and validate(g.text) == []
+    assert g.stats.mean_accepted > 1.5  # the paths are decoded together

@@ -18,6 +18,7 @@ from . import registry
 from .config import GenerationConfig, SamplingConfig
 from .cli_common import _fail, _parse_value, _progress, err
 from .cli_multiverse import bench_multiverse, curate, multiverse_app
+from .cli_serve import serve
 from .cli_train import train_app
 from .errors import ConfigError, PolyverseError
 
@@ -27,6 +28,7 @@ app.add_typer(train_app, name="train")  # the CLLM and SPACE pipelines (cli_trai
 train_app.add_typer(multiverse_app, name="multiverse")  # Multiverse SFT (cli_multiverse.py)
 app.command("curate")(curate)
 app.command("bench-multiverse")(bench_multiverse)
+app.command("serve")(serve)  # the OpenAI-compatible server (cli_serve.py)
 
 
 def _method_options(flags: dict[str, Any], option: list[str]) -> dict[str, Any]:

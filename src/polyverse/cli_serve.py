@@ -63,6 +63,6 @@ def serve(
     err.print(f"serving {name} on http://{host}:{port} (pid {os.getpid()}); chat page at /, metrics at /metrics",
               highlight=False)
     try:
-        run(lm, cfg, host, port, log_level)
-    except OSError as exc:  # port taken, address not available
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        run(lm, cfg, host, port, log_level)  # returns after a graceful shutdown (SIGINT, SIGTERM)
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the shutdown was clean
+        err.print("stopped", highlight=False)

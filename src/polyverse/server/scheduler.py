@@ -13,6 +13,8 @@ away) leaves its slot at once and the worker drops it before its next pass.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -26,6 +28,14 @@ from .metrics import Metrics
 from .plan import Plan
 
 log = logging.getLogger("polyverse.server")
+
+
+def _release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, so RSS stays at its peak)."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 @dataclass(eq=False)
@@ -141,13 +151,20 @@ class Scheduler:
         self.metrics.waiting.set(len(self._waiting))
 
     def _work(self) -> None:
+        trimmed = True
         while True:
+            with self._cond:
+                idle = not self._active
+            if idle and not trimmed:  # the last request just left: its KV cache is garbage now
+                _release_memory()
+                trimmed = True
             with self._cond:
                 while not self._active and not self._stopped:
                     self._cond.wait()
                 if self._stopped:
                     return
                 batch = list(self._active)
+            trimmed = False
             for job in batch:
                 if not job.cancelled:
                     self._step(job)

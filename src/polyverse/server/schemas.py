@@ -71,14 +71,16 @@ class Common(Strict):
 
     def unsupported(self) -> str | None:
         """The first field set to a value polyverse does not implement, or None."""
-        neutral = {"presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None, {}),
-                   "logprobs": (None, False, 0), "top_logprobs": (None, 0), "tools": (None, []),
-                   "functions": (None, []), "response_format": (None, {"type": "text"})}
-        for name, ok in neutral.items():
+        for name, neutral in NEUTRAL.items():
             value = getattr(self, name)
-            if not any(value == o and type(value) is not bool or value is o for o in ok):
+            if not any(value is n or (value == n and not isinstance(value, bool)) for n in neutral):
                 return name
         return None
+
+
+NEUTRAL = {"presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None, {}),
+           "logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []), "functions": (None, []),
+           "response_format": (None, {"type": "text"})}  # values that change nothing
 
 
 class Message(Strict):
