@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--method", default="auto")
     ap.add_argument("--max-concurrent", type=int, default=None, help="server slots (default: --clients)")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of idle before memory is read again")
+    ap.add_argument("--warm-clients", type=int, default=0,
+                    help="concurrent warm-up requests before the start figure (0: as many as --clients; 1: one)")
     ap.add_argument("--rss-slack-mib", type=float, default=32.0, help="how far above its start memory may stay")
     ap.add_argument("--rounds", type=int, default=1, help="load rounds against the same server (memory after each: a leak grows)")
     ap.add_argument("--out", default=None, help="also write the figures here as JSON")
@@ -181,7 +183,8 @@ def main() -> None:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
     try:
         wait_up(base, proc, 600)
-        warm = asyncio.run(_warm_up(base, name, args.max_tokens))  # lazy state is allocated before the start figure
+        # lazy state (per-slot buffers, thread arenas, connections) is allocated before the start figure
+        warm = asyncio.run(_warm_up(base, name, args.max_tokens, args.warm_clients or args.clients))
         if not warm["ok"]:
             raise SystemExit(f"the warm-up request failed: {warm['error']}")
         time.sleep(args.idle)
@@ -220,9 +223,13 @@ def main() -> None:
         sys.exit(1)
 
 
-async def _warm_up(base: str, model: str, max_tokens: int) -> dict:
-    async with httpx.AsyncClient(timeout=300) as http:
-        return await one_request(http, base, model, PROMPTS[0], max_tokens)
+async def _warm_up(base: str, model: str, max_tokens: int, clients: int = 1) -> dict:
+    """``clients`` requests at once (one each), so the start figure is taken at full concurrency's
+    lasting state; the first failure, if any, is returned."""
+    async with httpx.AsyncClient(timeout=600) as http:
+        done = await asyncio.gather(*(one_request(http, base, model, PROMPTS[i % len(PROMPTS)], max_tokens)
+                                      for i in range(clients)))
+    return next((d for d in done if not d["ok"]), done[0])
 
 
 def _mean_accepted(metrics: str, method: str) -> float | None:
