@@ -22,7 +22,13 @@ demo: $(STAMP)
 	$(BIN)/polyverse generate "$$(printf '$(PROMPT)')" --method auto --max-new-tokens 96
 
 # the chat page's test drives Debian's chromium headless (installed once; root on CI)
-test: $(STAMP)
+# the llama.cpp backend's engine, compiled once (about 10 minutes on 2 cores); `make demo` does not need it
+LLAMA_STAMP := $(VENV)/.llamacpp
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_ARGS="-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -e '.[llamacpp]'
+	touch $(LLAMA_STAMP)
+
+test: $(STAMP) $(LLAMA_STAMP)
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 

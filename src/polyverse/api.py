@@ -66,18 +66,24 @@ class Stream:
 
 
 class Model:
-    def __init__(self, hf_model, tokenizer, name: str) -> None:
-        self.hf_model = hf_model
+    def __init__(self, hf_model, tokenizer, name: str, backend=None) -> None:
+        self.hf_model = hf_model  # the transformers model (tokenizer side, peers; not decoded when backend is llama.cpp)
         self.tokenizer = tokenizer
         self.name = name
-        self.backend = TransformersBackend(hf_model)
+        self.backend = backend if backend is not None else TransformersBackend(hf_model)
+        self.backend_name = "llamacpp" if backend is not None else "transformers"
         self.resources: dict[str, Any] = {}  # per-model caches of methods (draft models, cost curves)
 
     def session(self) -> "Model":
         """This model with a backend (KV cache) of its own over the same weights, tokenizer and
         resources: one per request when several decode at once (the server)."""
         twin = copy.copy(self)
-        twin.backend = TransformersBackend(self.hf_model)
+        if self.backend_name == "llamacpp":
+            from .backends.llamacpp import LlamaCppBackend
+
+            twin.backend = LlamaCppBackend(self.backend.path, n_ctx=self.backend.max_length)
+        else:
+            twin.backend = TransformersBackend(self.hf_model)
         return twin
 
     @property
@@ -193,18 +199,25 @@ class Model:
         return self.stream(prompt, **kwargs).result()
 
 
-def load(name_or_path: str = "SmolLM2-135M-Instruct", *, adapter: str | None = None, progress: bool = True) -> Model:
+def load(name_or_path: str = "SmolLM2-135M-Instruct", *, adapter: str | None = None, progress: bool = True,
+         backend: str = "transformers") -> Model:
     """Load the bundled model (default), a Hugging Face model directory, or a GGUF file.
 
     ``adapter``: a shipped adapter name (e.g. "cllm-gsm8k") or an adapter folder made by a
     polyverse training pipeline; its weights are merged into the model.
+    ``backend="llamacpp"``: decode with llama.cpp from the GGUF file (the bundled model's, or the
+    .gguf given); the tokenizer comes from the same file.
     """
     from .models.load import load_pretrained, resolve
 
+    if backend not in ("transformers", "llamacpp"):
+        raise ConfigError(f"unknown backend '{backend}' (transformers, llamacpp)")
     if adapter:
         from .adapters import resolve as resolve_adapter
 
         resolve_adapter(adapter)  # a bad name fails before the model loads
+    if backend == "llamacpp":
+        return _load_llamacpp(name_or_path, adapter, progress)
     path = resolve(name_or_path, progress=progress)
     hf_model, tokenizer = load_pretrained(path)
     name = str(name_or_path)
@@ -214,3 +227,21 @@ def load(name_or_path: str = "SmolLM2-135M-Instruct", *, adapter: str | None = N
         hf_model = apply(hf_model, adapter, tokenizer)
         name = f"{name}+{adapter}"
     return Model(hf_model, tokenizer, name)
+
+
+def _load_llamacpp(name_or_path: str, adapter: str | None, progress: bool) -> Model:
+    from pathlib import Path
+
+    from .backends.llamacpp import LlamaCppBackend
+    from .models.load import BUNDLED_NAME, bundled_gguf, load_pretrained, resolve
+
+    if adapter:
+        raise ConfigError("the llama.cpp backend reads a GGUF file: write one with the adapter merged "
+                          "(polyverse export gguf --adapter ...) and load that file")
+    name = str(name_or_path)
+    gguf = bundled_gguf() if name == BUNDLED_NAME else Path(name)
+    if gguf.suffix.lower() != ".gguf":
+        raise ConfigError(f"the llama.cpp backend needs a .gguf file, got '{name}'")
+    backend = LlamaCppBackend(gguf)  # fails clearly when llama-cpp-python is missing or the file is not a model
+    hf_model, tokenizer = load_pretrained(resolve(name_or_path, progress=progress))
+    return Model(hf_model, tokenizer, f"{name}@llamacpp", backend=backend)

@@ -67,6 +67,8 @@ def generate(
     option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text, token ids, statistics) instead."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter name (e.g. cllm-gsm8k) or folder."),
+    backend: str = typer.Option("transformers", "--backend", help="transformers, or llamacpp (the model's GGUF "
+                                "through llama.cpp; pip install 'polyverse[llamacpp]')."),
 ) -> None:
     """Generate text, streaming it as tokens are accepted, then one line of statistics."""
     try:
@@ -81,7 +83,7 @@ def generate(
 
         from .api import load
 
-        lm = load(model, adapter=adapter, progress=not as_json)
+        lm = load(model, adapter=adapter, progress=not as_json, backend=backend)
         live = None
         if method == "multiverse" and not as_json:  # one panel per path as they grow
             from rich.live import Live

@@ -79,6 +79,10 @@ def measure(backend, context_len: int = 256, reps: int = 5, sizes=SIZES) -> Cost
 
 
 def model_key(model) -> str:
+    if getattr(model, "backend_name", "transformers") == "llamacpp":  # llama.cpp costs differ from torch's
+        path = model.backend.path
+        raw = f"llamacpp|{path.resolve()}|{path.stat().st_size}|{torch.get_num_threads()}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
     hf = model.hf_model
     n = sum(p.numel() for p in hf.parameters())
     raw = f"{model.name}|{n}|{next(hf.parameters()).dtype}|{torch.get_num_threads()}|{torch.__version__}"

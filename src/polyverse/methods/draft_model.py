@@ -143,6 +143,9 @@ def truncated_model(model, layers: int):
 
 
 def make_early_exit(config: EarlyExitConfig, ctx) -> DraftModelProposer:
+    if getattr(ctx.model, "backend_name", "transformers") != "transformers":
+        raise ConfigError("early_exit drafts with the target's own first layers, which only the transformers "
+                          "backend can run apart: use --backend transformers")
     if ctx.model is None:
         hf = ctx.backend.model
         small = truncated_model(hf, config.layers)

@@ -1,0 +1,273 @@
+"""The llama.cpp backend: the same protocol over llama-cpp-python's low-level API.
+
+Visibility is llama.cpp's own: every KV cell belongs to a set of sequence ids and a token sees
+the cells of its (first) sequence at positions up to its own. The committed context is sequence 0.
+
+- A plain chain is decoded in sequence 0.
+- A draft tree gets one sequence per leaf (1, 2, ...); a node belongs to the sequences of the
+  leaves below it, so its ancestors are exactly what it sees. Before the pass the context is
+  shared into those sequences (``seq_cp`` of sequence 0: no data moves with a unified cache).
+  ``commit`` keeps the accepted cells that directly follow the root in cell order and removes
+  the rest; accepted tokens behind a removed cell are fed again, as a chain, at the start of the
+  next pass. (A new token stored in a freed cell that lies before cells it attends to gives
+  different logits in llama.cpp, by up to 0.6 here: measured, so the backend never does that.)
+- Explicit ``Feed.seqs`` (the Multiverse engine) are used as they are. llama.cpp lets a token
+  join several sequences in one batch only while their cells match; a join that does not (a
+  closing path joining its parent) is applied after the pass with ``seq_cp``.
+
+Logits are requested only for the rows a method reads. Install with ``pip install 'polyverse[llamacpp]'``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..layout import Feed
+
+MAX_SEQS = 64
+
+
+def available() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _lib():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ConfigError("the llama.cpp backend needs llama-cpp-python: pip install 'polyverse[llamacpp]'") from None
+    return llama_cpp
+
+
+class LlamaCppBackend:
+    """A GGUF model in a llama.cpp context (unified KV cache, up to MAX_SEQS sequences)."""
+
+    def __init__(self, gguf: str | os.PathLike, n_ctx: int = 2048, n_batch: int = 512, threads: int | None = None) -> None:
+        ll = _lib()
+        self.ll = ll
+        path = Path(gguf)
+        if not path.is_file():
+            raise ConfigError(f"no GGUF file {path}")
+        ll.llama_backend_init()
+        ll.llama_log_set(_QUIET, ctypes.c_void_p(0))
+        mparams = ll.llama_model_default_params()
+        self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise ConfigError(f"llama.cpp cannot load {path}")
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = MAX_SEQS
+        cparams.kv_unified = True
+        cparams.n_threads = cparams.n_threads_batch = threads or max(1, torch.get_num_threads())
+        self.ctx = ll.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise ConfigError(f"llama.cpp cannot create a context for {path}")
+        self.mem = ll.llama_get_memory(self.ctx)
+        vocab = ll.llama_model_get_vocab(self.model)
+        self.vocab_size = int(ll.llama_vocab_n_tokens(vocab))
+        self.max_length = int(ll.llama_n_ctx(self.ctx))
+        self.path = path
+        self._batch = ll.llama_batch_init(n_batch, 0, MAX_SEQS)
+        self._n_batch = n_batch
+        self._committed = 0
+        self._pending: list[tuple[int, int]] = []  # (position, first seq) of the pending feed, feed order
+        self._feed: Feed | None = None
+        self._leaf_seqs: list[tuple[int, ...]] = []
+        self._late: list[tuple[int, int, int]] = []  # (src seq, dst seq, position): joins applied at commit
+        self._refeed: list[tuple[int, int]] = []  # accepted (token, position) to feed again before the next pass
+
+    @property
+    def length(self) -> int:
+        return self._committed
+
+    # -- the pass ---------------------------------------------------------------------------
+    def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> torch.Tensor:
+        if self._pending:
+            raise RuntimeError("forward called with pending entries: commit first")
+        extra = len(self._refeed)
+        if extra:
+            feed, logits_for = self._with_refeed(feed, logits_for)
+        q = len(feed)
+        if self._committed + q > self.max_length:
+            raise ValueError(f"context window of {self.max_length} tokens exceeded ({self._committed} + {q})")
+        if q > self._n_batch:
+            raise ValueError(f"a pass of {q} tokens is more than the batch of {self._n_batch}")
+        seqs = self._seqs(feed)
+        rows = list(range(q)) if logits_for is None else list(logits_for)
+        want = set(rows)
+        b = self._batch
+        for i, (tok, pos) in enumerate(zip(feed.tokens, feed.positions)):
+            b.token[i] = int(tok)
+            b.pos[i] = int(pos)
+            b.n_seq_id[i] = len(seqs[i])
+            for k, s in enumerate(seqs[i]):
+                b.seq_id[i][k] = s
+            b.logits[i] = 1 if i in want else 0
+        b.n_tokens = q
+        rc = self.ll.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc})")
+        self._pending = [(p, s[0]) for p, s in zip(feed.positions, seqs)]
+        self._feed = feed
+        self._extra, self._refeed = extra, []
+        out = np.empty((len(rows), self.vocab_size), dtype=np.float32)
+        for j, i in enumerate(rows):
+            ptr = self.ll.llama_get_logits_ith(self.ctx, i)
+            out[j] = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
+        return torch.from_numpy(out)  # [len(logits_for), V]
+
+    def _with_refeed(self, feed: Feed, logits_for):
+        """The feed with the tokens to feed again in front, as a chain below the context."""
+        toks = [t for t, _ in self._refeed]
+        pos = [p for _, p in self._refeed]
+        n = len(toks)
+        if feed.seqs is not None and any(s != (0,) for s in feed.seqs):
+            raise RuntimeError("tokens to feed again before a pass with explicit sequences")
+        parents = list(range(-1, n - 1)) + [(p + n if p >= 0 else n - 1) for p in feed.parents]
+        rows = None if logits_for is None else [r + n for r in logits_for]
+        if rows is None:
+            rows = list(range(n, n + len(feed)))
+        return Feed(tuple(toks) + feed.tokens, tuple(pos) + feed.positions, tuple(parents)), rows
+
+    def _seqs(self, feed: Feed) -> list[tuple[int, ...]]:
+        """llama.cpp sequence ids of each fed token (first = the one it sees through)."""
+        self._late = []
+        if feed.seqs is not None and any(s != (0,) for s in feed.seqs):
+            out = []
+            for i, ids in enumerate(feed.seqs):
+                own, extra = ids[0], ids[1:]
+                now = tuple(e for e in extra if self._same_cells(own, e))
+                self._late += [(own, e, feed.positions[i]) for e in extra if e not in now]
+                out.append((own,) + now)
+            self._leaf_seqs = []
+            return out
+        n = len(feed)
+        if feed.parents == tuple(range(-1, n - 1)):  # a chain: sequence 0
+            self._leaf_seqs = []
+            return [(0,)] * n
+        has_child = {p for p in feed.parents if p >= 0}
+        leaves = [i for i in range(n) if i not in has_child]
+        if len(leaves) + 1 > MAX_SEQS:
+            raise ValueError(f"a draft tree with {len(leaves)} leaves needs more than {MAX_SEQS} llama.cpp sequences")
+        below: list[list[int]] = [[] for _ in range(n)]
+        for k, leaf in enumerate(leaves, start=1):
+            node = leaf
+            while node >= 0:
+                below[node].append(k)
+                node = feed.parents[node]
+        for k in range(1, len(leaves) + 1):
+            self.ll.llama_memory_seq_rm(self.mem, k, -1, -1)
+            self.ll.llama_memory_seq_cp(self.mem, 0, k, -1, -1)
+        self._leaf_seqs = [tuple(s) for s in below]
+        roots = [i for i in range(n) if feed.parents[i] < 0]
+        if any(not below[r] for r in roots):
+            raise ValueError("a feed node outside every branch")
+        return [tuple(s) for s in below]
+
+    def _same_cells(self, a: int, b: int) -> bool:
+        ll = self.ll
+        return (ll.llama_memory_seq_pos_min(self.mem, a) == ll.llama_memory_seq_pos_min(self.mem, b)
+                and ll.llama_memory_seq_pos_max(self.mem, a) == ll.llama_memory_seq_pos_max(self.mem, b))
+
+    # -- the cache --------------------------------------------------------------------------
+    def commit(self, keep: Sequence[int]) -> None:
+        extra = getattr(self, "_extra", 0)
+        keep = list(range(extra)) + [k + extra for k in keep]  # the tokens fed again are kept
+        n = len(self._pending)
+        if any(not 0 <= k < n for k in keep) or keep != sorted(set(keep)):
+            raise ValueError(f"commit indices must be ascending feed indices below {n}: {keep}")
+        ll = self.ll
+        if self._leaf_seqs:  # a draft tree: the kept nodes must be one root-to-node path
+            feed = self._feed
+            last = keep[-1] if keep else None
+            path = []
+            node = last if last is not None else -1
+            while node >= 0:
+                path.append(node)
+                node = feed.parents[node]
+            if sorted(path) != keep:
+                raise ValueError("the llama.cpp backend keeps one path of a draft tree")
+            stay = 0  # kept cells in a run from the first fed cell (no freed cell before them)
+            while stay < len(keep) and keep[stay] == stay:
+                stay += 1
+            if stay:
+                src = self._leaf_seqs[keep[stay - 1]][0]
+                lo, hi = feed.positions[0], feed.positions[keep[stay - 1]] + 1
+                ll.llama_memory_seq_cp(self.mem, src, 0, lo, hi)
+            for k in range(1, 1 + max(max(s) for s in self._leaf_seqs)):
+                ll.llama_memory_seq_rm(self.mem, k, -1, -1)
+            self._refeed = [(feed.tokens[i], feed.positions[i]) for i in keep[stay:]]
+        else:
+            drop = [i for i in range(n) if i not in set(keep)]
+            for i in drop:
+                pos, seq = self._pending[i]
+                ll.llama_memory_seq_rm(self.mem, seq, pos, pos + 1)
+            for src, dst, pos in self._late:
+                ll.llama_memory_seq_cp(self.mem, src, dst, pos, pos + 1)
+        self._committed += len(keep) - extra
+        self._pending, self._feed, self._leaf_seqs, self._late, self._extra = [], None, [], [], 0
+
+    def copy_seq(self, src: int, dst: int) -> None:
+        if self._pending:
+            raise RuntimeError("copy_seq called with pending entries: commit first")
+        self.ll.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+
+    def drop_seq(self, seq: int) -> None:
+        if self._pending:
+            raise RuntimeError("drop_seq called with pending entries: commit first")
+        self.ll.llama_memory_seq_rm(self.mem, seq, -1, -1)
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self._committed + len(self._pending):
+            raise ValueError(f"cannot truncate to {length}")
+        if self._pending:
+            for pos, seq in self._pending:
+                self.ll.llama_memory_seq_rm(self.mem, seq, pos, pos + 1)
+            for k in range(1, MAX_SEQS):
+                self.ll.llama_memory_seq_rm(self.mem, k, -1, -1) if self._leaf_seqs else None
+            self._pending, self._feed, self._leaf_seqs = [], None, []
+        if length < self._committed:
+            self.ll.llama_memory_seq_rm(self.mem, 0, length, -1)  # sequence 0 holds positions 0..committed-1
+            self._committed = length
+
+    def fork(self):
+        raise ConfigError("the llama.cpp backend cannot fork its context (methods that need it: draft, early_exit)")
+
+    def reset(self) -> None:
+        self.ll.llama_memory_clear(self.mem, True)
+        self._committed = 0
+        self._pending, self._feed, self._leaf_seqs, self._late, self._refeed, self._extra = [], None, [], [], [], 0
+
+    def __del__(self) -> None:
+        try:
+            self.ll.llama_batch_free(self._batch)
+            self.ll.llama_free(self.ctx)
+            self.ll.llama_model_free(self.model)
+        except Exception:
+            pass
+
+
+def _quiet(level, text, user_data):  # llama.cpp's log: silent unless an error
+    if level == 4:  # GGML_LOG_LEVEL_ERROR
+        os.write(2, text)
+
+
+try:
+    import llama_cpp as _ll
+
+    _QUIET = _ll.llama_log_callback(_quiet)
+except ImportError:  # pragma: no cover - the backend is optional
+    _QUIET = None

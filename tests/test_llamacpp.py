@@ -1,0 +1,66 @@
+"""The llama.cpp backend: every method's greedy output equals llama.cpp greedy `ar` on the bundled GGUF."""
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'polyverse[llamacpp]')")
+
+import polyverse  # noqa: E402
+from polyverse.errors import ConfigError  # noqa: E402
+
+PROMPTS = [
+    "Write a Python function that checks whether a number is prime.",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    "Repeat this sentence twice: the quick brown fox jumps over the lazy dog.",
+]
+METHODS = [
+    ("jacobi", {"block": 8}),
+    ("lookahead", {"window": 4, "ngram": 3, "guesses": 4}),
+    ("prompt_lookup", {}),
+    ("auto", {}),
+]
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return polyverse.load(backend="llamacpp", progress=False)
+
+
+@pytest.fixture(scope="module")
+def references(llm):
+    return {p: llm.generate(p, method="ar", max_new_tokens=48) for p in PROMPTS}
+
+
+@pytest.mark.bundled
+@pytest.mark.parametrize("method, options", METHODS)
+def test_every_method_equals_llamacpp_greedy_ar(llm, references, method, options):
+    for p in PROMPTS:
+        got = llm.generate(p, method=method, options=options, max_new_tokens=48)
+        assert got.token_ids == references[p].token_ids, (method, p)
+        assert got.stats.passes <= references[p].stats.passes
+
+
+@pytest.mark.bundled
+def test_drafts_are_accepted_on_llamacpp(llm, references):
+    got = llm.generate(PROMPTS[2], method="prompt_lookup", max_new_tokens=48)
+    assert got.stats.mean_accepted > 1.2
+
+
+@pytest.mark.bundled
+def test_multiverse_runs_its_paths_on_llamacpp(llm):
+    """Paths as llama.cpp sequences (prefix shared by seq_cp, merged into the parent's sequence)."""
+    from polyverse.multiverse.grammar import validate
+
+    opts = {"guided": True, "paths": 3, "max_path_tokens": 24}
+    g = llm.generate("Give three tips for sleeping well.", method="multiverse", options=opts, max_new_tokens=160)
+    assert g.text.count("<Path>") == 3 and validate(g.text) == []
+    assert g.stats.mean_accepted > 1.5  # three paths per pass
+
+
+def test_methods_that_cannot_run_say_so(llm):
+    with pytest.raises(ConfigError, match="early_exit"):
+        llm.generate("hi", method="early_exit", max_new_tokens=4)
+    with pytest.raises(ConfigError, match="GGUF"):
+        polyverse.load(adapter="space-gsm8k", backend="llamacpp", progress=False)
+    with pytest.raises(ConfigError, match="unknown backend"):
+        polyverse.load(backend="onnx", progress=False)
