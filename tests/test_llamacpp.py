@@ -64,3 +64,47 @@ def test_methods_that_cannot_run_say_so(llm):
         polyverse.load(adapter="space-gsm8k", backend="llamacpp", progress=False)
     with pytest.raises(ConfigError, match="unknown backend"):
         polyverse.load(backend="onnx", progress=False)
+
+
+@pytest.fixture(scope="module")
+def f16(tmp_path_factory):
+    from polyverse.export import export_gguf
+    from polyverse.models.load import bundled_gguf
+
+    out = tmp_path_factory.mktemp("gguf") / "smollm2-f16.gguf"
+    export_gguf(polyverse.load(progress=False), out, "f16", bundled_gguf())
+    return polyverse.load(str(out), backend="llamacpp", progress=False)
+
+
+@pytest.mark.bundled
+def test_exported_f16_gguf_says_what_the_transformers_model_says(f16, bundled):
+    for p in PROMPTS:
+        want = bundled.generate(p, method="ar", max_new_tokens=48)
+        got = f16.generate(p, method="ar", max_new_tokens=48)
+        assert got.token_ids == want.token_ids and got.text == want.text, p
+
+
+@pytest.mark.bundled
+def test_exported_adapter_runs_on_llamacpp(tmp_path):
+    """The Multiverse fine-tune exported with its tag tokens: llama.cpp reads them as single tokens."""
+    from polyverse.export import export_gguf
+    from polyverse.models.load import bundled_gguf
+
+    adapted = polyverse.load(adapter="multiverse-gsm8k", progress=False)
+    out = export_gguf(adapted, tmp_path / "mv.gguf", "q8_0", bundled_gguf())
+    llm = polyverse.load(str(out), backend="llamacpp", progress=False)
+    assert llm.backend.vocab_size == adapted.hf_model.get_input_embeddings().weight.shape[0]
+    g = llm.generate(PROMPTS[1], method="ar", max_new_tokens=24)
+    want = adapted.generate(PROMPTS[1], method="ar", max_new_tokens=24)
+    assert g.text.startswith("<Think>") and want.text.startswith("<Think>")
+
+
+def test_export_rejects_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from polyverse.cli import app
+
+    r = CliRunner().invoke(app, ["export", "gguf", "--out", str(tmp_path / "x.gguf"), "--type", "q4"])
+    assert r.exit_code == 2 and "--type must be one of" in r.output
+    r = CliRunner().invoke(app, ["export", "gguf", "--out", str(tmp_path / "x.bin")])
+    assert r.exit_code == 2 and ".gguf" in r.output

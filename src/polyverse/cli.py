@@ -17,6 +17,7 @@ from rich.table import Table
 from . import registry
 from .config import GenerationConfig, SamplingConfig
 from .cli_common import _fail, _parse_value, _progress, err
+from .cli_export import export_app
 from .cli_multiverse import bench_multiverse, curate, multiverse_app
 from .cli_serve import serve
 from .cli_train import train_app
@@ -27,6 +28,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.add_typer(train_app, name="train")  # the CLLM and SPACE pipelines (cli_train.py)
 train_app.add_typer(multiverse_app, name="multiverse")  # Multiverse SFT (cli_multiverse.py)
 app.command("curate")(curate)
+app.add_typer(export_app, name="export")  # `polyverse export gguf` (cli_export.py)
 app.command("bench-multiverse")(bench_multiverse)
 app.command("serve")(serve)  # the OpenAI-compatible server (cli_serve.py)
 
@@ -159,6 +161,8 @@ def bench(
     markdown: Optional[str] = typer.Option(None, "--markdown", help="Also write the report to this file (e.g. BENCHMARKS.md)."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampled runs."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter applied to the model (every row)."),
+    backend: str = typer.Option("transformers", "--backend", help="Backend of the polyverse rows: transformers, or "
+                                "llamacpp (the model's GGUF; `ar` is then llama.cpp greedy, the generate peers stay transformers)."),
 ) -> None:
     """Measure methods against the transformers peers on data sets: table, results.json, report.md, plots."""
     from pathlib import Path
@@ -174,7 +178,8 @@ def bench(
             wanted = [m.strip() for m in methods.split(",") if m.strip()]
         else:
             wanted = [m.name for m in registry if (m.name != "draft" or draft_model) and (m.name != "space" or _has_mask(adapter))
-                      and m.name != "multiverse"]  # structured output: its own benchmark (bench/multiverse.py)
+                      and m.name != "multiverse"  # structured output: its own benchmark (bench/multiverse.py)
+                      and (m.name != "early_exit" or backend == "transformers")]
         per_method: dict[str, dict[str, Any]] = {m: {} for m in wanted}
         for item in option:
             key, sep, value = item.partition("=")
@@ -196,7 +201,7 @@ def bench(
 
         from .api import load
 
-        lm = load(model, adapter=adapter)
+        lm = load(model, adapter=adapter, backend=backend)
         contenders: list[Contender] = []
         if peers:
             contenders.append(Contender("generate"))
