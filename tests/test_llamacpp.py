@@ -108,3 +108,17 @@ def test_export_rejects_bad_input(tmp_path):
     assert r.exit_code == 2 and "--type must be one of" in r.output
     r = CliRunner().invoke(app, ["export", "gguf", "--out", str(tmp_path / "x.bin")])
     assert r.exit_code == 2 and ".gguf" in r.output
+
+
+@pytest.mark.bundled
+def test_space_on_llamacpp_with_the_exported_adapter(tmp_path):
+    from polyverse.export import export_gguf
+    from polyverse.models.load import bundled_gguf
+
+    out = export_gguf(polyverse.load(adapter="space-gsm8k", progress=False), tmp_path / "space.gguf", "f16", bundled_gguf())
+    llm = polyverse.load(str(out), backend="llamacpp", progress=False)
+    for p in PROMPTS[1:]:
+        ref = llm.generate(p, method="ar", max_new_tokens=40)
+        for k in (1, 2):
+            got = llm.generate(p, method="space", options={"k": k}, max_new_tokens=40)
+            assert got.token_ids == ref.token_ids, (k, p)
