@@ -18,6 +18,7 @@ METHODS = [
     ("lookahead", {"window": 4, "ngram": 3, "guesses": 4}),
     ("prompt_lookup", {}),
     ("auto", {}),
+    ("multiverse", {}),  # the base model writes no tags: plain decoding through the engine
 ]
 
 
@@ -37,7 +38,7 @@ def test_every_method_equals_llamacpp_greedy_ar(llm, references, method, options
     for p in PROMPTS:
         got = llm.generate(p, method=method, options=options, max_new_tokens=48)
         assert got.token_ids == references[p].token_ids, (method, p)
-        assert got.stats.passes <= references[p].stats.passes
+        assert got.stats.passes <= references[p].stats.passes + (1 if method == "multiverse" else 0)
 
 
 @pytest.mark.bundled
@@ -117,7 +118,7 @@ def test_space_on_llamacpp_with_the_exported_adapter(tmp_path):
 
     out = export_gguf(polyverse.load(adapter="space-gsm8k", progress=False), tmp_path / "space.gguf", "f16", bundled_gguf())
     llm = polyverse.load(str(out), backend="llamacpp", progress=False)
-    for p in PROMPTS[1:]:
+    for p in PROMPTS:
         ref = llm.generate(p, method="ar", max_new_tokens=40)
         for k in (1, 2):
             got = llm.generate(p, method="space", options={"k": k}, max_new_tokens=40)
