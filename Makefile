@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test bench benchmarks cllm-adapter space-adapter multiverse-data multiverse-adapter multiverse-bench
+.PHONY: install demo test bench benchmarks cllm-adapter space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -82,3 +82,9 @@ multiverse-adapter: multiverse-data
 multiverse-bench: $(STAMP)
 	$(BIN)/polyverse bench-multiverse --paths 2,4,8 --path-tokens 64 --out bench-out/multiverse.json
 	$(BIN)/polyverse bench-multiverse --guided --out bench-out/multiverse-guided.json
+
+# the llama.cpp rows of BENCHMARKS.md: the F16 GGUF of the bundled model, every method through
+# llama.cpp against llama.cpp greedy (`ar`) and the transformers generate peers
+llamacpp-bench: $(LLAMA_STAMP)
+	$(BIN)/polyverse export gguf --type f16 --out bench-out/smollm2-f16.gguf
+	$(BIN)/polyverse bench --model bench-out/smollm2-f16.gguf --backend llamacpp --data grounded,humaneval --limit 10 --max-new-tokens 128 --baseline ar --out benchmarks/llamacpp
