@@ -131,8 +131,8 @@ def test_budgets(setup):
     # total budget as sequential length
     eng, updates, _ = run(model, tok, prompt, MultiverseConfig(), pick, max_new=50)
     assert updates[-1].finish_reason == "length"
-    furthest = max(b.pos + len(b.queue) - 1 for b in eng._branches())
-    assert furthest - (len(prompt) - 1) == 50 or furthest - (len(prompt) - 1) < 50 + 12
+    # the pass that reaches the budget may write a forced seed past it, never a chosen token
+    assert 50 <= eng.sequential_length() < 50 + len("\n<Path>\n1:")
 
 
 def test_guided_mode_forces_a_valid_structure(setup):

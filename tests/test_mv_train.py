@@ -53,7 +53,6 @@ def test_sample_labels_follow_the_engine_pieces_and_collate_builds_the_training_
 
 def test_smoke_fit_lowers_the_loss_and_the_adapter_round_trips(tmp_path):
     import polyverse
-    from polyverse.adapters import apply
     from polyverse.train.common import save_adapter
 
     d = save_tiny(tmp_path / "m", seed=2)
@@ -61,7 +60,8 @@ def test_smoke_fit_lowers_the_loss_and_the_adapter_round_trips(tmp_path):
     rows = tmp_path / "curated.jsonl"
     rows.write_text("\n".join(json.dumps({"question": f"q{i}", "structured": STRUCTURED}) for i in range(4)))
     cfg = MultiverseFitConfig(steps=12, batch=2, lr=3e-3, lora_rank=4, lora_alpha=8, save_every=6)
-    trained, history, tag_ids = fit(lm.hf_model, lm.tokenizer, lambda: read_curated(rows, lm.tokenizer), tmp_path / "out", cfg)
+    add_tag_tokens(lm.hf_model, lm.tokenizer)
+    trained, history, tag_ids = fit(lm.hf_model, lm.tokenizer, read_curated(rows, lm.tokenizer), tmp_path / "out", cfg)
     assert history[-1]["ce"] < 0.7 * history[0]["ce"]
     save_adapter(trained, tmp_path / "out", meta(lm.tokenizer, cfg, str(rows), 4))
     doc = json.loads((tmp_path / "out" / "polyverse.json").read_text())

@@ -1,9 +1,10 @@
-"""What the command-line modules share: the error console, failing cleanly, progress bars."""
+"""What the command-line modules share: the error console, failing cleanly, progress bars, fitting."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import typer
 from rich.console import Console
@@ -28,3 +29,31 @@ def _progress():
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=err)
+
+
+def _fit_and_save(out: str, steps: int, parts: tuple[str, ...], train: Callable, meta: dict) -> None:
+    """The end of every `train ... fit`: ``train(tick)`` -> (model, history, more metadata) under a
+    progress bar showing the named loss parts, the adapter written to ``out`` with ``meta``, one
+    summary line. Bad input and Ctrl-C end cleanly (checkpoints stay for --resume)."""
+    from pathlib import Path
+
+    from .errors import PolyverseError
+    from .train.common import save_adapter
+
+    try:
+        with _progress() as bar:
+            task = bar.add_task("fit", total=steps)
+
+            def tick(step: int, losses: dict) -> None:
+                shown = " ".join(f"{k} {losses[k]:.4f}" for k in parts)
+                bar.update(task, completed=step, description=f"step {step}: {shown}")
+
+            model, history, more = train(tick)
+        save_adapter(model, Path(out), {**meta, **more, "final": history[-1] if history else None,
+                                        "command": "polyverse " + " ".join(sys.argv[1:])})
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted: checkpoints under --out are kept; rerun with --resume to continue", 130)
+    last = history[-1] if history else {}
+    typer.echo(f"adapter written to {out} (step {last.get('step')}: " + ", ".join(f"{k} {last.get(k)}" for k in parts) + ")")

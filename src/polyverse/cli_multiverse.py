@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import _fail, _progress
+from .cli_common import _fail, _fit_and_save, _progress
 from .errors import ConfigError, PolyverseError
 
 multiverse_app = typer.Typer(no_args_is_help=True, help="Multiverse: SFT on curated structured data, evaluate it.")
@@ -68,8 +67,7 @@ def multiverse_fit(
     seed: int = typer.Option(0, "--seed", help="Seed of the data order and initialisation."),
 ) -> None:
     """SFT with the tag tokens under Multiverse Attention; writes a LoRA adapter (safetensors)."""
-    from .train.common import save_adapter
-    from .train.multiverse.data import read_curated
+    from .train.multiverse.data import add_tag_tokens, read_curated
     from .train.multiverse.fit import MultiverseFitConfig, fit, meta
 
     try:
@@ -82,28 +80,15 @@ def multiverse_fit(
         from .api import load
 
         lm = load(model)
-        box: dict = {}
-
-        def samples():
-            box["samples"] = read_curated(Path(data), lm.tokenizer, limit)
-            return box["samples"]
-
-        with _progress() as bar:
-            task = bar.add_task("fit", total=steps)
-
-            def tick(step, parts):
-                bar.update(task, completed=step, description=f"step {step}: ce {parts['ce']:.3f} tags {parts['tags']:.3f}")
-
-            trained, history, _ = fit(lm.hf_model, lm.tokenizer, samples, Path(out), cfg, resume=resume, tick=tick)
-        save_adapter(trained, Path(out), {"method": "multiverse", "base_model": model, **meta(lm.tokenizer, cfg, data, len(box["samples"])),
-                                          "final": history[-1] if history else None,
-                                          "command": "polyverse " + " ".join(sys.argv[1:])})
+        add_tag_tokens(lm.hf_model, lm.tokenizer)  # the samples are tokenised with the tags as tokens
+        samples = read_curated(Path(data), lm.tokenizer, limit)
     except PolyverseError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted: checkpoints under --out are kept; rerun with --resume to continue", 130)
-    last = history[-1] if history else {}
-    typer.echo(f"adapter written to {out} (step {last.get('step')}: ce {last.get('ce')}, tags {last.get('tags')})")
+        _fail("interrupted before training: nothing written", 130)
+    _fit_and_save(out, steps, ("ce", "tags"),
+                  lambda tick: (*fit(lm.hf_model, lm.tokenizer, samples, Path(out), cfg, resume=resume, tick=tick)[:2], {}),
+                  {"method": "multiverse", "base_model": model, **meta(lm.tokenizer, cfg, data, len(samples))})
 
 
 @multiverse_app.command("eval")

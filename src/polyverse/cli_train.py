@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import _fail, _progress
+from .cli_common import _fail, _fit_and_save, _progress
 from .errors import ConfigError, PolyverseError
 
 train_app = typer.Typer(no_args_is_help=True, help="Training pipelines (CLLM consistency distillation, SPACE SFT).")
@@ -127,7 +126,6 @@ def cllm_fit(
 
     from .train.cllm.collect import read_trajectories
     from .train.cllm.fit import FitConfig, fit
-    from .train.common import save_adapter
 
     try:
         cfg = FitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, ar_weight=ar_weight,
@@ -137,23 +135,14 @@ def cllm_fit(
         from .api import load
 
         lm = load(model)
-        with _progress() as bar:
-            task = bar.add_task("fit", total=steps)
-
-            def tick(step, parts):
-                bar.update(task, completed=step, description=f"step {step}: ar {parts['ar']:.3f} consistency {parts['consistency']:.4f}")
-
-            trained, history = fit(lm.hf_model, records, Path(out), cfg, resume=resume, tick=tick)
-        save_adapter(trained, Path(out), {"method": "cllm", "base_model": model, "trajectories": str(trajectories),
-                                          "records": len(records), "config": asdict(cfg),
-                                          "final": history[-1] if history else None,
-                                          "command": "polyverse " + " ".join(sys.argv[1:])})
     except PolyverseError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted: checkpoints under --out are kept; rerun with --resume to continue", 130)
-    last = history[-1] if history else {}
-    typer.echo(f"adapter written to {out} (step {last.get('step')}: ar {last.get('ar')}, consistency {last.get('consistency')})")
+        _fail("interrupted before training: nothing written", 130)
+    _fit_and_save(out, steps, ("ar", "consistency"),
+                  lambda tick: (*fit(lm.hf_model, records, Path(out), cfg, resume=resume, tick=tick), {}),
+                  {"method": "cllm", "base_model": model, "trajectories": str(trajectories),
+                   "records": len(records), "config": asdict(cfg)})
 
 
 @cllm_app.command("eval")
@@ -206,7 +195,6 @@ def space_fit(
     from dataclasses import asdict
     from pathlib import Path
 
-    from .train.common import save_adapter
     from .train.space.data import read_samples
     from .train.space.fit import SpaceFitConfig, fit
 
@@ -220,24 +208,17 @@ def space_fit(
         lm = load(model)
         path = Path(data or _gsm8k_default("gsm8k_train.jsonl"))
         samples = read_samples(path, lm.tokenizer, limit)
-        with _progress() as bar:
-            task = bar.add_task("fit", total=steps)
-
-            def tick(step, parts):
-                bar.update(task, completed=step, description=f"step {step}: ar {parts['ar']:.3f} mask {parts['mask']:.3f}")
-
-            trained, history, mask_id = fit(lm.hf_model, lm.tokenizer, samples, Path(out), cfg, resume=resume, tick=tick)
-        save_adapter(trained, Path(out), {"method": "space", "base_model": model, "data": str(path),
-                                          "samples": len(samples), "config": asdict(cfg),
-                                          "added_tokens": ["[MASK]"], "mask_id": mask_id,
-                                          "vocab_size": mask_id + 1, "final": history[-1] if history else None,
-                                          "command": "polyverse " + " ".join(sys.argv[1:])})
     except PolyverseError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted: checkpoints under --out are kept; rerun with --resume to continue", 130)
-    last = history[-1] if history else {}
-    typer.echo(f"adapter written to {out} (step {last.get('step')}: ar {last.get('ar')}, mask {last.get('mask')})")
+        _fail("interrupted before training: nothing written", 130)
+
+    def train(tick):
+        trained, history, mask_id = fit(lm.hf_model, lm.tokenizer, samples, Path(out), cfg, resume=resume, tick=tick)
+        return trained, history, {"added_tokens": ["[MASK]"], "mask_id": mask_id, "vocab_size": mask_id + 1}
+
+    _fit_and_save(out, steps, ("ar", "mask"), train, {"method": "space", "base_model": model, "data": str(path),
+                                                       "samples": len(samples), "config": asdict(cfg)})
 
 
 @space_app.command("eval")

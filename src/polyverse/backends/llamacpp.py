@@ -34,14 +34,6 @@ from ..layout import Feed
 MAX_SEQS = 64
 
 
-def available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _lib():
     try:
         import llama_cpp
@@ -88,6 +80,7 @@ class LlamaCppBackend:
         self._leaf_seqs: list[tuple[int, ...]] = []
         self._late: list[tuple[int, int, int]] = []  # (src seq, dst seq, position): joins applied at commit
         self._refeed: list[tuple[int, int]] = []  # accepted (token, position) to feed again before the next pass
+        self._extra = 0  # tokens fed again at the start of the pending pass
 
     @property
     def length(self) -> int:
@@ -172,10 +165,7 @@ class LlamaCppBackend:
             self.ll.llama_memory_seq_rm(self.mem, k, -1, -1)
             self.ll.llama_memory_seq_cp(self.mem, 0, k, -1, -1)
         self._leaf_seqs = [tuple(s) for s in below]
-        roots = [i for i in range(n) if feed.parents[i] < 0]
-        if any(not below[r] for r in roots):
-            raise ValueError("a feed node outside every branch")
-        return [tuple(s) for s in below]
+        return self._leaf_seqs
 
     def _same_cells(self, a: int, b: int) -> bool:
         ll = self.ll
@@ -184,7 +174,7 @@ class LlamaCppBackend:
 
     # -- the cache --------------------------------------------------------------------------
     def commit(self, keep: Sequence[int]) -> None:
-        extra = getattr(self, "_extra", 0)
+        extra = self._extra
         keep = list(range(extra)) + [k + extra for k in keep]  # the tokens fed again are kept
         n = len(self._pending)
         if any(not 0 <= k < n for k in keep) or keep != sorted(set(keep)):
@@ -234,17 +224,14 @@ class LlamaCppBackend:
         if not 0 <= length <= self._committed + len(self._pending):
             raise ValueError(f"cannot truncate to {length}")
         if self._pending:
-            for pos, seq in self._pending:
-                self.ll.llama_memory_seq_rm(self.mem, seq, pos, pos + 1)
-            for k in range(1, MAX_SEQS):
-                self.ll.llama_memory_seq_rm(self.mem, k, -1, -1) if self._leaf_seqs else None
-            self._pending, self._feed, self._leaf_seqs = [], None, []
+            self.commit([])  # drops the pending cells and any draft sequences
         if length < self._committed:
             self.ll.llama_memory_seq_rm(self.mem, 0, length, -1)  # sequence 0 holds positions 0..committed-1
+            self._refeed = [(t, p) for t, p in self._refeed if p < length]
             self._committed = length
 
     def fork(self):
-        raise ConfigError("the llama.cpp backend cannot fork its context (methods that need it: draft, early_exit)")
+        raise ConfigError("the llama.cpp backend cannot fork its context")
 
     def reset(self) -> None:
         self.ll.llama_memory_clear(self.mem, True)

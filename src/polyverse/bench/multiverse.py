@@ -22,7 +22,7 @@ import torch
 from transformers import DynamicCache
 
 from ..config import GenerationConfig
-from ..multiverse.engine import Engine, MultiverseConfig
+from ..multiverse.engine import Engine, MultiverseConfig, tag_tokens
 
 QUESTION = "Plan a relaxed weekend in a city you have never visited. Cover each part of the plan."
 TOPICS = ("Getting there", "Where to stay", "What to eat", "The budget", "The weather",
@@ -59,12 +59,14 @@ def goal_prompt(model, n: int) -> list[int]:
     return head + model.tokenizer(body, add_special_tokens=False)["input_ids"]
 
 
-def _picker(engine_box: dict):
+def _picker(model):
+    """Greedy, with end-of-text and tag tokens banned inside paths: every path runs to its budget."""
+    banned = torch.cat([tag_tokens(model.tokenizer, model.backend.vocab_size), torch.tensor(model.eos_token_ids)])
+
     def pick(br, row):
-        if br.kind == "path":  # content only: a fixed amount per path
+        if br.kind == "path":
             row = row.clone()
-            row[engine_box["engine"]._tag_tokens()] = float("-inf")
-            row[list(engine_box["engine"].eos)] = float("-inf")
+            row[banned] = float("-inf")
         return int(torch.argmax(row))
 
     return pick
@@ -73,17 +75,14 @@ def _picker(engine_box: dict):
 def run_once(model, prompt, n: int, path_tokens: int, parallel: bool) -> tuple[list[int], float, int, int]:
     cfg = MultiverseConfig(max_paths=max(n, 1), max_path_tokens=path_tokens, parallel=parallel)
     budget = path_tokens + 24  # the paths, then a short conclusion
-    box: dict = {}
     engine = Engine(model.backend, model.tokenizer, cfg, GenerationConfig(max_new_tokens=budget, eos_token_ids=model.eos_token_ids),
-                    pick=_picker(box))
-    box["engine"] = engine
+                    pick=_picker(model))
     t0 = time.perf_counter()
     for _ in engine.run(prompt):
         pass
     seconds = time.perf_counter() - t0
     toks, _ = engine.flat()
-    furthest = max(b.pos + len(b.queue) - 1 for b in engine._branches())
-    return toks[len(prompt):], seconds, furthest - (len(prompt) - 1), engine.passes
+    return toks[len(prompt):], seconds, engine.sequential_length(), engine.passes
 
 
 def pass_costs(model, prompt, n: int, repeats: int = 7) -> tuple[float, float]:

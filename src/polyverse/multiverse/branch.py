@@ -47,7 +47,6 @@ class Branch:
     mark: int = 0  # start of the current segment in ``tokens`` (tag search starts here)
     blocks: int = 0  # blocks forked from this branch
     block_start: int = 0  # first position of the paths of this branch's open block
-    children: list["Branch"] = field(default_factory=list)
     forks: list[tuple[int, list["Branch"]]] = field(default_factory=list)  # (index in tokens, paths)
     allowed: tuple[int, ...] | None = None  # the next token must be one of these (guided choices)
     guide: str = ""  # guided-mode state of this branch ("" = not guided)

@@ -34,7 +34,18 @@ from .branch import Branch, MultiverseConfig, Update
 from .sequence import CONCLUSION_END, CONCLUSION_SEED, GOAL_END, PARALLEL_CLOSE, PATH_END, PATH_SEED
 
 _OUTLINE = re.compile(r"<Outline>\s*(\d+(?:\.\d+)*)\s*:")
-_TAG_TOKENS: dict[int, list[int]] = {}
+_TAG_TOKENS: dict[tuple, torch.Tensor] = {}
+
+
+def tag_tokens(tokenizer, vocab_size: int, keep: tuple[int, ...] = ()) -> torch.Tensor:
+    """Ids of the tokens whose text holds '<' (guided content may not open or close tags), below
+    ``vocab_size`` and not in ``keep`` (end-of-text stays allowed); computed once per tokenizer."""
+    key = (id(tokenizer), len(tokenizer), vocab_size, keep)
+    if key not in _TAG_TOKENS:
+        pieces = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), vocab_size))))
+        _TAG_TOKENS[key] = torch.tensor([i for i, p in enumerate(pieces) if p and "<" in p and i not in keep],
+                                        dtype=torch.long)
+    return _TAG_TOKENS[key]
 
 
 Pick = Callable[[Branch, torch.Tensor], int]
@@ -73,13 +84,8 @@ class Engine:
         n = len(tag) + 1
         return tag in self._tail(br, n) and tag not in self._tail(br, n, drop_last=True)
 
-    def _tag_tokens(self) -> list[int]:
-        """Ids of the tokens whose text holds '<' (guided content may not open or close tags)."""
-        key = id(self.tokenizer)
-        if key not in _TAG_TOKENS:
-            pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-            _TAG_TOKENS[key] = [i for i, p in enumerate(pieces) if p and "<" in p]
-        return [i for i in _TAG_TOKENS[key] if i < self.backend.vocab_size and i not in self.eos]
+    def _tag_tokens(self) -> torch.Tensor:
+        return tag_tokens(self.tokenizer, self.backend.vocab_size, tuple(sorted(self.eos)))
 
     def _choose(self, br: Branch, row: torch.Tensor) -> int:
         if br.allowed is not None:
@@ -118,7 +124,7 @@ class Engine:
         finish = None
         while finish is None:
             t0 = time.perf_counter()
-            before = {id(b): len(b.tokens) for b in self._branches()}
+            before = {id(b): len(b.tokens) for b in self.branches()}
             batch = self._schedule()
             if not batch:
                 finish = "eos"
@@ -126,7 +132,7 @@ class Engine:
             fed, rows = self._pass(batch)
             finish = self._finished()
             writes = tuple((b.label, b.number, tuple(b.tokens[before.get(id(b), 0):]))
-                           for b in self._branches() if len(b.tokens) > before.get(id(b), 0))
+                           for b in self.branches() if len(b.tokens) > before.get(id(b), 0))
             yield Update(writes, fed, rows, time.perf_counter() - t0, finish)
 
     def _pass(self, batch: list[Branch]) -> tuple[int, int]:
@@ -151,7 +157,7 @@ class Engine:
             br.queue, br.join = [], ()
             if br.state == "closing":
                 br.state = "done"
-        for br in self._branches():
+        for br in self.branches():
             br.anchor = None
             if br.state == "resume":  # a conclusion that had to wait for this pass's closing tokens
                 br.state = "run"
@@ -162,7 +168,7 @@ class Engine:
         return len(tokens), len(rows)
 
     def _schedule(self) -> list[Branch]:
-        live = [b for b in self._branches() if b.queue and b.state in ("run", "wait", "closing")]
+        live = [b for b in self.branches() if b.queue and b.state in ("run", "wait", "closing")]
         if not self.cfg.parallel:
             running = [b for b in live if b.state == "run"]
             first = min(running, key=lambda b: b.label) if running else None
@@ -176,21 +182,23 @@ class Engine:
             rest = [b for b in rest if b not in ready]
         return placed
 
-    def _branches(self) -> list[Branch]:
+    def branches(self) -> list[Branch]:
+        """Every branch, the trunk first, each path before its own paths (tree order)."""
         out, todo = [], [self.trunk]
         while todo:
             br = todo.pop()
             out.append(br)
-            todo.extend(reversed(br.children))
+            todo.extend(reversed([kid for _, kids in br.forks for kid in kids]))
         return out
+
+    def sequential_length(self) -> int:
+        """Positions advanced past the prompt: the furthest token written (the budget's measure)."""
+        return max(b.pos + len(b.queue) - 1 for b in self.branches()) - (self.prompt_len - 1)
 
     def _finished(self) -> str | None:
         if self.trunk.state == "done":
             return "eos"
-        furthest = max(b.pos + len(b.queue) - 1 for b in self._branches())
-        if furthest - (self.prompt_len - 1) >= self.gen.max_new_tokens:
-            return "length"
-        return None
+        return "length" if self.sequential_length() >= self.gen.max_new_tokens else None
 
     def _new_seq(self) -> int:
         self._seqs += 1
@@ -198,13 +206,17 @@ class Engine:
 
     # -- writing and events -----------------------------------------------------------------
     def force(self, br: Branch, text: str) -> None:
-        for tok in self.ids(text):
-            br.tokens.append(tok)
-            br.queue.append(tok)
+        self.push(br, self.ids(text))
+
+    @staticmethod
+    def push(br: Branch, ids) -> None:
+        """Write tokens on ``br``: they join its text and are fed in the next pass."""
+        br.tokens.extend(ids)
+        br.queue.extend(ids)
 
     def _write(self, br: Branch, tok: int) -> None:
         br.allowed = None
-        if self.cfg.guided and br.guide:
+        if br.guide:
             from .guided import on_token
 
             if on_token(self, br, tok):
@@ -220,8 +232,7 @@ class Engine:
                 br.tokens.append(tok)
                 br.state = "done"
             return
-        br.tokens.append(tok)
-        br.queue.append(tok)
+        self.push(br, [tok])
         self.after_write(br)
 
     def after_write(self, br: Branch) -> None:
@@ -280,7 +291,6 @@ class Engine:
             kids.append(kid)
         br.join = tuple(k.seq for k in kids)
         br.state = "wait"
-        br.children.extend(kids)
         br.forks.append((len(br.tokens), kids))
         return True
 

@@ -36,8 +36,7 @@ def start(engine, trunk) -> None:
 def on_token(engine, br, tok: int) -> bool:
     """Guided handling of a chosen token; False leaves it to the engine's ordinary rules."""
     if br.guide == "outline":
-        br.tokens.append(tok)
-        br.queue.append(tok)
+        engine.push(br, [tok])
         text = engine.tokenizer.decode(br.tokens[br.notes["outline_start"]:], skip_special_tokens=True)
         too_long = len(br.tokens) - br.notes["outline_start"] >= engine.cfg.outline_tokens
         if "\n" in text and text.strip() or too_long:
@@ -47,16 +46,10 @@ def on_token(engine, br, tok: int) -> bool:
     if br.guide == "choose":
         more, done = br.notes["choices"]
         if tok == more[0]:
-            br.tokens.append(tok)
-            br.queue.append(tok)
-            for t in more[1:]:
-                br.tokens.append(t)
-                br.queue.append(t)
+            engine.push(br, more)
             _open_outline(engine, br)
         else:
-            for t in done:
-                br.tokens.append(t)
-                br.queue.append(t)
+            engine.push(br, done)
             _end_goal(engine, br)
         return True
     return False

@@ -18,7 +18,7 @@ def render(engine, lines: int = 6) -> Group:
     """Trunk (its latest lines), the paths of every block (each its own panel), in tree order."""
     tok = engine.tokenizer
     parts = []
-    for br in engine._branches():
+    for br in engine.branches():
         start = engine.prompt_len if br.kind == "trunk" else 0
         text = tok.decode(br.tokens[start:], skip_special_tokens=True)
         if br.kind == "trunk":

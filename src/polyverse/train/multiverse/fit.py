@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +48,10 @@ def losses(model, batch: dict[str, torch.Tensor], tag_ids: Sequence[int]) -> tup
     return total, {"ce": total.detach(), "tags": tags}
 
 
-def fit(model, tokenizer, samples_fn: Callable[[], Sequence[Sample]], out: Path, cfg: MultiverseFitConfig,
+def fit(model, tokenizer, samples: Sequence[Sample], out: Path, cfg: MultiverseFitConfig,
         resume: bool = False, tick=None, stop_after: int | None = None):
-    """Add the tag tokens, read the samples (tokenised with them), train; returns (model, history, tag ids)."""
-    tag_ids = add_tag_tokens(model, tokenizer)
-    samples = list(samples_fn())
+    """Train on samples tokenised with the tag tokens (``add_tag_tokens`` first); returns (model, history, tag ids)."""
+    tag_ids = add_tag_tokens(model, tokenizer)  # idempotent: the ids of the tokens the samples use
     if not samples:
         raise ConfigError("no samples to train on")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
