@@ -9,13 +9,14 @@ from polyverse.backends.transformers import TransformersBackend
 from polyverse.config import GenerationConfig
 from polyverse.draft import Draft
 from polyverse.errors import ConfigError
-from polyverse.layout import draft_feed, visibility
+from polyverse.layout import chain_feed, draft_feed, visibility
 from polyverse.loop import Observation, decode
 from polyverse.methods.ar import ARProposer
 from polyverse.methods.space import SpaceConfig, SpaceProposer, find_mask_id, make, space_draft
 from polyverse.models.tiny import tiny_model
 from polyverse.registry import MethodContext
-from polyverse.train.space.data import IGNORE, Sample, add_mask_token, collate, gsm8k_answer, transform
+from polyverse.train.space.data import (IGNORE, Sample, add_mask_token, collate, collate_packed, group_layout,
+                                       gsm8k_answer, pack, transform)
 from polyverse.verify import Verdict
 
 M = 99  # the mask id used in the hand-made cases
@@ -212,3 +213,96 @@ def test_bench_runs_space_by_default_only_with_a_space_adapter(tmp_path):
     assert _has_mask(str(tmp_path))
     assert not _has_mask(None)
     assert not _has_mask("cllm-gsm8k")
+
+
+# --- the packed layout (--groups): many mask groups per sample, laid out as at decoding ---------
+
+
+def test_group_layout_hand_drawn():
+    positions, vis = group_layout(3, [1, 2], 2)
+    assert positions == [0, 1, 2, 1, 2, 2, 3]
+    expected = [
+        [1, 0, 0, 0, 0, 0, 0],  # real tokens: causal among themselves, blind to the masks
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 0, 0, 1, 0, 0, 0],  # group at anchor 1: real token 0 and itself
+        [1, 0, 0, 1, 1, 0, 0],
+        [1, 1, 0, 0, 0, 1, 0],  # group at anchor 2: real tokens 0, 1 and itself
+        [1, 1, 0, 0, 0, 1, 1],
+    ]
+    assert vis.int().tolist() == expected
+    with pytest.raises(ConfigError):
+        group_layout(3, [4], 2)
+
+
+def test_pack_hand_made():
+    class Cuts:
+        def sample(self, population, n):
+            assert list(population) == [0, 1] and n == 2
+            return [1, 0]
+
+    p = pack(Sample((7,), (10, 11, 12)), Cuts(), k=2, groups=5, mask_id=M)
+    assert p.ids == (7, 10, 11, 12, M, M, M, M)
+    assert p.positions == (0, 1, 2, 3, 1, 2, 2, 3)
+    assert p.targets == (10, 11, 12, IGNORE, 11, 12, 12, IGNORE)
+    assert p.n_real == 4 and p.anchors == (1, 2)
+
+
+def test_pack_without_room_for_a_group_is_plain_sft():
+    p = pack(Sample((7, 8), (10,)), random.Random(0), k=3, groups=4, mask_id=M)
+    assert p.ids == (7, 8, 10) and p.targets == (IGNORE, 10, IGNORE) and p.anchors == ()
+
+
+def test_packed_forward_equals_the_decoder_pass_for_every_group():
+    """Each group's logits in one packed training pass equal the logits the decoder reads from the
+    same group (k masks below the last real token), and the real rows equal a plain causal pass."""
+    m = tiny_model(seed=5, vocab_size=40).eval()
+    mask_id = 39
+    sample = Sample((1, 2, 3), (5, 9, 4, 11, 7, 8, 20, 6))
+    packed = pack(sample, random.Random(3), k=3, groups=4, mask_id=mask_id)
+    other = pack(Sample((4,), (6, 7)), random.Random(0), k=3, groups=4, mask_id=mask_id)  # padding in the batch
+    batch = collate_packed([packed, other], k=3)
+    with torch.no_grad():
+        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits[0]  # [L, V]
+        real = list(sample.prompt + sample.response)
+        plain = m(input_ids=torch.tensor([real])).logits[0]
+    assert torch.allclose(logits[: len(real)], plain, atol=1e-4)
+    assert len(packed.anchors) == 4
+    be = TransformersBackend(m)
+    for g, a in enumerate(packed.anchors):
+        be.reset()
+        if a > 1:
+            be.forward(chain_feed(real[: a - 1], 0), logits_for=[])
+            be.commit(range(a - 1))
+        draft, groups = space_draft([], 3, mask_id)
+        got = be.forward(draft_feed(real[a - 1], a - 1, draft), logits_for=[1 + i for i in groups[0]])  # [3, V]
+        be.commit([])
+        rows = slice(packed.n_real + 3 * g, packed.n_real + 3 * (g + 1))
+        assert torch.allclose(logits[rows], got, atol=1e-4), g
+
+
+def test_smoke_fit_packed_lowers_the_mask_loss(tmp_path):
+    from polyverse.train.space.fit import SpaceFitConfig, fit
+
+    torch.manual_seed(0)
+    m = tiny_model(seed=3, vocab_size=40)
+    samples = [Sample((1, 2), tuple(range(s, s + 12))) for s in range(5, 25)]
+    cfg = SpaceFitConfig(steps=25, batch=2, lr=1e-2, k=3, groups=6, lora_rank=8, lora_alpha=16, save_every=25)
+    _, history, _ = fit(m, TinyTokenizer(40), samples, tmp_path / "out", cfg)
+    first = sum(h["mask"] for h in history[:5]) / 5
+    last = sum(h["mask"] for h in history[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    assert all(h["ar"] > 0 for h in history)  # the AR rows are trained in the same pass
+
+
+def test_read_samples_drops_the_end_of_turn_of_a_cut_distilled_answer(tmp_path, tiny):
+    from polyverse.train.space.data import read_samples
+
+    tok = tiny.tokenizer
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a b", "response": "c d", "finish": "eos"}\n'
+                    '{"prompt": "a b", "response": "c d", "finish": "length"}\n')
+    whole, cut = read_samples(path, tok)
+    assert whole.prompt == cut.prompt
+    assert cut.response == whole.response[:-1]

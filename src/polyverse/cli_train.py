@@ -66,6 +66,44 @@ def _evaluate_adapter(model: str, adapter: str, data: str, limit: int, chat: Opt
     return doc
 
 
+@train_app.command("distill")
+def distill_cmd(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Model whose greedy answers are written."),
+    backend: str = typer.Option("transformers", "--backend", help="transformers or llamacpp (a GGUF --model)."),
+    data: str = typer.Option("", "--data", help="JSONL of prompts/questions (default: ../shared/data/gsm8k_train.jsonl)."),
+    out: str = typer.Option(..., "--out", help="JSONL of prompt/response rows (appended; a rerun resumes)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", help="Token budget per answer."),
+    limit: int = typer.Option(1000, "--limit", help="Questions to answer."),
+    offset: int = typer.Option(0, "--offset", help="Skip this many questions first."),
+    method: str = typer.Option("auto", "--method", help="Lossless method used to decode (greedy output is the same)."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+) -> None:
+    """Self-distillation data: the model's own greedy answers, as training data for SPACE fit."""
+    from pathlib import Path
+
+    from .train.distill import DistillConfig, distill
+
+    try:
+        cfg = DistillConfig(max_new_tokens=max_new_tokens, method=method)
+        rows = _question_rows(data or _gsm8k_default("gsm8k_train.jsonl"), limit, offset)
+        from .api import load
+        from .registry import registry
+
+        registry.get(method)  # an unknown method fails before the model loads
+        lm = load(model, backend=backend)
+        questions = [(pid, p) for pid, p, _ in rows]
+        with _progress() as bar:
+            task = bar.add_task("distill", total=len(questions))
+            counts = distill(lm, questions, Path(out), cfg, chat,
+                             tick=lambda pid, why: bar.update(task, advance=1, description=f"question {pid}: {why}"))
+    except PolyverseError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted: answers already written are kept; rerun the same command to resume", 130)
+    typer.echo(f"{counts['written']} answers written ({counts['truncated']} cut by the budget, "
+               f"{counts['skipped']} already there) -> {out}")
+
+
 @cllm_app.command("collect")
 def cllm_collect(
     model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Model whose Jacobi trajectories are collected."),
@@ -185,6 +223,8 @@ def space_fit(
     lr: float = typer.Option(3e-4, "--lr", help="Learning rate."),
     k: int = typer.Option(5, "--k", help="Masks per group: future tokens proposed per pass."),
     p: float = typer.Option(0.5, "--p", help="Share of samples cut and given k + 1 masks."),
+    groups: int = typer.Option(0, "--groups", help="0: one cut per sample (--p); G: whole samples, each with "
+                               "up to G mask groups at random cuts, laid out as at decoding (denser training)."),
     full: bool = typer.Option(False, "--full", help="Full fine-tune instead of LoRA."),
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank."),
     save_every: int = typer.Option(50, "--save-every", help="Checkpoint every N steps."),
@@ -199,7 +239,7 @@ def space_fit(
     from .train.space.fit import SpaceFitConfig, fit
 
     try:
-        cfg = SpaceFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, k=k, p=p, lora=not full,
+        cfg = SpaceFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, k=k, p=p, groups=groups, lora=not full,
                              lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed)
         if limit < 0:
             raise ConfigError("--limit must be 0 (all) or more")

@@ -10,6 +10,16 @@ stands in for the unknown token at x and predicts the token at x + 1, which is w
 
 Example: prompt (p1, p2), response (a, b, c, d), cut at c = 1, k = 2 ->
 input (p1, p2, a, M, M, M), labels (-100, -100, a, b, c, d).
+
+``pack`` is the denser variant (``--groups G``): every sample stays whole and up to G groups of k
+masks are appended after it, each anchored at its own cut and laid out exactly as the decoder lays
+out a group below a candidate: the group at cut c sits at the positions of response[c], ...,
+response[c + k - 1], sees the prompt, response[:c] and the earlier masks of its own group, and
+nothing else sees it. Mask j of that group is trained to predict response[c + j + 1]. One forward
+pass then trains AR on the whole response and G * k mask predictions instead of k.
+
+Example: prompt (p1), response (a, b, c), k = 2, cuts (0, 1) -> input (p1, a, b, c, M, M, M, M),
+positions (0, 1, 2, 3, 1, 2, 2, 3), targets (a, b, c, -100, b, c, c, -100): row i predicts targets[i].
 """
 
 from __future__ import annotations
@@ -46,6 +56,77 @@ def transform(sample: Sample, rng: random.Random, k: int, p: float, mask_id: int
         labels = [IGNORE] * len(prompt) + resp[:c] + future + [IGNORE] * (k + 1 - len(future))
         return ids, labels
     return prompt + resp, [IGNORE] * len(prompt) + resp
+
+
+@dataclass(frozen=True)
+class Packed:
+    ids: tuple[int, ...]  # [L]: prompt + response + groups of k masks
+    targets: tuple[int, ...]  # [L]: the token row i is trained to predict (-100: none)
+    positions: tuple[int, ...]  # [L]
+    n_real: int  # prompt + response tokens; the groups follow
+    anchors: tuple[int, ...]  # index (among the real tokens) each group's first mask stands for
+
+
+def group_layout(n_real: int, anchors: Sequence[int], k: int) -> tuple[list[int], torch.Tensor]:
+    """Positions [L] and visibility [L, L] (row sees column) of n_real real tokens followed by one
+    group of k masks per anchor; the group at anchor a stands at positions a .. a + k - 1 and sees
+    the real tokens before a and its own earlier masks. Real tokens are causal among themselves.
+
+    Example: n_real 3, anchors (1,), k 2 -> positions (0, 1, 2, 1, 2); row 3 sees columns 0, 3;
+    row 4 sees 0, 3, 4.
+    """
+    L = n_real + len(anchors) * k
+    vis = torch.zeros((L, L), dtype=torch.bool)
+    vis[:n_real, :n_real] = torch.tril(torch.ones((n_real, n_real), dtype=torch.bool))
+    positions = list(range(n_real))
+    for g, a in enumerate(anchors):
+        if not 0 <= a <= n_real:
+            raise ConfigError(f"group anchor {a} is outside 0..{n_real}")
+        start = n_real + g * k
+        rows = slice(start, start + k)
+        vis[rows, :a] = True
+        vis[rows, rows] = torch.tril(torch.ones((k, k), dtype=torch.bool))
+        positions.extend(range(a, a + k))
+    return positions, vis
+
+
+def pack(sample: Sample, rng: random.Random, k: int, groups: int, mask_id: int) -> Packed:
+    """The whole sample plus up to ``groups`` mask groups at distinct random cuts (see module doc)."""
+    prompt, resp = list(sample.prompt), list(sample.response)
+    n = len(resp)
+    cuts = sorted(rng.sample(range(n - 1), min(groups, n - 1))) if n > 1 else []
+    ids = prompt + resp + [mask_id] * (k * len(cuts))
+    targets = [IGNORE] * (len(prompt) - 1) + resp + [IGNORE]
+    if not prompt:
+        targets = resp[1:] + [IGNORE]
+    for c in cuts:
+        targets.extend(resp[c + j + 1] if c + j + 1 < n else IGNORE for j in range(k))
+    anchors = tuple(len(prompt) + c for c in cuts)
+    positions, _ = group_layout(len(prompt) + n, anchors, k)
+    return Packed(tuple(ids), tuple(targets), tuple(positions), len(prompt) + n, anchors)
+
+
+def collate_packed(rows: Sequence[Packed], k: int, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded batch of packed samples: input_ids, targets, position_ids [B, L] and the 4D additive
+    attention mask [B, 1, L, L] (0 visible, dtype min hidden; padding rows see only themselves)."""
+    L = max(len(r.ids) for r in rows)
+    b = len(rows)
+    out = {
+        "input_ids": torch.full((b, L), pad_id, dtype=torch.long),
+        "targets": torch.full((b, L), IGNORE, dtype=torch.long),
+        "position_ids": torch.zeros((b, L), dtype=torch.long),
+        "attention_mask": torch.full((b, 1, L, L), torch.finfo(torch.float32).min),
+    }
+    for i, r in enumerate(rows):
+        n = len(r.ids)
+        _, vis = group_layout(r.n_real, r.anchors, k)
+        out["input_ids"][i, :n] = torch.tensor(r.ids)
+        out["targets"][i, :n] = torch.tensor(r.targets)
+        out["position_ids"][i, :n] = torch.tensor(r.positions)
+        out["attention_mask"][i, 0, :n, :n].masked_fill_(vis, 0.0)
+        idx = torch.arange(n, L)
+        out["attention_mask"][i, 0, idx, idx] = 0.0
+    return out
 
 
 def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -99,7 +180,10 @@ def read_samples(path: Path, tokenizer, limit: int = 0, max_len: int = 512) -> l
             q, a = str(row["prompt"]), str(row["response"])
         else:
             raise ConfigError(f"{path}:{n}: needs 'question' and 'answer' (or 'prompt' and 'response')")
-        out.append(chat_sample(tokenizer, q, a, max_len))
+        sample = chat_sample(tokenizer, q, a, max_len)
+        if row.get("finish") == "length":  # cut by a budget (``polyverse train distill``): no end of turn
+            sample = Sample(sample.prompt, sample.response[:-1])
+        out.append(sample)
         if limit and len(out) >= limit:
             break
     if not out:

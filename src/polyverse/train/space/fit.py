@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from .. import common
-from .data import IGNORE, Sample, add_mask_token, collate, transform
+from .data import IGNORE, Sample, add_mask_token, collate, collate_packed, pack, transform
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class SpaceFitConfig:
     accumulate: int = 1  # micro-batches per optimizer step
     lr: float = 3e-4
     k: int = 5  # masks proposed per group (k + 1 masks appended to a cut sample)
-    p: float = 0.5  # share of samples cut and given masks
+    p: float = 0.5  # share of samples cut and given masks (the single-cut transform, groups = 0)
+    groups: int = 0  # > 0: whole samples, each with up to this many k-mask groups at random cuts (``pack``)
     lora: bool = True  # False: full fine-tune
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -38,15 +39,25 @@ class SpaceFitConfig:
         common.check_positive(self, ("steps", "batch", "accumulate", "k", "save_every", "lora_rank", "lora_alpha"))
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"p must be in [0, 1], got {self.p}")
+        if not isinstance(self.groups, int) or self.groups < 0:
+            raise ConfigError(f"groups must be 0 (single cut) or a positive integer, got {self.groups!r}")
 
 
 def losses(model, batch: dict[str, torch.Tensor], mask_id: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(mean cross-entropy over all labelled tokens, {"ar": on tokens predicted from real tokens,
-    "mask": on tokens predicted from [MASK] inputs})."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, L, V]
-    pred = logits[:, :-1].float()  # [B, L-1, V]: row i predicts label i + 1
-    labels = batch["labels"][:, 1:]  # [B, L-1]
-    from_mask = batch["input_ids"][:, :-1] == mask_id  # [B, L-1]
+    "mask": on tokens predicted from [MASK] inputs}).
+
+    A batch with ``labels`` (``collate``) is shifted as usual; one with ``targets`` (``collate_packed``)
+    is row-aligned and carries its own positions and 4D mask."""
+    if "targets" in batch:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits  # [B, L, V]
+        pred, labels, from_mask = logits.float(), batch["targets"], batch["input_ids"] == mask_id  # row i -> targets[i]
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [B, L, V]
+        pred = logits[:, :-1].float()  # [B, L-1, V]: row i predicts label i + 1
+        labels = batch["labels"][:, 1:]  # [B, L-1]
+        from_mask = batch["input_ids"][:, :-1] == mask_id  # [B, L-1]
     ce = F.cross_entropy(pred.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")  # [B, L-1]
     valid = labels != IGNORE
     total = ce[valid].mean() if valid.any() else ce.sum() * 0.0
@@ -69,6 +80,9 @@ def fit(model, tokenizer, samples: Sequence[Sample], out: Path, cfg: SpaceFitCon
 
     def batch_fn(step: int, micro: int) -> dict[str, torch.Tensor]:
         rng = random.Random(f"{cfg.seed}/{step}/{micro}")
+        if cfg.groups:
+            return collate_packed([pack(rng.choice(samples), rng, cfg.k, cfg.groups, mask_id) for _ in range(cfg.batch)],
+                                  cfg.k, pad)
         return collate([transform(rng.choice(samples), rng, cfg.k, cfg.p, mask_id) for _ in range(cfg.batch)], pad)
 
     trained, history = common.run(model, cfg, out, batch_fn, lambda m, b: losses(m, b, mask_id), resume=resume,
