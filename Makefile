@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test bench benchmarks cllm-adapter space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench
+.PHONY: install demo test bench benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -53,15 +53,21 @@ cllm-adapter: $(STAMP)
 	cp cllm-out/adapter_config.json cllm-out/adapter_model.safetensors cllm-out/polyverse.json src/polyverse/adapters/cllm-gsm8k/
 	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 10 --max-new-tokens 128 --out cllm-out/eval.json
 
-# the shipped SPACE adapter: [MASK] semi-autoregressive LoRA SFT of the bundled model on GSM8K
-# train solutions (resumable: rerun after an interruption), then its figures on GSM8K dev questions
-SPACE_ROWS ?= 2000
-SPACE_STEPS ?= 200
-space-adapter: $(STAMP)
-	$(BIN)/polyverse train space fit --out space-out --limit $(SPACE_ROWS) --steps $(SPACE_STEPS) --batch 4 --k 5 --lora-rank 8 --save-every 10 --resume
+# the shipped SPACE adapter: the bundled model's own greedy answers to GSM8K train questions
+# (self-distillation, decoded through llama.cpp from the F16 export, which writes the same greedy
+# text as the transformers model), then a [MASK] semi-autoregressive LoRA SFT with many mask groups
+# per sample (both resumable: rerun after an interruption), then its figures on GSM8K dev questions
+SPACE_ROWS ?= 400
+SPACE_STEPS ?= 180
+space-data: $(LLAMA_STAMP)
+	test -f bench-out/smollm2-f16.gguf || $(BIN)/polyverse export gguf --type f16 --out bench-out/smollm2-f16.gguf
+	$(BIN)/polyverse train distill --model bench-out/smollm2-f16.gguf --backend llamacpp --out distill-out/gsm8k-self.jsonl --limit $(SPACE_ROWS)
+
+space-adapter: space-data
+	$(BIN)/polyverse train space fit --data distill-out/gsm8k-self.jsonl --out space-out --limit $(SPACE_ROWS) --steps $(SPACE_STEPS) --batch 4 --k 3 --groups 32 --lr 5e-4 --lora-rank 16 --save-every 10 --resume
 	mkdir -p src/polyverse/adapters/space-gsm8k
 	cp space-out/adapter_config.json space-out/adapter_model.safetensors space-out/polyverse.json src/polyverse/adapters/space-gsm8k/
-	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --out src/polyverse/adapters/space-gsm8k/eval.json
+	for k in 1 2 3; do $(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k $$k --out src/polyverse/adapters/space-gsm8k/eval-k$$k.json; done
 
 # Multiverse: GSM8K train solutions turned into <Parallel> structure by the rule-based curator (add
 # --llm URL for the five LLM stages), then a LoRA SFT of the bundled model under Multiverse Attention
