@@ -12,7 +12,7 @@ from polyverse.errors import ConfigError
 from polyverse.layout import chain_feed, draft_feed, visibility
 from polyverse.loop import Observation, decode
 from polyverse.methods.ar import ARProposer
-from polyverse.methods.space import SpaceConfig, SpaceProposer, find_mask_id, make, space_draft
+from polyverse.methods.space import SpaceConfig, SpaceProposer, best_count, find_mask_id, make, space_draft
 from polyverse.models.tiny import tiny_model
 from polyverse.registry import MethodContext
 from polyverse.train.space.data import (IGNORE, Sample, add_mask_token, collate, collate_packed, group_layout,
@@ -117,6 +117,33 @@ def test_proposer_reads_the_group_below_the_last_accepted_candidate():
         logits2[row, tok] = 1.0
     p.observe(Observation(draft2, Verdict((), (9,)), logits2, (1, 2, 30, 55, 9)))
     assert p.candidates == [70]  # cut at a proposed [MASK]
+
+
+def test_best_count_hand_made():
+    linear = lambda q: float(q)  # every fed token costs the same
+    assert best_count([0.9, 0.1], 1, linear) == 0  # 1/2 beats 1.9/4 and 1.99/6
+    assert best_count([0.9, 0.1], 1, lambda q: 1.0) == 2  # a flat cost: feed them all
+    # cost 1 up to 4 tokens, then 2: k = 1 feeds 2 (n = 0), 4 (n = 1), 6 (n = 2) tokens
+    step = lambda q: 1.0 if q <= 4 else 2.0
+    assert best_count([0.5, 0.9], 1, step) == 1  # 1.5 / 1 beats 1 / 1 and 1.95 / 2
+    assert best_count([0.0, 1.0], 1, step) == 0  # a sure second candidate behind a hopeless first
+    assert best_count([], 3, step) == 0
+
+
+def test_adaptive_proposer_drops_unlikely_candidates():
+    cost = lambda q: 1.0 if q <= 2 else 1.2 if q <= 4 else 3.0  # k = 1: 2 tokens (n = 0), 4 (n = 1), 6 (n = 2)
+    p = SpaceProposer(SpaceConfig(k=1), mask_id=M, cost=cost)
+    p.start([1, 2])
+    draft = p.propose([1, 2])  # no candidates: the root and its group of one mask
+    assert list(draft.tokens) == [M]
+    logits = torch.full((2, 100), -10.0)
+    logits[0, 5] = 10.0  # the root's own prediction (the bonus token)
+    logits[1, 40] = 10.0  # the mask below the root: a confident candidate
+    p.observe(Observation(draft, Verdict((), (5,)), logits, (1, 2, 5)))
+    assert p.candidates == [40]
+    logits[1] = 0.0  # a flat mask row: confidence 1/100, expected 1.01 / 1.2 < 1 / 1
+    p.observe(Observation(draft, Verdict((), (5,)), logits, (1, 2, 5)))
+    assert p.candidates == []
 
 
 def test_space_without_a_mask_token_is_a_clear_error():

@@ -15,13 +15,23 @@ tree), so the candidates' cache entries are exactly those of plain decoding and 
 verification stays lossless: greedy output equals greedy `ar` of the same (adapted) model, and
 sampled output has its distribution. The next candidates are the argmax of the mask group below
 the last accepted node: they continue after the token the verification adds (the bonus token).
+
+With ``adaptive`` (the default) the proposer does not always feed all of them: candidate j is
+accepted about as often as the mask's own confidence p_j says, so a pass with n candidates is
+expected to yield E(n) = 1 + p_1 + p_1 p_2 + ... + p_1..p_n tokens while it feeds
+q(n) = 1 + n + (n + 1) k tokens. With the backend's measured cost curve c(q) it keeps the n
+that maximises E(n) / c(q(n)): unlikely candidates, and the k masks hung below each, are not
+paid for. Which candidates are fed never changes what is written, only how fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
+import torch
+
+from ..costs import cost_curve
 from ..draft import Draft
 from ..errors import ConfigError
 from ..loop import Observation
@@ -33,12 +43,15 @@ MASK_TOKEN = "[MASK]"
 class SpaceConfig:
     k: int = 5  # masks per group = most candidates proposed per pass
     mask_id: int | None = None  # the [MASK] token id; None = look up "[MASK]" in the tokenizer
+    adaptive: bool = True  # feed only the candidates worth their pass cost (see the module doc)
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or not 1 <= self.k <= 16:
             raise ConfigError(f"space k must be an integer in [1, 16], got {self.k!r}")
         if self.mask_id is not None and (not isinstance(self.mask_id, int) or self.mask_id < 0):
             raise ConfigError(f"space mask_id must be a token id, got {self.mask_id!r}")
+        if not isinstance(self.adaptive, bool):
+            raise ConfigError(f"space adaptive must be true or false, got {self.adaptive!r}")
 
 
 def space_draft(candidates: Sequence[int], k: int, mask_id: int) -> tuple[Draft, list[list[int]]]:
@@ -63,10 +76,30 @@ def space_draft(candidates: Sequence[int], k: int, mask_id: int) -> tuple[Draft,
     return Draft(tuple(tokens), tuple(parents)), groups
 
 
+def best_count(confidences: Sequence[float], k: int, cost: Callable[[int], float]) -> int:
+    """How many of the candidates (in chain order, with confidences p_1..p_m) to feed: the n in
+    0..m maximising E(n) / cost(1 + n + (n + 1) k), E(n) = 1 + p_1 + p_1 p_2 + ... + p_1..p_n.
+
+    Example: k = 1, cost(q) = q (every token costs the same), p = (0.9, 0.1):
+    n = 0 -> 1 / 2 = 0.5, n = 1 -> 1.9 / 4 = 0.475, n = 2 -> 1.99 / 6 -> 0 candidates.
+    With a flat cost (cost(q) = 1) every candidate is worth feeding: 2.
+    """
+    best_n, best_rate = 0, 1.0 / cost(1 + k)
+    expected, chain = 1.0, 1.0
+    for n, p in enumerate(confidences, 1):
+        chain *= p
+        expected += chain
+        rate = expected / cost(1 + n + (n + 1) * k)
+        if rate > best_rate:
+            best_n, best_rate = n, rate
+    return best_n
+
+
 class SpaceProposer:
-    def __init__(self, config: SpaceConfig, mask_id: int) -> None:
+    def __init__(self, config: SpaceConfig, mask_id: int, cost: Callable[[int], float] | None = None) -> None:
         self.k = config.k
         self.mask_id = mask_id
+        self.cost = cost  # seconds of a pass feeding q tokens; None = feed every candidate
         self.candidates: list[int] = []
         self.draft = Draft.empty()  # the last draft proposed, before any pruning by the loop
         self.groups: list[list[int]] = []
@@ -97,8 +130,12 @@ class SpaceProposer:
             if node not in index:
                 break
             rows.append(1 + index[node])  # logits row of the group's next mask
-        proposals = [int(obs.logits[r].argmax()) for r in rows]
+        probs = torch.softmax(obs.logits[rows].float(), dim=-1)  # [len(rows), V]
+        conf, best = probs.max(dim=-1)  # [len(rows)]
+        proposals = best.tolist()
         cut = proposals.index(self.mask_id) if self.mask_id in proposals else len(proposals)
+        if self.cost is not None:
+            cut = best_count(conf[:cut].tolist(), self.k, self.cost)
         self.candidates = proposals[:cut]
 
 
@@ -121,4 +158,5 @@ def find_mask_id(config: SpaceConfig, ctx) -> int:
 
 
 def make(config: SpaceConfig, ctx) -> SpaceProposer:
-    return SpaceProposer(config, find_mask_id(config, ctx))
+    mask_id = find_mask_id(config, ctx)
+    return SpaceProposer(config, mask_id, cost_curve(ctx.model, ctx.backend) if config.adaptive else None)
