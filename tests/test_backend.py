@@ -110,3 +110,50 @@ def test_small_passes_match_a_full_forward(model, draft_len):
     logits = be.forward(draft_feed(ctx[-1], len(ctx) - 1, draft))[:]  # [1 + draft_len, V]
     ref = reference_logits(model, ctx + list(draft.tokens))
     assert torch.allclose(logits, ref[len(ctx) - 1 :], atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_packed_linear_equals_linear(rows):
+    from polyverse.backends import packed
+
+    if not packed.available(torch.device("cpu"), torch.float32):
+        pytest.skip("this torch has no oneDNN packed products")
+    torch.manual_seed(rows)
+    x = torch.randn(1, rows, 24)
+    w = torch.randn(40, 24)
+    b = torch.randn(40)
+    store = packed.PackedWeights()
+    with torch.inference_mode(), packed.PackedLinear(store):
+        out = torch.nn.functional.linear(x, w)  # [1, rows, 40]
+        with_bias = torch.nn.functional.linear(x, w, b)
+    assert out.shape == (1, rows, 40)
+    assert torch.allclose(out, x @ w.t(), atol=1e-5)
+    assert torch.allclose(with_bias, x @ w.t() + b, atol=1e-5)
+    assert len(store) == 1  # one weight, packed once
+    with torch.no_grad():
+        w.mul_(2.0)  # changed in place: packed again on its next use
+    with torch.inference_mode(), packed.PackedLinear(store):
+        again = torch.nn.functional.linear(x, w)
+    assert torch.allclose(again, x @ w.t(), atol=1e-5)
+    # with autograd on, the stock path runs (training never sees packed weights)
+    wg = w.clone().requires_grad_(True)
+    with packed.PackedLinear(store):
+        y = torch.nn.functional.linear(x, wg)
+    y.sum().backward()
+    assert wg.grad is not None
+
+
+@pytest.mark.parametrize("draft_len", [0, 5, 15])
+def test_packed_passes_match_a_full_forward(model, draft_len):
+    # the backend's passes run on packed weights here: their logits must still be the model's
+    be = TransformersBackend(model)
+    if be._packed is None:
+        pytest.skip("this torch has no oneDNN packed products")
+    ctx = [5, 17, 42, 8, 9, 33]
+    be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
+    be.commit(range(len(ctx) - 1))
+    draft = Draft.chain([(20 + i) % 50 for i in range(draft_len)])
+    logits = be.forward(draft_feed(ctx[-1], len(ctx) - 1, draft))[:]  # [1 + draft_len, V]
+    ref = reference_logits(model, ctx + list(draft.tokens))
+    assert len(be._packed) > 0
+    assert torch.allclose(logits, ref[len(ctx) - 1 :], atol=1e-4)

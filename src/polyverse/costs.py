@@ -20,7 +20,7 @@ from .draft import Draft
 from .layout import chain_feed, draft_feed
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-VERSION = 6  # bumped when the pass itself changes (v6: W @ x.T products for heads and 2-4 token passes)
+VERSION = 7  # bumped when the pass itself changes (v6: W @ x.T products; v7: oneDNN-packed weights)
 
 
 @dataclass(frozen=True)

@@ -83,16 +83,21 @@ class Projection:
     7.1 vs 16.1 ms, 24 rows 18 vs 22 ms. One row would take the matrix-vector path (10 ms),
     so a single row is fed twice.
     Plain decoding and drafts rejected at their root pay this one-row product every pass.
+    With a ``PackedWeights`` store (oneDNN) the product runs on the packed head instead: 16 rows
+    6.3 ms vs 14.8 ms, one row 4.6 ms.
     """
 
-    def __init__(self, head: torch.nn.Module) -> None:
+    def __init__(self, head: torch.nn.Module, packed=None) -> None:
         self.head = head
+        self.packed = packed
         weight = getattr(head, "weight", None)
         self.fast = (isinstance(head, torch.nn.Linear) and head.bias is None and weight.device.type == "cpu")
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.fast:
             return self.head(hidden).float()
+        if self.packed is not None and self.packed.eligible(hidden, self.head.weight, None):
+            return self.packed.linear(hidden, self.head.weight).float()  # [m, V]
         m = hidden.shape[0]
         if m == 1:
             hidden = torch.cat([hidden, hidden])  # real rows: a stride-0 expand takes a slow path

@@ -2,8 +2,9 @@
 
 No model files are forked and nothing in transformers is patched: the model receives
 ``attention_mask`` [1, 1, q, kv] and ``position_ids`` [1, q] through its public forward, and the
-cache is trimmed through the cache layers' own tensors. Passes of 2 to 4 tokens on CPU run under
-``few_rows.FewRowLinear`` (a faster product for that shape, scoped to the pass).
+cache is trimmed through the cache layers' own tensors. On CPU in float32 the pass's linear layers
+and the LM head run on oneDNN-packed copies of the weights (``packed``, scoped to the pass); where
+this torch has no oneDNN, passes of 2 to 4 tokens run under ``few_rows.FewRowLinear``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from ..layout import Feed, additive_mask, is_plain_chain
 from ..logits import LazyLogits, Projection, eager
-from . import few_rows
+from . import few_rows, packed
 
 
 class TransformersBackend:
@@ -36,7 +37,9 @@ class TransformersBackend:
         base = getattr(model, getattr(model, "base_model_prefix", ""), None)
         head = model.get_output_embeddings()
         plain = getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
-        self._split = (base, Projection(head)) if base is not None and head is not None and plain else None
+        # packed weights (None: this torch or dtype has no oneDNN path); shared by forks and sessions
+        self._packed = packed.PackedWeights() if packed.available(self.device, self.dtype) else None
+        self._split = (base, Projection(head, self._packed)) if base is not None and head is not None and plain else None
 
     @property
     def length(self) -> int:
@@ -58,7 +61,7 @@ class TransformersBackend:
         if context is not None or not is_plain_chain(feed, past):
             mask = additive_mask(feed.parents, past, self.dtype, context).to(self.device)  # [1, 1, q, kv]
         kwargs = dict(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=self.cache, use_cache=True)
-        product = few_rows.FewRowLinear() if few_rows.wanted(q, self.device) else nullcontext()
+        product = self._product(q)
         if self._split is not None:
             base, head = self._split
             with product:
@@ -83,6 +86,12 @@ class TransformersBackend:
         self._pending = q
         logits = out.logits[0].float()  # [len(logits_for) or q, V]
         return eager(logits) if logits_for is None else logits
+
+    def _product(self, q: int):
+        """The context the pass's products run under: packed weights, the few-row product, or stock."""
+        if self._packed is not None:
+            return packed.PackedLinear(self._packed)
+        return few_rows.FewRowLinear() if few_rows.wanted(q, self.device) else nullcontext()
 
     def _context(self, feed: Feed, past: int) -> torch.Tensor | None:
         """Which committed cells each fed token sees ([q, past]); records the feed's cells as pending."""
