@@ -146,9 +146,12 @@ def test_packed_linear_equals_linear(rows):
 @pytest.mark.parametrize("draft_len", [0, 5, 15])
 def test_packed_passes_match_a_full_forward(model, draft_len):
     # the backend's passes run on packed weights here: their logits must still be the model's
-    be = TransformersBackend(model)
-    if be._packed is None:
+    from polyverse.backends import packed
+
+    if not packed.available(torch.device("cpu"), torch.float32):
         pytest.skip("this torch has no oneDNN packed products")
+    assert not packed.worth_it(model)  # a toy model: not packed unless asked
+    be = TransformersBackend(model, packed_weights=True)
     ctx = [5, 17, 42, 8, 9, 33]
     be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
     be.commit(range(len(ctx) - 1))

@@ -3,8 +3,8 @@
 No model files are forked and nothing in transformers is patched: the model receives
 ``attention_mask`` [1, 1, q, kv] and ``position_ids`` [1, q] through its public forward, and the
 cache is trimmed through the cache layers' own tensors. On CPU in float32 the pass's linear layers
-and the LM head run on oneDNN-packed copies of the weights (``packed``, scoped to the pass); where
-this torch has no oneDNN, passes of 2 to 4 tokens run under ``few_rows.FewRowLinear``.
+and the LM head of a model of real size run on oneDNN-packed copies of the weights (``packed``,
+scoped to the pass); otherwise passes of 2 to 4 tokens run under ``few_rows.FewRowLinear``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from . import few_rows, packed
 
 
 class TransformersBackend:
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, packed_weights: bool | None = None) -> None:
+        """``packed_weights``: run the passes on oneDNN-packed weights; None = where it pays
+        (``packed.worth_it``: CPU, float32, oneDNN present, a model of 10M parameters or more)."""
         self.model = model
         cfg = model.config.get_text_config(decoder=True)
         self.vocab_size = int(cfg.vocab_size)
@@ -38,7 +40,11 @@ class TransformersBackend:
         head = model.get_output_embeddings()
         plain = getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
         # packed weights (None: this torch or dtype has no oneDNN path); shared by forks and sessions
-        self._packed = packed.PackedWeights() if packed.available(self.device, self.dtype) else None
+        if packed_weights is None:
+            packed_weights = packed.worth_it(model)
+        elif packed_weights and not packed.available(self.device, self.dtype):
+            raise ValueError("packed weights need float32 weights on CPU and a torch with oneDNN")
+        self._packed = packed.PackedWeights() if packed_weights else None
         self._split = (base, Projection(head, self._packed)) if base is not None and head is not None and plain else None
 
     @property
