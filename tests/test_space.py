@@ -309,18 +309,29 @@ def test_packed_forward_equals_the_decoder_pass_for_every_group():
         assert torch.allclose(logits[rows], got, atol=1e-4), g
 
 
-def test_smoke_fit_packed_lowers_the_mask_loss(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_smoke_fit_packed_lowers_the_mask_loss(tmp_path, precision):
     from polyverse.train.space.fit import SpaceFitConfig, fit
 
     torch.manual_seed(0)
     m = tiny_model(seed=3, vocab_size=40)
     samples = [Sample((1, 2), tuple(range(s, s + 12))) for s in range(5, 25)]
-    cfg = SpaceFitConfig(steps=25, batch=2, lr=1e-2, k=3, groups=6, lora_rank=8, lora_alpha=16, save_every=25)
-    _, history, _ = fit(m, TinyTokenizer(40), samples, tmp_path / "out", cfg)
+    cfg = SpaceFitConfig(steps=25, batch=2, lr=1e-2, k=3, groups=6, lora_rank=8, lora_alpha=16, save_every=25,
+                         precision=precision)
+    trained, history, _ = fit(m, TinyTokenizer(40), samples, tmp_path / "out", cfg)
+    assert all(p.dtype == torch.float32 for p in trained.parameters())  # bf16 is autocast only
     first = sum(h["mask"] for h in history[:5]) / 5
     last = sum(h["mask"] for h in history[-5:]) / 5
     assert last < 0.5 * first, (first, last)
     assert all(h["ar"] > 0 for h in history)  # the AR rows are trained in the same pass
+
+
+def test_fit_config_rejects_an_unknown_precision():
+    from polyverse.errors import ConfigError
+    from polyverse.train.space.fit import SpaceFitConfig
+
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16"):
+        SpaceFitConfig(precision="fp16")
 
 
 def test_read_samples_drops_the_end_of_turn_of_a_cut_distilled_answer(tmp_path, tiny):

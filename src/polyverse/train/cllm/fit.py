@@ -35,6 +35,7 @@ class FitConfig:
     save_every: int = 50
     seed: int = 0
     max_context: int = 1024  # longer contexts are cut from the left
+    precision: str = "fp32"  # or "bf16": mixed precision (faster on CPUs with avx512_bf16, and on GPUs)
 
     def __post_init__(self) -> None:
         common.check_positive(self, ("steps", "batch", "accumulate", "save_every", "lora_rank", "lora_alpha", "max_context"))

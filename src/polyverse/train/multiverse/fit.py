@@ -27,6 +27,7 @@ class MultiverseFitConfig:
     lora_alpha: int = 16
     save_every: int = 25
     seed: int = 0
+    precision: str = "fp32"  # or "bf16": mixed precision (faster on CPUs with avx512_bf16, and on GPUs)
 
     def __post_init__(self) -> None:
         common.check_positive(self, ("steps", "batch", "accumulate", "save_every", "lora_rank", "lora_alpha"))
