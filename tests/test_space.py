@@ -1,5 +1,6 @@
 """SPACE: the data transform, the decoding layout (k = 2, hand-drawn), the proposer, a smoke fit."""
 
+import json
 import random
 
 import pytest
@@ -344,3 +345,23 @@ def test_read_samples_drops_the_end_of_turn_of_a_cut_distilled_answer(tmp_path, 
     whole, cut = read_samples(path, tok)
     assert whole.prompt == cut.prompt
     assert cut.response == whole.response[:-1]
+
+
+def test_cli_fit_short_bf16_run_and_clear_errors(tiny_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from polyverse.cli import app
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}", "response": "an answer " * 12}) + "\n" for i in range(4)))
+    args = ["train", "space", "fit", "--model", str(tiny_dir), "--data", str(data), "--steps", "2", "--batch", "2",
+            "--k", "2", "--groups", "3", "--lora-rank", "4"]
+    runner = CliRunner()
+    res = runner.invoke(app, args + ["--out", str(tmp_path / "a"), "--max-len", "8", "--precision", "bf16"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "a" / "polyverse.json").read_text())
+    assert meta["max_len"] == 8 and meta["config"]["precision"] == "bf16"
+    for bad, msg in ((["--max-len", "1"], "--max-len must be at least 2"), (["--precision", "fp8"], "precision must be one of")):
+        res = runner.invoke(app, args + ["--out", str(tmp_path / "b")] + bad)
+        assert res.exit_code != 0 and msg in res.output, res.output
+        assert res.exception is None or isinstance(res.exception, SystemExit)

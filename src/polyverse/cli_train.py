@@ -219,6 +219,8 @@ def space_fit(
                              "(default: ../shared/data/gsm8k_train.jsonl)."),
     out: str = typer.Option(..., "--out", help="Adapter folder (checkpoints go under it)."),
     limit: int = typer.Option(0, "--limit", help="Use the first N rows (0: all)."),
+    max_len: int = typer.Option(512, "--max-len", help="Keep the last N prompt tokens and the first N response "
+                                "tokens of each sample (a short N trains faster on the start of answers)."),
     steps: int = typer.Option(300, "--steps", help="Optimizer steps."),
     batch: int = typer.Option(4, "--batch", help="Samples per micro-batch."),
     accumulate: int = typer.Option(1, "--accumulate", help="Micro-batches per optimizer step."),
@@ -247,11 +249,13 @@ def space_fit(
                         precision=precision)
         if limit < 0:
             raise ConfigError("--limit must be 0 (all) or more")
+        if max_len < 2:
+            raise ConfigError("--max-len must be at least 2")
         from .api import load
 
         lm = load(model)
         path = Path(data or _gsm8k_default("gsm8k_train.jsonl"))
-        samples = read_samples(path, lm.tokenizer, limit)
+        samples = read_samples(path, lm.tokenizer, limit, max_len)
     except PolyverseError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -262,7 +266,7 @@ def space_fit(
         return trained, history, {"added_tokens": ["[MASK]"], "mask_id": mask_id, "vocab_size": mask_id + 1}
 
     _fit_and_save(out, steps, ("ar", "mask"), train, {"method": "space", "base_model": model, "data": str(path),
-                                                       "samples": len(samples), "config": asdict(cfg)})
+                                                       "samples": len(samples), "max_len": max_len, "config": asdict(cfg)})
 
 
 @space_app.command("eval")
