@@ -276,6 +276,8 @@ def space_eval(
     data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
     limit: int = typer.Option(10, "--limit", help="Prompts."),
     k: int = typer.Option(5, "--k", help="Masks per group at decoding."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Feed only the candidates worth their pass "
+                                  "cost (default), or always all of them (most tokens per pass)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
     out: Optional[str] = typer.Option(None, "--out", help="Write every figure to this JSON file."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
@@ -284,7 +286,7 @@ def space_eval(
     from .train.space.evaluate import evaluate
 
     doc = _evaluate_adapter(model, adapter, data, limit, chat, out,
-                            lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts, k, max_new_tokens, tick))
+                            lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts, k, max_new_tokens, tick, adaptive))
     s = doc["summary"]
     table = Table("figure", "value")
     table.add_row("accepted tokens per pass (mean)", f"{s['per_pass_mean']:.3f}")

@@ -18,9 +18,10 @@ from ..cllm.evaluate import accuracy, grade
 
 
 def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]], k: int, max_new_tokens: int,
-             tick: Callable[[str], None] | None = None) -> dict:
+             tick: Callable[[str], None] | None = None, adaptive: bool = True) -> dict:
     """prompts: (id, token ids, gold answer or None). Returns per-prompt figures and a summary."""
-    gen, ar, space = Contender("generate"), Contender("ar", "ar"), Contender("space", "space", {"k": k})
+    gen, ar = Contender("generate"), Contender("ar", "ar")
+    space = Contender("space", "space", {"k": k, "adaptive": adaptive})
     gen.run(base, prompts[0][1], 8)  # warm-up
     ar.run(adapted, prompts[0][1], 8)
     space.run(adapted, prompts[0][1], 8)
@@ -44,4 +45,4 @@ def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]]
         "equal_to_ar": sum(r["equal_to_ar"] for r in rows),
     }
     summary.update(accuracy(rows))
-    return {"summary": summary, "prompts": rows, "k": k, "max_new_tokens": max_new_tokens}
+    return {"summary": summary, "prompts": rows, "k": k, "adaptive": adaptive, "max_new_tokens": max_new_tokens}
