@@ -160,3 +160,42 @@ def test_packed_passes_match_a_full_forward(model, draft_len):
     ref = reference_logits(model, ctx + list(draft.tokens))
     assert len(be._packed) > 0
     assert torch.allclose(logits, ref[len(ctx) - 1 :], atol=1e-4)
+
+
+def test_gqa_direct_sets_the_variable_only_inside_and_only_for_cpu_multi_row_passes(monkeypatch):
+    import os
+
+    from polyverse.backends import gqa
+
+    monkeypatch.delenv(gqa.ENV, raising=False)
+    with gqa.direct(torch.device("cpu"), 16):
+        assert os.environ[gqa.ENV] == "1"
+    assert gqa.ENV not in os.environ
+    with gqa.direct(torch.device("cpu"), 1):
+        assert gqa.ENV not in os.environ
+    with gqa.direct(torch.device("cuda"), 16):
+        assert gqa.ENV not in os.environ
+    monkeypatch.setenv(gqa.ENV, "0")
+    with pytest.raises(RuntimeError):
+        with gqa.direct(torch.device("cpu"), 4):
+            raise RuntimeError("a failing pass")
+    assert os.environ[gqa.ENV] == "0"  # restored, even after an error
+
+
+def test_tree_pass_does_not_copy_the_cache_to_every_query_head(model, monkeypatch):
+    import transformers.integrations.sdpa_attention as sdpa
+
+    calls = []
+    real = sdpa.repeat_kv
+    monkeypatch.setattr(sdpa, "repeat_kv", lambda x, n: calls.append(n) or real(x, n))
+    be = TransformersBackend(model)
+    ctx = [5, 17, 42, 8]
+    be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
+    be.commit(range(len(ctx) - 1))
+    draft = Draft((20, 21, 30), (-1, 0, -1))
+    logits = be.forward(draft_feed(ctx[-1], len(ctx) - 1, draft))  # [4, V]: a masked multi-row pass
+    assert calls == []
+    assert torch.allclose(logits[2], reference_logits(model, ctx + [20, 21])[-1], atol=1e-5)
+    with torch.no_grad():  # the model's own masked forward outside the backend still repeats the heads
+        model(input_ids=torch.tensor([ctx]), attention_mask=torch.tensor([[0] + [1] * (len(ctx) - 1)]))
+    assert calls

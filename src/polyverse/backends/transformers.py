@@ -5,6 +5,7 @@ No model files are forked and nothing in transformers is patched: the model rece
 cache is trimmed through the cache layers' own tensors. On CPU in float32 the pass's linear layers
 and the LM head of a model of real size run on oneDNN-packed copies of the weights (``packed``,
 scoped to the pass); otherwise passes of 2 to 4 tokens run under ``few_rows.FewRowLinear``.
+Multi-token passes on CPU read grouped key/value heads without copying the cache (``gqa``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from ..layout import Feed, additive_mask, is_plain_chain
 from ..logits import LazyLogits, Projection, eager
-from . import few_rows, packed
+from . import few_rows, gqa, packed
 
 
 class TransformersBackend:
@@ -70,7 +71,7 @@ class TransformersBackend:
         product = self._product(q)
         if self._split is not None:
             base, head = self._split
-            with product:
+            with product, gqa.direct(self.device, q):
                 hidden = base(**kwargs).last_hidden_state[0]  # [q, H]
             self._pending = q
             if logits_for is None:
@@ -87,7 +88,7 @@ class TransformersBackend:
                 keep = torch.empty(0, dtype=torch.long)
         else:
             keep = torch.tensor(list(logits_for), dtype=torch.long, device=self.device)
-        with product:
+        with product, gqa.direct(self.device, q):
             out = self.model(**kwargs, logits_to_keep=keep)
         self._pending = q
         logits = out.logits[0].float()  # [len(logits_for) or q, V]
