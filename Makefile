@@ -55,19 +55,21 @@ cllm-adapter: $(STAMP)
 
 # the shipped SPACE adapter: the bundled model's own greedy answers to GSM8K train questions
 # (self-distillation, decoded through llama.cpp from the F16 export, which writes the same greedy
-# text as the transformers model), then a [MASK] semi-autoregressive LoRA SFT with many mask groups
-# per sample (both resumable: rerun after an interruption), then its figures on GSM8K dev questions
-SPACE_ROWS ?= 400
-SPACE_STEPS ?= 180
+# text as the transformers model; ~20 minutes here), then a [MASK] semi-autoregressive LoRA SFT on
+# the first 160 tokens of each answer with 64 mask groups per sample, under bf16 autocast (~60
+# minutes here; both steps resumable: rerun after an interruption), then its figures on GSM8K dev
+SPACE_ROWS ?= 461
+SPACE_STEPS ?= 600
 space-data: $(LLAMA_STAMP)
 	test -f bench-out/smollm2-f16.gguf || $(BIN)/polyverse export gguf --type f16 --out bench-out/smollm2-f16.gguf
 	$(BIN)/polyverse train distill --model bench-out/smollm2-f16.gguf --backend llamacpp --out distill-out/gsm8k-self.jsonl --limit $(SPACE_ROWS)
 
 space-adapter: space-data
-	$(BIN)/polyverse train space fit --data distill-out/gsm8k-self.jsonl --out space-out --limit $(SPACE_ROWS) --steps $(SPACE_STEPS) --batch 4 --k 3 --groups 32 --lr 5e-4 --lora-rank 16 --save-every 10 --resume
+	$(BIN)/polyverse train space fit --data distill-out/gsm8k-self.jsonl --out space-out --limit $(SPACE_ROWS) --steps $(SPACE_STEPS) --batch 2 --k 3 --groups 64 --max-len 160 --lr 5e-4 --lora-rank 16 --precision bf16 --save-every 10 --resume
 	mkdir -p src/polyverse/adapters/space-gsm8k
 	cp space-out/adapter_config.json space-out/adapter_model.safetensors space-out/polyverse.json src/polyverse/adapters/space-gsm8k/
 	for k in 1 2 3; do $(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k $$k --out src/polyverse/adapters/space-gsm8k/eval-k$$k.json; done
+	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k 3 --no-adaptive --out src/polyverse/adapters/space-gsm8k/eval-k3-all.json
 
 # Multiverse: GSM8K train solutions turned into <Parallel> structure by the rule-based curator (add
 # --llm URL for the five LLM stages), then a LoRA SFT of the bundled model under Multiverse Attention

@@ -2,6 +2,7 @@
 
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from polyverse.errors import ConfigError
 from polyverse.layout import chain_feed, draft_feed, visibility
 from polyverse.loop import Observation, decode
 from polyverse.methods.ar import ARProposer
-from polyverse.methods.space import SpaceConfig, SpaceProposer, best_count, find_mask_id, make, space_draft
+from polyverse.methods.space import (DEFAULT_K, SpaceConfig, SpaceProposer, best_count, find_mask_id, make, space_draft,
+                                     trained_k)
 from polyverse.models.tiny import tiny_model
 from polyverse.registry import MethodContext
 from polyverse.train.space.data import (IGNORE, Sample, add_mask_token, collate, collate_packed, group_layout,
@@ -120,6 +122,17 @@ def test_proposer_reads_the_group_below_the_last_accepted_candidate():
     assert p.candidates == [70]  # cut at a proposed [MASK]
 
 
+def test_trained_k_reads_a_space_adapter_only():
+    def model(meta):
+        return SimpleNamespace(hf_model=SimpleNamespace(polyverse_adapter=meta))
+
+    assert trained_k(model({"method": "space", "config": {"k": 3}})) == 3
+    assert trained_k(model({"method": "cllm", "config": {"k": 3}})) == DEFAULT_K
+    assert trained_k(model({"method": "space", "config": {"k": 99}})) == DEFAULT_K
+    assert trained_k(SimpleNamespace(hf_model=None)) == DEFAULT_K
+    assert SpaceProposer(SpaceConfig(), 7).k == DEFAULT_K
+
+
 def test_best_count_hand_made():
     linear = lambda q: float(q)  # every fed token costs the same
     assert best_count([0.9, 0.1], 1, linear) == 0  # 1/2 beats 1.9/4 and 1.99/6
@@ -212,10 +225,12 @@ def test_smoke_fit_lowers_the_mask_loss_and_space_stays_lossless(tmp_path):
     from polyverse.adapters import apply
     from polyverse.train.common import save_adapter
 
-    save_adapter(trained, tmp_path / "adapter", {"method": "space", "added_tokens": ["[MASK]"], "vocab_size": mask_id + 1})
+    save_adapter(trained, tmp_path / "adapter", {"method": "space", "added_tokens": ["[MASK]"], "vocab_size": mask_id + 1,
+                                                  "config": {"k": 3}})
     fresh_tok = TinyTokenizer(40)
     loaded = apply(tiny_model(seed=3, vocab_size=40), str(tmp_path / "adapter"), fresh_tok)
     assert fresh_tok.get_vocab()["[MASK]"] == mask_id
+    assert trained_k(SimpleNamespace(hf_model=loaded)) == 3  # decoding defaults to the trained k
     merged = trained.merge_and_unload().eval()
     assert torch.allclose(loaded.get_input_embeddings().weight, merged.get_input_embeddings().weight, atol=1e-6)
     probe = torch.tensor([[1, 2, 9, mask_id, mask_id]])

@@ -275,7 +275,7 @@ def space_eval(
     adapter: str = typer.Option(..., "--adapter", help="SPACE adapter name or folder."),
     data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
     limit: int = typer.Option(10, "--limit", help="Prompts."),
-    k: int = typer.Option(5, "--k", help="Masks per group at decoding."),
+    k: Optional[int] = typer.Option(None, "--k", help="Masks per group at decoding (default: the k the adapter was trained with)."),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Feed only the candidates worth their pass "
                                   "cost (default), or always all of them (most tokens per pass)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),

@@ -72,7 +72,9 @@ def grow_embeddings(hf_model, size: int) -> None:
 def apply(hf_model, name_or_path: str, tokenizer=None):
     """The base model with the adapter's weights merged in (plain transformers model, same speed).
 
-    ``tokenizer`` receives the adapter's added special tokens, if it has any.
+    ``tokenizer`` receives the adapter's added special tokens, if it has any. The returned model
+    carries the adapter's ``polyverse.json`` as ``polyverse_adapter`` (methods read defaults from it,
+    e.g. the k a SPACE adapter was trained with).
     """
     path = resolve(name_or_path)
     add_tokens(hf_model, tokenizer, path)
@@ -88,6 +90,7 @@ def apply(hf_model, name_or_path: str, tokenizer=None):
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ConfigError(f"adapter {path} does not fit this model: {str(exc).splitlines()[0]}") from None
         merged.eval()
+        merged.polyverse_adapter = info(path)
         return merged
     from safetensors.torch import load_model
 
@@ -96,4 +99,5 @@ def apply(hf_model, name_or_path: str, tokenizer=None):
     except (RuntimeError, KeyError) as exc:
         raise ConfigError(f"adapter {path} does not fit this model: {str(exc).splitlines()[0]}") from None
     hf_model.eval()
+    hf_model.polyverse_adapter = info(path)
     return hf_model

@@ -26,7 +26,7 @@ paid for. Which candidates are fed never changes what is written, only how fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -37,16 +37,17 @@ from ..errors import ConfigError
 from ..loop import Observation
 
 MASK_TOKEN = "[MASK]"
+DEFAULT_K = 5  # masks per group when neither the options nor the adapter say
 
 
 @dataclass(frozen=True)
 class SpaceConfig:
-    k: int = 5  # masks per group = most candidates proposed per pass
+    k: int | None = None  # masks per group = most candidates proposed per pass; None = trained_k
     mask_id: int | None = None  # the [MASK] token id; None = look up "[MASK]" in the tokenizer
     adaptive: bool = True  # feed only the candidates worth their pass cost (see the module doc)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.k, int) or not 1 <= self.k <= 16:
+        if self.k is not None and (not isinstance(self.k, int) or not 1 <= self.k <= 16):
             raise ConfigError(f"space k must be an integer in [1, 16], got {self.k!r}")
         if self.mask_id is not None and (not isinstance(self.mask_id, int) or self.mask_id < 0):
             raise ConfigError(f"space mask_id must be a token id, got {self.mask_id!r}")
@@ -97,7 +98,7 @@ def best_count(confidences: Sequence[float], k: int, cost: Callable[[int], float
 
 class SpaceProposer:
     def __init__(self, config: SpaceConfig, mask_id: int, cost: Callable[[int], float] | None = None) -> None:
-        self.k = config.k
+        self.k = config.k if config.k is not None else DEFAULT_K
         self.mask_id = mask_id
         self.cost = cost  # seconds of a pass feeding q tokens; None = feed every candidate
         self.candidates: list[int] = []
@@ -157,6 +158,16 @@ def find_mask_id(config: SpaceConfig, ctx) -> int:
     return mask_id
 
 
+def trained_k(model, default: int = DEFAULT_K) -> int:
+    """The k of the SPACE adapter a loaded model was made with (its ``polyverse.json``), else ``default``:
+    masks deeper than the trained groups propose little and each costs a fed token per group."""
+    meta = getattr(getattr(model, "hf_model", None), "polyverse_adapter", None) or {}
+    k = meta.get("config", {}).get("k") if meta.get("method") == "space" else None
+    return k if isinstance(k, int) and 1 <= k <= 16 else default
+
+
 def make(config: SpaceConfig, ctx) -> SpaceProposer:
     mask_id = find_mask_id(config, ctx)
+    if config.k is None:
+        config = replace(config, k=trained_k(getattr(ctx, "model", None)))
     return SpaceProposer(config, mask_id, cost_curve(ctx.model, ctx.backend) if config.adaptive else None)

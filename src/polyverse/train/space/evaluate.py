@@ -14,12 +14,15 @@ import statistics
 from typing import Callable, Sequence
 
 from ...bench.contenders import Contender
+from ...methods.space import trained_k
 from ..cllm.evaluate import accuracy, grade
 
 
-def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]], k: int, max_new_tokens: int,
+def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]], k: int | None, max_new_tokens: int,
              tick: Callable[[str], None] | None = None, adaptive: bool = True) -> dict:
-    """prompts: (id, token ids, gold answer or None). Returns per-prompt figures and a summary."""
+    """prompts: (id, token ids, gold answer or None); k None = the adapter's own. Returns per-prompt
+    figures and a summary."""
+    k = k if k is not None else trained_k(adapted)
     gen, ar = Contender("generate"), Contender("ar", "ar")
     space = Contender("space", "space", {"k": k, "adaptive": adaptive})
     gen.run(base, prompts[0][1], 8)  # warm-up
