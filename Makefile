@@ -70,6 +70,7 @@ space-adapter: space-data
 	cp space-out/adapter_config.json space-out/adapter_model.safetensors space-out/polyverse.json src/polyverse/adapters/space-gsm8k/
 	for k in 1 2 3; do $(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k $$k --out src/polyverse/adapters/space-gsm8k/eval-k$$k.json; done
 	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k 3 --no-adaptive --out src/polyverse/adapters/space-gsm8k/eval-k3-all.json
+	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 30 --max-new-tokens 128 --out src/polyverse/adapters/space-gsm8k/eval-k3-30q.json
 
 # Multiverse: GSM8K train solutions turned into <Parallel> structure by the rule-based curator (add
 # --llm URL for the five LLM stages), then a LoRA SFT of the bundled model under Multiverse Attention
