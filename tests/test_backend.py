@@ -199,3 +199,18 @@ def test_tree_pass_does_not_copy_the_cache_to_every_query_head(model, monkeypatc
     with torch.no_grad():  # the model's own masked forward outside the backend still repeats the heads
         model(input_ids=torch.tensor([ctx]), attention_mask=torch.tensor([[0] + [1] * (len(ctx) - 1)]))
     assert calls
+
+
+def test_gqa_direct_overlapping_passes_restore_the_variable_once_all_end(monkeypatch):
+    import os
+
+    from polyverse.backends import gqa
+
+    monkeypatch.delenv(gqa.ENV, raising=False)
+    first, second = gqa.direct(torch.device("cpu"), 4), gqa.direct(torch.device("cpu"), 4)
+    first.__enter__()
+    second.__enter__()  # a pass of another thread starts inside the first
+    first.__exit__(None, None, None)
+    assert os.environ[gqa.ENV] == "1"  # the second pass is still in flight
+    second.__exit__(None, None, None)
+    assert gqa.ENV not in os.environ

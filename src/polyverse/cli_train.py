@@ -246,7 +246,7 @@ def space_fit(
     try:
         cfg = SpaceFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, k=k, p=p, groups=groups, lora=not full,
                              lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed,
-                        precision=precision)
+                             precision=precision)
         if limit < 0:
             raise ConfigError("--limit must be 0 (all) or more")
         if max_len < 2:

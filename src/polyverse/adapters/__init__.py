@@ -78,26 +78,30 @@ def apply(hf_model, name_or_path: str, tokenizer=None):
     """
     path = resolve(name_or_path)
     add_tokens(hf_model, tokenizer, path)
-    if (path / "adapter_config.json").is_file():
-        from peft import PeftModel
+    model = _merge_lora(hf_model, path) if (path / "adapter_config.json").is_file() else _load_full(hf_model, path)
+    model.eval()
+    model.polyverse_adapter = info(path)
+    return model
 
-        import warnings
 
-        try:
-            with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-                warnings.simplefilter("ignore", FutureWarning)
-                merged = PeftModel.from_pretrained(hf_model, str(path)).merge_and_unload()
-        except (ValueError, RuntimeError, KeyError) as exc:
-            raise ConfigError(f"adapter {path} does not fit this model: {str(exc).splitlines()[0]}") from None
-        merged.eval()
-        merged.polyverse_adapter = info(path)
-        return merged
+def _merge_lora(hf_model, path: Path):
+    import warnings
+
+    from peft import PeftModel
+
+    try:
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.simplefilter("ignore", FutureWarning)
+            return PeftModel.from_pretrained(hf_model, str(path)).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ConfigError(f"adapter {path} does not fit this model: {str(exc).splitlines()[0]}") from None
+
+
+def _load_full(hf_model, path: Path):
     from safetensors.torch import load_model
 
     try:
         load_model(hf_model, str(path / "model.safetensors"))
     except (RuntimeError, KeyError) as exc:
         raise ConfigError(f"adapter {path} does not fit this model: {str(exc).splitlines()[0]}") from None
-    hf_model.eval()
-    hf_model.polyverse_adapter = info(path)
     return hf_model

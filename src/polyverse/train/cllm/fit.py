@@ -38,7 +38,7 @@ class FitConfig:
     precision: str = "fp32"  # or "bf16": mixed precision (faster on CPUs with avx512_bf16, and on GPUs)
 
     def __post_init__(self) -> None:
-        common.check_positive(self, ("steps", "batch", "accumulate", "save_every", "lora_rank", "lora_alpha", "max_context"))
+        common.check_config(self, ("steps", "batch", "accumulate", "save_every", "lora_rank", "lora_alpha", "max_context"))
         if self.ar_weight < 0 or self.consistency_weight < 0 or self.ar_weight + self.consistency_weight == 0:
             raise ConfigError("loss weights must be >= 0 and not both 0")
         if not 0 <= self.label_smoothing < 1:

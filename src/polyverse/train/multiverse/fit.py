@@ -30,7 +30,7 @@ class MultiverseFitConfig:
     precision: str = "fp32"  # or "bf16": mixed precision (faster on CPUs with avx512_bf16, and on GPUs)
 
     def __post_init__(self) -> None:
-        common.check_positive(self, ("steps", "batch", "accumulate", "save_every", "lora_rank", "lora_alpha"))
+        common.check_config(self, ("steps", "batch", "accumulate", "save_every", "lora_rank", "lora_alpha"))
 
 
 def losses(model, batch: dict[str, torch.Tensor], tag_ids: Sequence[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

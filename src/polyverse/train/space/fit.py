@@ -37,7 +37,7 @@ class SpaceFitConfig:
     precision: str = "fp32"  # or "bf16": mixed precision (faster on CPUs with avx512_bf16, and on GPUs)
 
     def __post_init__(self) -> None:
-        common.check_positive(self, ("steps", "batch", "accumulate", "k", "save_every", "lora_rank", "lora_alpha"))
+        common.check_config(self, ("steps", "batch", "accumulate", "k", "save_every", "lora_rank", "lora_alpha"))
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"p must be in [0, 1], got {self.p}")
         if not isinstance(self.groups, int) or self.groups < 0:
