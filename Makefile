@@ -42,16 +42,20 @@ bench: $(STAMP)
 benchmarks: $(STAMP)
 	$(BIN)/polyverse bench $(BENCH_ARGS) --out benchmarks --markdown BENCHMARKS.md
 
-# the shipped CLLM adapter: Jacobi trajectories of the bundled model on GSM8K train questions,
-# then a LoRA consistency fine-tune (both resumable: rerun the same command after an interruption)
-CLLM_PROMPTS ?= 30
-CLLM_STEPS ?= 120
-cllm-adapter: $(STAMP)
-	$(BIN)/polyverse train cllm collect --out cllm-traj --block 16 --max-new-tokens 128 --limit $(CLLM_PROMPTS)
-	$(BIN)/polyverse train cllm fit --trajectories cllm-traj --out cllm-out --steps $(CLLM_STEPS) --lora-rank 4 --accumulate 2 --resume
+# the shipped CLLM adapter: the bundled model's own greedy answers to GSM8K train questions (the
+# self-distilled data of space-data), then a packed consistency LoRA fine-tune: each sample is a
+# whole answer plus 32 Jacobi states of 8 tokens laid out as the decoder feeds them, half the
+# micro-batches' states first moved by one Jacobi update of the model being trained (~85 minutes
+# here under bf16; resumable: rerun after an interruption), stored fp16, then its figures on GSM8K
+# dev. The paper's route (recorded trajectories) is `polyverse train cllm collect` + `fit --trajectories`.
+CLLM_ROWS ?= 461
+CLLM_STEPS ?= 600
+cllm-adapter: space-data
+	$(BIN)/polyverse train cllm fit --data distill-out/gsm8k-self.jsonl --limit $(CLLM_ROWS) --out cllm-out --steps $(CLLM_STEPS) --batch 2 --accumulate 1 --groups 32 --block 8 --refine 0.5 --max-len 160 --lr 5e-4 --ar-weight 1 --lora-rank 16 --precision bf16 --store fp16 --save-every 25 --resume
 	mkdir -p src/polyverse/adapters/cllm-gsm8k
 	cp cllm-out/adapter_config.json cllm-out/adapter_model.safetensors cllm-out/polyverse.json src/polyverse/adapters/cllm-gsm8k/
-	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 10 --max-new-tokens 128 --out cllm-out/eval.json
+	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 10 --max-new-tokens 128 --out src/polyverse/adapters/cllm-gsm8k/eval-b8.json
+	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 30 --max-new-tokens 128 --out src/polyverse/adapters/cllm-gsm8k/eval-b8-30q.json
 
 # the shipped SPACE adapter: the bundled model's own greedy answers to GSM8K train questions
 # (self-distillation, decoded through llama.cpp from the F16 export, which writes the same greedy

@@ -31,7 +31,7 @@ def _progress():
                     TimeRemainingColumn(), console=err)
 
 
-def _fit_and_save(out: str, steps: int, parts: tuple[str, ...], train: Callable, meta: dict) -> None:
+def _fit_and_save(out: str, steps: int, parts: tuple[str, ...], train: Callable, meta: dict, store: str = "fp32") -> None:
     """The end of every `train ... fit`: ``train(tick)`` -> (model, history, more metadata) under a
     progress bar showing the named loss parts, the adapter written to ``out`` with ``meta``, one
     summary line. Bad input and Ctrl-C end cleanly (checkpoints stay for --resume)."""
@@ -50,7 +50,7 @@ def _fit_and_save(out: str, steps: int, parts: tuple[str, ...], train: Callable,
 
             model, history, more = train(tick)
         save_adapter(model, Path(out), {**meta, **more, "final": history[-1] if history else None,
-                                        "command": "polyverse " + " ".join(sys.argv[1:])})
+                                        "command": "polyverse " + " ".join(sys.argv[1:])}, store)
     except PolyverseError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

@@ -142,8 +142,11 @@ def cllm_collect(
 @cllm_app.command("fit")
 def cllm_fit(
     model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model to fine-tune."),
-    trajectories: str = typer.Option(..., "--trajectories", help="Folder written by `collect`."),
+    trajectories: str = typer.Option("", "--trajectories", help="Folder written by `collect`."),
+    data: str = typer.Option("", "--data", help="Instead of --trajectories (packed training only): JSONL of the "
+                             "model's own greedy answers, as written by `polyverse train distill`."),
     out: str = typer.Option(..., "--out", help="Adapter folder (checkpoints go under it)."),
+    limit: int = typer.Option(0, "--limit", help="With --data: use the first N rows (0: all)."),
     steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
     batch: int = typer.Option(1, "--batch", help="Examples per micro-batch."),
     accumulate: int = typer.Option(4, "--accumulate", help="Micro-batches per optimizer step."),
@@ -151,38 +154,64 @@ def cllm_fit(
     ar_weight: float = typer.Option(10.0, "--ar-weight", help="Weight of the AR loss."),
     consistency_weight: float = typer.Option(1.0, "--consistency-weight", help="Weight of the consistency loss."),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="Label smoothing of the AR loss."),
+    groups: int = typer.Option(0, "--groups", help="0: one recorded state per example; G: packed samples, a whole "
+                               "answer and up to G Jacobi states each, laid out as the decoder feeds them (denser)."),
+    block: int = typer.Option(8, "--block", help="Packed: tokens per state (the Jacobi block to decode with)."),
+    refine: float = typer.Option(0.0, "--refine", help="Packed: share of micro-batches whose states first get one "
+                                 "Jacobi update by the model being trained (on-policy states)."),
+    max_len: int = typer.Option(160, "--max-len", help="Packed: answer tokens kept per sample."),
     full: bool = typer.Option(False, "--full", help="Full fine-tune instead of LoRA."),
     lora_rank: int = typer.Option(16, "--lora-rank", help="LoRA rank."),
     save_every: int = typer.Option(50, "--save-every", help="Checkpoint every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint under --out."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order and initialisation."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 mixed precision (faster on CPUs with avx512_bf16 and on GPUs)."),
+    store: str = typer.Option("fp32", "--store", help="dtype of the saved LoRA weights: fp32, fp16 (half the size) or bf16."),
 ) -> None:
-    """Consistency + AR fine-tune on collected trajectories; writes a LoRA adapter (safetensors)."""
+    """Consistency + AR fine-tune on collected trajectories (or distilled answers); writes a LoRA adapter."""
     from pathlib import Path
 
     from dataclasses import asdict
 
     from .train.cllm.collect import read_trajectories
     from .train.cllm.fit import FitConfig, fit
+    from .train.cllm.packed import from_samples
+    from .train.common import STORE_DTYPES
+    from .train.space.data import read_samples
 
     try:
         cfg = FitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, ar_weight=ar_weight,
                         consistency_weight=consistency_weight, label_smoothing=label_smoothing, lora=not full,
                         lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed,
-                        precision=precision)
-        records = read_trajectories(Path(trajectories))
+                        precision=precision, groups=groups, block=block, refine=refine, max_len=max_len)
+        if store not in STORE_DTYPES:
+            raise ConfigError(f"--store must be one of {', '.join(STORE_DTYPES)}, got {store!r}")
+        if bool(trajectories) == bool(data):
+            raise ConfigError("give exactly one of --trajectories and --data")
+        if data and not groups:
+            raise ConfigError("--data has no recorded states: it needs packed training (--groups G)")
+        if limit < 0:
+            raise ConfigError("--limit must be 0 (all) or more")
         from .api import load
 
         lm = load(model)
+        if data:
+            records = from_samples(read_samples(Path(data), lm.tokenizer, limit, max(max_len, 512)))
+            source = {"data": data}
+        else:
+            records = read_trajectories(Path(trajectories))
+            source = {"trajectories": trajectories}
+            collected = Path(trajectories) / "collect.json"
+            if not groups and collected.is_file():
+                block = int(json.loads(collected.read_text()).get("block", block))
     except PolyverseError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted before training: nothing written", 130)
     _fit_and_save(out, steps, ("ar", "consistency"),
                   lambda tick: (*fit(lm.hf_model, records, Path(out), cfg, resume=resume, tick=tick), {}),
-                  {"method": "cllm", "base_model": model, "trajectories": str(trajectories),
-                   "records": len(records), "config": asdict(cfg)})
+                  {"method": "cllm", "base_model": model, **source, "records": len(records),
+                   "block": block, "config": asdict(cfg)}, store)
 
 
 @cllm_app.command("eval")
@@ -191,18 +220,22 @@ def cllm_eval(
     adapter: str = typer.Option(..., "--adapter", help="Adapter name or folder."),
     data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
     limit: int = typer.Option(10, "--limit", help="Prompts."),
-    block: int = typer.Option(16, "--block", help="Jacobi block size."),
+    block: Optional[int] = typer.Option(None, "--block", help="Jacobi block size, before and after (default: "
+                                        "the block the adapter was trained for, else 16)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
     out: Optional[str] = typer.Option(None, "--out", help="Write every figure to this JSON file."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
 ) -> None:
     """Accepted tokens per Jacobi pass and tokens/s before and after an adapter; output drift."""
+    from .methods.jacobi import trained_block
     from .train.cllm.evaluate import evaluate
 
     doc = _evaluate_adapter(model, adapter, data, limit, chat, out,
-                            lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts, block, max_new_tokens, tick))
+                            lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts,
+                                                                          block or trained_block(adapted), max_new_tokens, tick))
     s = doc["summary"]
     table = Table("figure", "before", "after")
+    table.add_row("Jacobi block", str(doc["block"]), str(doc["block"]))
     table.add_row("tokens per Jacobi pass (mean)", f"{s['per_pass_before']:.3f}", f"{s['per_pass_after']:.3f}")
     table.add_row("Jacobi tok/s (median)", f"{s['jacobi_before_rate_median']:.1f}", f"{s['jacobi_after_rate_median']:.1f}")
     table.add_row("Jacobi x generate of the original (median)", "", f"{s['after_vs_generate_median']:.2f}x")

@@ -10,7 +10,7 @@ equals AR greedy and sampled output has the AR distribution (the block is a dete
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ..draft import Draft
@@ -18,18 +18,21 @@ from ..errors import ConfigError
 from ..loop import Observation
 
 
+DEFAULT_BLOCK = 16  # tokens guessed ahead per pass when neither the options nor the adapter say
+
+
 @dataclass(frozen=True)
 class JacobiConfig:
-    block: int = 16  # n: tokens guessed ahead per pass (16 to 32 in the CLLM paper)
+    block: int | None = None  # n: tokens guessed ahead per pass (16 to 32 in the CLLM paper); None = trained_block
 
     def __post_init__(self) -> None:
-        if not isinstance(self.block, int) or not 1 <= self.block <= 256:
+        if self.block is not None and (not isinstance(self.block, int) or not 1 <= self.block <= 256):
             raise ConfigError(f"jacobi block must be an integer in [1, 256], got {self.block!r}")
 
 
 class JacobiProposer:
     def __init__(self, config: JacobiConfig) -> None:
-        self.n = config.block
+        self.n = config.block if config.block is not None else DEFAULT_BLOCK
         self.guess: list[int] = []
 
     def start(self, context: Sequence[int]) -> None:
@@ -54,5 +57,15 @@ class JacobiProposer:
         self.guess = obs.logits[k + 1 :].argmax(dim=-1).tolist()  # [n - k]
 
 
+def trained_block(model, default: int = DEFAULT_BLOCK) -> int:
+    """The block a CLLM adapter of a loaded model was trained for (its ``polyverse.json``), else ``default``:
+    a consistency fine-tune fixes the tokens of the blocks it saw, and each deeper guess costs a fed token."""
+    meta = getattr(getattr(model, "hf_model", None), "polyverse_adapter", None) or {}
+    block = meta.get("block") if meta.get("method") == "cllm" else None
+    return block if isinstance(block, int) and 1 <= block <= 256 else default
+
+
 def make(config: JacobiConfig, ctx) -> JacobiProposer:
+    if config.block is None:
+        config = replace(config, block=trained_block(getattr(ctx, "model", None)))
     return JacobiProposer(config)

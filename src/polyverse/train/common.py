@@ -199,21 +199,34 @@ def run(model, cfg: LoopConfig, out: Path, batch_fn: Callable[[int, int], Batch]
     return acc.unwrap_model(model), history
 
 
-def save_adapter(model, out: Path, meta: dict) -> None:
+STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def save_adapter(model, out: Path, meta: dict, store: str = "fp32") -> None:
     """The trained weights as safetensors plus ``polyverse.json`` saying how they were made.
 
-    LoRA: peft's adapter files (adapter_model.safetensors, adapter_config.json). Full fine-tune:
-    model.safetensors with the full state.
+    LoRA: peft's adapter files (adapter_model.safetensors, adapter_config.json), its floating
+    tensors stored as ``store`` (fp16 halves a shipped adapter; loading merges them into the model
+    in its own dtype). Full fine-tune: model.safetensors with the full state.
     """
+    if store not in STORE_DTYPES:
+        raise ConfigError(f"store must be one of {', '.join(STORE_DTYPES)}, got {store!r}")
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config"):
         # trained token rows are in the adapter itself; never the whole embedding (and no hub look-up)
         model.save_pretrained(str(out), safe_serialization=True, save_embedding_layers=False)
+        if store != "fp32":
+            from safetensors.torch import load_file, save_file
+
+            path = out / "adapter_model.safetensors"
+            weights = load_file(str(path))
+            save_file({k: v.to(STORE_DTYPES[store]) if v.is_floating_point() else v for k, v in weights.items()},
+                      str(path), metadata={"format": "pt"})
         kind = "lora"
     else:
         from safetensors.torch import save_model
 
         save_model(model, str(out / "model.safetensors"))  # tied weights stored once
         kind = "full"
-    doc = {"kind": kind, "date": time.strftime("%Y-%m-%d"), **meta}
+    doc = {"kind": kind, "date": time.strftime("%Y-%m-%d"), **({"store": store} if kind == "lora" else {}), **meta}
     (out / "polyverse.json").write_text(json.dumps(doc, indent=1, default=str))

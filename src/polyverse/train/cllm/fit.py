@@ -16,6 +16,7 @@ import torch
 
 from ...errors import ConfigError
 from .. import common
+from . import packed
 from .collect import Trajectory
 from .losses import ar_loss, consistency_loss, consistency_mask
 
@@ -36,11 +37,23 @@ class FitConfig:
     seed: int = 0
     max_context: int = 1024  # longer contexts are cut from the left
     precision: str = "fp32"  # or "bf16": mixed precision (faster on CPUs with avx512_bf16, and on GPUs)
+    groups: int = 0  # > 0: packed samples (``packed``), a whole answer and up to this many n-token states each
+    block: int = 8  # n: tokens per packed state (the Jacobi block the adapter is made for)
+    refine: float = 0.0  # share of packed micro-batches whose states first get one Jacobi update by the model
+    max_len: int = 160  # packed: answer tokens kept per sample
 
     def __post_init__(self) -> None:
         common.check_config(self, ("steps", "batch", "accumulate", "save_every", "lora_rank", "lora_alpha", "max_context"))
         if self.ar_weight < 0 or self.consistency_weight < 0 or self.ar_weight + self.consistency_weight == 0:
             raise ConfigError("loss weights must be >= 0 and not both 0")
+        if not isinstance(self.groups, int) or self.groups < 0:
+            raise ConfigError(f"groups must be 0 (one state per example) or a positive integer, got {self.groups!r}")
+        if not isinstance(self.block, int) or not 2 <= self.block <= 128:
+            raise ConfigError(f"block must be an integer in [2, 128], got {self.block!r}")
+        if not 0.0 <= self.refine <= 1.0:
+            raise ConfigError(f"refine must be in [0, 1], got {self.refine}")
+        if not isinstance(self.max_len, int) or self.max_len < 2:
+            raise ConfigError(f"max_len must be an integer of at least 2, got {self.max_len!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -104,15 +117,37 @@ def losses(model, batch: dict[str, torch.Tensor], cfg: FitConfig) -> tuple[torch
     return ar, cons
 
 
-def fit(model, records: list[Trajectory], out: Path, cfg: FitConfig, resume: bool = False,
+def packed_losses(model, batch: dict[str, torch.Tensor], cfg: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(AR loss on the answer rows, consistency loss on the trained group rows) of a packed batch
+    (``packed.collate``); a batch flagged ``refine`` first gets one Jacobi update of its states."""
+    kw = {"attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"]}
+    if bool(batch["refine"]):
+        with torch.no_grad():
+            packed.refine(batch, model(input_ids=batch["input_ids"], **kw).logits, cfg.block)
+    logits = model(input_ids=batch["input_ids"], **kw).logits  # [B, L, V]
+    ar = ar_loss(logits, batch["targets"], cfg.label_smoothing)
+    rows = batch["teacher"] >= 0  # [B, L]
+    b, _ = rows.nonzero(as_tuple=True)  # [R]
+    student = logits[rows]  # [R, V]
+    teacher = logits[b, batch["teacher"][rows]]  # [R, V]: the real rows of the same pass (detached in the loss)
+    cons = consistency_loss(student[None], teacher[None], torch.ones((1, student.shape[0]), dtype=torch.bool))
+    return ar, cons
+
+
+def fit(model, records: list[Trajectory] | list[packed.JacobiSample], out: Path, cfg: FitConfig, resume: bool = False,
         tick: Callable[[int, dict[str, float]], None] | None = None, stop_after: int | None = None):
     """Train ``model`` (a transformers causal LM) on ``records``; returns (trained model, history).
 
+    records: trajectories, or (``cfg.groups`` > 0 only) packed samples such as distilled answers.
     ``stop_after`` ends the run after that many steps of this call (as if killed), for tests.
     history: one {"step", "ar", "consistency"} per optimizer step.
     """
     if not records:
         raise ConfigError("no trajectories to train on")
+    if cfg.groups:
+        return _fit_packed(model, records, out, cfg, resume, tick, stop_after)
+    if not isinstance(records[0], Trajectory):
+        raise ConfigError("samples without recorded states need packed training (groups > 0)")
 
     def batch_fn(step: int, micro: int) -> dict[str, torch.Tensor]:
         rng = random.Random(f"{cfg.seed}/{step}/{micro}")
@@ -120,6 +155,24 @@ def fit(model, records: list[Trajectory], out: Path, cfg: FitConfig, resume: boo
 
     def loss_fn(m, batch):
         ar, cons = losses(m, batch, cfg)
+        return cfg.ar_weight * ar + cfg.consistency_weight * cons, {"ar": ar, "consistency": cons}
+
+    return common.run(model, cfg, out, batch_fn, loss_fn, resume=resume, tick=tick, stop_after=stop_after)
+
+
+def _fit_packed(model, records, out: Path, cfg: FitConfig, resume: bool, tick, stop_after):
+    samples = records if isinstance(records[0], packed.JacobiSample) else packed.from_trajectories(records, cfg.max_len)
+    samples = [packed.JacobiSample(s.prompt[-cfg.max_context:], s.response[: cfg.max_len],
+                                   tuple((a - max(0, len(s.prompt) - cfg.max_context), st) for a, st in s.states))
+               for s in samples]
+
+    def batch_fn(step: int, micro: int) -> dict[str, torch.Tensor]:
+        rng = random.Random(f"{cfg.seed}/{step}/{micro}")
+        rows = [packed.pack(rng.choice(samples), rng, cfg.block, cfg.groups) for _ in range(cfg.batch)]
+        return {**packed.collate(rows, cfg.block), "refine": torch.tensor(rng.random() < cfg.refine)}
+
+    def loss_fn(m, batch):
+        ar, cons = packed_losses(m, batch, cfg)
         return cfg.ar_weight * ar + cfg.consistency_weight * cons, {"ar": ar, "consistency": cons}
 
     return common.run(model, cfg, out, batch_fn, loss_fn, resume=resume, tick=tick, stop_after=stop_after)
