@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from ...errors import ConfigError
-from ..space.data import IGNORE, Sample, group_layout
+from ..space.data import IGNORE, Sample, group_layout, open_groups
 from .collect import Trajectory
 
 
@@ -170,13 +170,10 @@ def collate(rows: Sequence[PackedStates], n: int, pad_id: int = 0) -> dict[str, 
     }
     for i, r in enumerate(rows):
         k = len(r.ids)
-        _, vis = group_layout(r.n_real, r.anchors, n)
         out["input_ids"][i, :k] = torch.tensor(r.ids)
         out["position_ids"][i, :k] = torch.tensor(r.positions)
         out["truth"][i, :k] = torch.tensor(r.truth)
-        out["attention_mask"][i, 0, :k, :k].masked_fill_(vis, 0.0)
-        pad = torch.arange(k, L)
-        out["attention_mask"][i, 0, pad, pad] = 0.0
+        open_groups(out["attention_mask"][i, 0], r.n_real, r.anchors, n)
         out["n_real"][i] = r.n_real
         out["anchors"][i, : len(r.anchors)] = torch.tensor(r.anchors, dtype=torch.long)
         p = r.prompt_len

@@ -119,14 +119,21 @@ def collate_packed(rows: Sequence[Packed], k: int, pad_id: int = 0) -> dict[str,
     }
     for i, r in enumerate(rows):
         n = len(r.ids)
-        _, vis = group_layout(r.n_real, r.anchors, k)
         out["input_ids"][i, :n] = torch.tensor(r.ids)
         out["targets"][i, :n] = torch.tensor(r.targets)
         out["position_ids"][i, :n] = torch.tensor(r.positions)
-        out["attention_mask"][i, 0, :n, :n].masked_fill_(vis, 0.0)
-        idx = torch.arange(n, L)
-        out["attention_mask"][i, 0, idx, idx] = 0.0
+        open_groups(out["attention_mask"][i, 0], r.n_real, r.anchors, k)
     return out
+
+
+def open_groups(mask: torch.Tensor, n_real: int, anchors: Sequence[int], k: int) -> None:
+    """Open ``group_layout``'s visibility in one row's additive mask [L, L] (filled with dtype min);
+    the padding rows after the sample see only themselves."""
+    _, vis = group_layout(n_real, anchors, k)
+    n = vis.shape[0]
+    mask[:n, :n].masked_fill_(vis, 0.0)
+    idx = torch.arange(n, mask.shape[0])
+    mask[idx, idx] = 0.0
 
 
 def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int = 0) -> dict[str, torch.Tensor]:
