@@ -2,16 +2,20 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import polyverse
+from polyverse.errors import ConfigError
 from polyverse.backends.transformers import TransformersBackend
 from polyverse.models.tiny import tiny_model
 from polyverse.train.cllm.collect import CollectConfig, Trajectory, clean, collect, collect_prompt, done_prompts, longest_run
 from polyverse.train.cllm.fit import FitConfig, collate, example, fit
-from polyverse.train.common import save_adapter
+from polyverse.train.common import lr_at, save_adapter
 from polyverse.train.cllm.losses import ar_loss, consistency_loss, consistency_mask
 
 
@@ -121,14 +125,38 @@ def _trainable(model):
 
 
 def test_checkpoint_resume_equals_an_uninterrupted_run(records, tmp_path):
-    cfg = FitConfig(steps=4, accumulate=2, batch=2, lr=1e-3, save_every=2, seed=1)
+    # a decaying learning rate too: the resumed run must pick up the curve where it was cut
+    cfg = FitConfig(steps=4, accumulate=2, batch=2, lr=1e-3, save_every=2, seed=1, schedule="cosine", decay_from=1)
     full, hist_full = fit(tiny_model(seed=5), records, tmp_path / "a", cfg)
     _, hist_cut = fit(tiny_model(seed=5), records, tmp_path / "b", cfg, stop_after=2)  # killed after step 2
     assert [h["step"] for h in hist_cut] == [1, 2]
     resumed, hist_res = fit(tiny_model(seed=5), records, tmp_path / "b", cfg, resume=True)
     assert hist_res == hist_full
+    assert [h["lr"] for h in hist_full] == [lr_at(cfg, s) for s in range(4)]
     a, b = _trainable(full), _trainable(resumed)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # and the optimizer did use the schedule: the constant rate ends elsewhere
+    flat, _ = fit(tiny_model(seed=5), records, tmp_path / "c", replace(cfg, schedule="constant"))
+    c = _trainable(flat)
+    assert not all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)
+
+
+@given(steps=st.integers(2, 500), frac=st.floats(0, 0.99), kind=st.sampled_from(["linear", "cosine"]))
+def test_lr_schedule_holds_then_decays_towards_zero(steps, frac, kind):
+    cfg = FitConfig(steps=steps, lr=0.5, schedule=kind, decay_from=int(frac * steps))
+    lrs = [lr_at(cfg, s) for s in range(steps)]
+    assert lrs[: cfg.decay_from + 1] == [0.5] * (cfg.decay_from + 1)  # held, and the decay starts at full rate
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 0
+    remaining = steps - cfg.decay_from
+    assert lrs[-1] == pytest.approx(0.5 / remaining if kind == "linear" else 0.25 * (1 - math.cos(math.pi / remaining)))
+    assert [lr_at(replace(cfg, schedule="constant"), s) for s in range(steps)] == [0.5] * steps
+
+
+def test_bad_schedules_fail_clearly():
+    with pytest.raises(ConfigError, match="schedule"):
+        FitConfig(schedule="warm")
+    with pytest.raises(ConfigError, match="decay_from"):
+        FitConfig(steps=10, decay_from=10)
 
 
 def test_smoke_fit_lowers_the_consistency_loss_and_saves_a_loadable_adapter(records, tmp_path, tiny_dir):

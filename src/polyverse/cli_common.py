@@ -11,6 +11,12 @@ from rich.console import Console
 
 err = Console(stderr=True)
 
+# the learning-rate schedule options of every `train ... fit` (common.lr_at)
+SCHEDULE_OPTION = typer.Option("constant", "--schedule", help="Learning rate: constant, or held until --decay-from, "
+                               "then linear or cosine to 0 at the last step.")
+DECAY_FROM_OPTION = typer.Option(0, "--decay-from", help="Step where the decay starts (with --resume: branch a decay "
+                                 "off a constant-rate checkpoint).")
+
 
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import _fail, _fit_and_save, _progress
+from .cli_common import DECAY_FROM_OPTION, SCHEDULE_OPTION, _fail, _fit_and_save, _progress
 from .errors import ConfigError, PolyverseError
 
 train_app = typer.Typer(no_args_is_help=True, help="Training pipelines (CLLM consistency distillation, SPACE SFT).")
@@ -151,6 +151,8 @@ def cllm_fit(
     batch: int = typer.Option(1, "--batch", help="Examples per micro-batch."),
     accumulate: int = typer.Option(4, "--accumulate", help="Micro-batches per optimizer step."),
     lr: float = typer.Option(2e-4, "--lr", help="Learning rate."),
+    schedule: str = SCHEDULE_OPTION,
+    decay_from: int = DECAY_FROM_OPTION,
     ar_weight: float = typer.Option(10.0, "--ar-weight", help="Weight of the AR loss."),
     consistency_weight: float = typer.Option(1.0, "--consistency-weight", help="Weight of the consistency loss."),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="Label smoothing of the AR loss."),
@@ -183,7 +185,8 @@ def cllm_fit(
         cfg = FitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, ar_weight=ar_weight,
                         consistency_weight=consistency_weight, label_smoothing=label_smoothing, lora=not full,
                         lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed,
-                        precision=precision, groups=groups, block=block, refine=refine, max_len=max_len)
+                        precision=precision, groups=groups, block=block, refine=refine, max_len=max_len,
+                        schedule=schedule, decay_from=decay_from)
         if store not in STORE_DTYPES:
             raise ConfigError(f"--store must be one of {', '.join(STORE_DTYPES)}, got {store!r}")
         if bool(trajectories) == bool(data):
@@ -258,6 +261,8 @@ def space_fit(
     batch: int = typer.Option(4, "--batch", help="Samples per micro-batch."),
     accumulate: int = typer.Option(1, "--accumulate", help="Micro-batches per optimizer step."),
     lr: float = typer.Option(3e-4, "--lr", help="Learning rate."),
+    schedule: str = SCHEDULE_OPTION,
+    decay_from: int = DECAY_FROM_OPTION,
     k: int = typer.Option(5, "--k", help="Masks per group: future tokens proposed per pass."),
     p: float = typer.Option(0.5, "--p", help="Share of samples cut and given k + 1 masks."),
     groups: int = typer.Option(0, "--groups", help="0: one cut per sample (--p); G: whole samples, each with "
@@ -279,7 +284,7 @@ def space_fit(
     try:
         cfg = SpaceFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, k=k, p=p, groups=groups, lora=not full,
                              lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed,
-                             precision=precision)
+                             precision=precision, schedule=schedule, decay_from=decay_from)
         if limit < 0:
             raise ConfigError("--limit must be 0 (all) or more")
         if max_len < 2:

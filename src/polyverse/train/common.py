@@ -13,6 +13,7 @@ the same code under ``accelerate launch --config_file fsdp.yaml -m polyverse.cli
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -35,9 +36,12 @@ class LoopConfig(Protocol):
     save_every: int
     seed: int
     precision: str  # "fp32", or "bf16": matmuls under bf16 autocast (weights and optimizer stay fp32)
+    schedule: str  # learning rate: "constant", or held until ``decay_from`` then "linear" / "cosine" to 0
+    decay_from: int  # optimizer step where the decay starts (0: over the whole run)
 
 
 PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("constant", "linear", "cosine")
 
 
 def jsonl_rows(path: Path):
@@ -67,6 +71,24 @@ def check_config(cfg, names: Sequence[str]) -> None:
         raise ConfigError(f"lr must be > 0, got {cfg.lr}")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if not isinstance(cfg.decay_from, int) or not 0 <= cfg.decay_from < cfg.steps:
+        raise ConfigError(f"decay_from must be an integer in [0, steps), got {cfg.decay_from!r}")
+
+
+def lr_at(cfg: LoopConfig, step: int) -> float:
+    """Learning rate of the optimizer step that takes the run from ``step`` to ``step + 1``.
+
+    Warmup-free warmup-stable-decay: ``cfg.lr`` until ``decay_from``, then a linear or cosine decay
+    that would reach 0 at ``cfg.steps``. A function of the step alone, so a resumed run follows the
+    same curve, and a decay can branch off a constant-rate checkpoint (resume it with more steps).
+    """
+    if cfg.schedule == "constant" or step < cfg.decay_from:
+        return cfg.lr
+    frac = (step - cfg.decay_from) / (cfg.steps - cfg.decay_from)  # in [0, 1) for step < steps
+    scale = 1.0 - frac if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+    return cfg.lr * scale
 
 
 def trainable(model, cfg: LoopConfig, token_ids: Sequence[int] = ()):
@@ -152,7 +174,7 @@ def run(model, cfg: LoopConfig, out: Path, batch_fn: Callable[[int, int], Batch]
     batch_fn(step, micro) -> the micro-batch (a function of its arguments only);
     loss_fn(model, batch) -> (loss to minimise, named parts to log).
     ``stop_after`` ends the run after that many steps of this call (as if killed), for tests.
-    history: one {"step", **parts} per optimizer step, parts averaged over the micro-batches.
+    history: one {"step", "lr", **parts} per optimizer step, parts averaged over the micro-batches.
     """
     from accelerate import Accelerator
 
@@ -174,6 +196,9 @@ def run(model, cfg: LoopConfig, out: Path, batch_fn: Callable[[int, int], Batch]
             step, history = load_checkpoint(ckpt, acc.unwrap_model(model), optimizer)
     ran = 0
     while step < cfg.steps:
+        lr = lr_at(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         sums: dict[str, float] = {}
         for micro in range(cfg.accumulate):
             batch = {k: v.to(acc.device) for k, v in batch_fn(step, micro).items()}
@@ -187,7 +212,7 @@ def run(model, cfg: LoopConfig, out: Path, batch_fn: Callable[[int, int], Batch]
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.accumulate
         step += 1
         ran += 1
-        history.append({"step": step, **{k: round(v, 6) for k, v in sums.items()}})
+        history.append({"step": step, "lr": lr, **{k: round(v, 6) for k, v in sums.items()}})
         if tick:
             tick(step, sums)
         if step % cfg.save_every == 0 or step == cfg.steps:

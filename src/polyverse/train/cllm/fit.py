@@ -37,6 +37,8 @@ class FitConfig:
     seed: int = 0
     max_context: int = 1024  # longer contexts are cut from the left
     precision: str = "fp32"  # or "bf16": mixed precision (faster on CPUs with avx512_bf16, and on GPUs)
+    schedule: str = "constant"  # or "linear" / "cosine": decay from step decay_from to 0 (common.lr_at)
+    decay_from: int = 0
     groups: int = 0  # > 0: packed samples (``packed``), a whole answer and up to this many n-token states each
     block: int = 8  # n: tokens per packed state (the Jacobi block the adapter is made for)
     refine: float = 0.0  # share of packed micro-batches whose states first get one Jacobi update by the model
@@ -140,7 +142,7 @@ def fit(model, records: list[Trajectory] | list[packed.JacobiSample], out: Path,
 
     records: trajectories, or (``cfg.groups`` > 0 only) packed samples such as distilled answers.
     ``stop_after`` ends the run after that many steps of this call (as if killed), for tests.
-    history: one {"step", "ar", "consistency"} per optimizer step.
+    history: one {"step", "lr", "ar", "consistency"} per optimizer step.
     """
     if not records:
         raise ConfigError("no trajectories to train on")

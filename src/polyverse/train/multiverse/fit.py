@@ -28,6 +28,8 @@ class MultiverseFitConfig:
     save_every: int = 25
     seed: int = 0
     precision: str = "fp32"  # or "bf16": mixed precision (faster on CPUs with avx512_bf16, and on GPUs)
+    schedule: str = "constant"  # or "linear" / "cosine": decay from step decay_from to 0 (common.lr_at)
+    decay_from: int = 0
 
     def __post_init__(self) -> None:
         common.check_config(self, ("steps", "batch", "accumulate", "save_every", "lora_rank", "lora_alpha"))

@@ -35,6 +35,8 @@ class SpaceFitConfig:
     save_every: int = 50
     seed: int = 0
     precision: str = "fp32"  # or "bf16": mixed precision (faster on CPUs with avx512_bf16, and on GPUs)
+    schedule: str = "constant"  # or "linear" / "cosine": decay from step decay_from to 0 (common.lr_at)
+    decay_from: int = 0
 
     def __post_init__(self) -> None:
         common.check_config(self, ("steps", "batch", "accumulate", "k", "save_every", "lora_rank", "lora_alpha"))
@@ -72,7 +74,7 @@ def fit(model, tokenizer, samples: Sequence[Sample], out: Path, cfg: SpaceFitCon
         tick: Callable[[int, dict[str, float]], None] | None = None, stop_after: int | None = None):
     """Add [MASK] to ``model`` and ``tokenizer`` and train; returns (trained model, history, mask id).
 
-    history: one {"step", "ar", "mask"} per optimizer step (cross-entropies of the two kinds of rows).
+    history: one {"step", "lr", "ar", "mask"} per optimizer step (cross-entropies of the two kinds of rows).
     """
     if not samples:
         raise ConfigError("no samples to train on")
