@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import _fail, _fit_and_save, _progress
+from .cli_common import DECAY_FROM_OPTION, SCHEDULE_OPTION, _fail, _fit_and_save, _progress
 from .errors import ConfigError, PolyverseError
 
 multiverse_app = typer.Typer(no_args_is_help=True, help="Multiverse: SFT on curated structured data, evaluate it.")
@@ -60,6 +60,8 @@ def multiverse_fit(
     batch: int = typer.Option(4, "--batch", help="Samples per micro-batch."),
     accumulate: int = typer.Option(1, "--accumulate", help="Micro-batches per optimizer step."),
     lr: float = typer.Option(3e-4, "--lr", help="Learning rate."),
+    schedule: str = SCHEDULE_OPTION,
+    decay_from: int = DECAY_FROM_OPTION,
     full: bool = typer.Option(False, "--full", help="Full fine-tune instead of LoRA."),
     lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank."),
     save_every: int = typer.Option(25, "--save-every", help="Checkpoint every N steps."),
@@ -74,7 +76,7 @@ def multiverse_fit(
     try:
         cfg = MultiverseFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, lora=not full,
                                   lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed,
-                                  precision=precision)
+                                  precision=precision, schedule=schedule, decay_from=decay_from)
         if limit < 0:
             raise ConfigError("--limit must be 0 (all) or more")
         if not Path(data).is_file():
