@@ -181,6 +181,16 @@ def test_cli_fit_on_distilled_answers_records_the_block_that_jacobi_then_uses(ti
     assert make(JacobiConfig(block=3), SimpleNamespace(model=adapted)).n == 3
     out = adapted.generate("Hello", method="jacobi", max_new_tokens=12, chat=False)
     assert list(out.token_ids) == list(adapted.generate("Hello", method="ar", max_new_tokens=12, chat=False).token_ids)
+    # eval on a slice of the questions: --offset skips the first ones; the adapter's block is used
+    qs = tmp_path / "q.jsonl"
+    qs.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": f"x #### {2 * i}"}) + "\n"
+                          for i in range(4)))
+    res = runner.invoke(app, ["train", "cllm", "eval", "--model", str(tiny_dir), "--adapter", str(tmp_path / "a"),
+                              "--data", str(qs), "--limit", "2", "--offset", "1", "-n", "6", "--no-chat",
+                              "--out", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert [r["id"] for r in doc["prompts"]] == ["q1", "q2"] and doc["block"] == 5
     for bad, msg in ((["--groups", "0"], "needs packed training"),
                      (["--groups", "2", "--trajectories", str(tmp_path)], "exactly one of"),
                      (["--groups", "2", "--refine", "2"], "refine must be in"),

@@ -42,13 +42,13 @@ def _question_rows(data: str, limit: int, offset: int = 0) -> list[tuple[str, An
 
 
 def _evaluate_adapter(model: str, adapter: str, data: str, limit: int, chat: Optional[bool], out: Optional[str],
-                      run: Callable[..., dict]) -> dict:
+                      run: Callable[..., dict], offset: int = 0) -> dict:
     """Load the base and the adapted model, run ``run(base, adapted, prompts, tick)`` over GSM8K-style
     questions with a progress bar, write the figures to ``out`` if given; bad input fails cleanly."""
     from pathlib import Path
 
     try:
-        rows = _question_rows(data or _gsm8k_default("gsm8k_test_dev.jsonl"), limit)
+        rows = _question_rows(data or _gsm8k_default("gsm8k_test_dev.jsonl"), limit, offset)
         from .api import load
 
         base = load(model)
@@ -223,6 +223,7 @@ def cllm_eval(
     adapter: str = typer.Option(..., "--adapter", help="Adapter name or folder."),
     data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
     limit: int = typer.Option(10, "--limit", help="Prompts."),
+    offset: int = typer.Option(0, "--offset", help="Skip this many questions first (a fresh slice)."),
     block: Optional[int] = typer.Option(None, "--block", help="Jacobi block size, before and after (default: "
                                         "the block the adapter was trained for, else 16)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
@@ -235,7 +236,8 @@ def cllm_eval(
 
     doc = _evaluate_adapter(model, adapter, data, limit, chat, out,
                             lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts,
-                                                                          block or trained_block(adapted), max_new_tokens, tick))
+                                                                          block or trained_block(adapted), max_new_tokens, tick),
+                            offset)
     s = doc["summary"]
     table = Table("figure", "before", "after")
     table.add_row("Jacobi block", str(doc["block"]), str(doc["block"]))
@@ -313,6 +315,7 @@ def space_eval(
     adapter: str = typer.Option(..., "--adapter", help="SPACE adapter name or folder."),
     data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
     limit: int = typer.Option(10, "--limit", help="Prompts."),
+    offset: int = typer.Option(0, "--offset", help="Skip this many questions first (a fresh slice)."),
     k: Optional[int] = typer.Option(None, "--k", help="Masks per group at decoding (default: the k the adapter was trained with)."),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Feed only the candidates worth their pass "
                                   "cost (default), or always all of them (most tokens per pass)."),
@@ -324,7 +327,8 @@ def space_eval(
     from .train.space.evaluate import evaluate
 
     doc = _evaluate_adapter(model, adapter, data, limit, chat, out,
-                            lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts, k, max_new_tokens, tick, adaptive))
+                            lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts, k, max_new_tokens, tick, adaptive),
+                            offset)
     s = doc["summary"]
     table = Table("figure", "value")
     table.add_row("accepted tokens per pass (mean)", f"{s['per_pass_mean']:.3f}")
