@@ -43,19 +43,28 @@ benchmarks: $(STAMP)
 	$(BIN)/polyverse bench $(BENCH_ARGS) --out benchmarks --markdown BENCHMARKS.md
 
 # the shipped CLLM adapter: the bundled model's own greedy answers to GSM8K train questions (the
-# self-distilled data of space-data), then a packed consistency LoRA fine-tune: each sample is a
-# whole answer plus 32 Jacobi states of 8 tokens laid out as the decoder feeds them, half the
-# micro-batches' states first moved by one Jacobi update of the model being trained (~85 minutes
-# here under bf16; resumable: rerun after an interruption), stored fp16, then its figures on GSM8K
-# dev. The paper's route (recorded trajectories) is `polyverse train cllm collect` + `fit --trajectories`.
+# self-distilled data of space-data), then a packed consistency LoRA fine-tune in two phases:
+# 1. CLLM_STEPS steps at a constant rate (~85 minutes here under bf16): each sample is a whole answer
+#    plus 32 Jacobi states of 8 tokens laid out as the decoder feeds them, half the micro-batches'
+#    states first moved by one Jacobi update of the model being trained;
+# 2. a CLLM_TAIL-step branch off its last checkpoint (~22 minutes): consistency weighted 3 : 1 against
+#    AR, every micro-batch's states updated on-policy, the rate decaying linearly to 0.
+# Both resumable (rerun after an interruption); stored fp16; then its figures on GSM8K dev (two
+# disjoint slices of 30 questions). The paper's route (recorded trajectories) is
+# `polyverse train cllm collect` + `fit --trajectories`.
 CLLM_ROWS ?= 461
 CLLM_STEPS ?= 600
+CLLM_TAIL ?= 100
+CLLM_FIT = $(BIN)/polyverse train cllm fit --data distill-out/gsm8k-self.jsonl --limit $(CLLM_ROWS) --batch 2 --accumulate 1 --groups 32 --block 8 --max-len 160 --ar-weight 1 --lora-rank 16 --precision bf16 --store fp16 --save-every 25 --resume
 cllm-adapter: space-data
-	$(BIN)/polyverse train cllm fit --data distill-out/gsm8k-self.jsonl --limit $(CLLM_ROWS) --out cllm-out --steps $(CLLM_STEPS) --batch 2 --accumulate 1 --groups 32 --block 8 --refine 0.5 --max-len 160 --lr 5e-4 --ar-weight 1 --lora-rank 16 --precision bf16 --store fp16 --save-every 25 --resume
+	$(CLLM_FIT) --out cllm-out --steps $(CLLM_STEPS) --refine 0.5 --lr 5e-4
+	mkdir -p cllm-out-tail/checkpoints
+	test -d cllm-out-tail/checkpoints/step-$(CLLM_STEPS) || cp -r cllm-out/checkpoints/step-$(CLLM_STEPS) cllm-out-tail/checkpoints/
+	$(CLLM_FIT) --out cllm-out-tail --steps $$(( $(CLLM_STEPS) + $(CLLM_TAIL) )) --refine 1.0 --lr 3e-4 --consistency-weight 3 --schedule linear --decay-from $(CLLM_STEPS)
 	mkdir -p src/polyverse/adapters/cllm-gsm8k
-	cp cllm-out/adapter_config.json cllm-out/adapter_model.safetensors cllm-out/polyverse.json src/polyverse/adapters/cllm-gsm8k/
-	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 10 --max-new-tokens 128 --out src/polyverse/adapters/cllm-gsm8k/eval-b8.json
+	cp cllm-out-tail/adapter_config.json cllm-out-tail/adapter_model.safetensors cllm-out-tail/polyverse.json src/polyverse/adapters/cllm-gsm8k/
 	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 30 --max-new-tokens 128 --out src/polyverse/adapters/cllm-gsm8k/eval-b8-30q.json
+	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 30 --offset 30 --max-new-tokens 128 --out src/polyverse/adapters/cllm-gsm8k/eval-b8-30q-from30.json
 
 # the shipped SPACE adapter: the bundled model's own greedy answers to GSM8K train questions
 # (self-distillation, decoded through llama.cpp from the F16 export, which writes the same greedy
