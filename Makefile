@@ -58,11 +58,11 @@ CLLM_TAIL ?= 100
 CLLM_FIT = $(BIN)/polyverse train cllm fit --data distill-out/gsm8k-self.jsonl --limit $(CLLM_ROWS) --batch 2 --accumulate 1 --groups 32 --block 8 --max-len 160 --ar-weight 1 --lora-rank 16 --precision bf16 --store fp16 --save-every 25 --resume
 cllm-adapter: space-data
 	$(CLLM_FIT) --out cllm-out --steps $(CLLM_STEPS) --refine 0.5 --lr 5e-4
-	mkdir -p cllm-out-tail/checkpoints
-	test -d cllm-out-tail/checkpoints/step-$(CLLM_STEPS) || cp -r cllm-out/checkpoints/step-$(CLLM_STEPS) cllm-out-tail/checkpoints/
-	$(CLLM_FIT) --out cllm-out-tail --steps $$(( $(CLLM_STEPS) + $(CLLM_TAIL) )) --refine 1.0 --lr 3e-4 --consistency-weight 3 --schedule linear --decay-from $(CLLM_STEPS)
+	mkdir -p cllm-out-cw3/checkpoints
+	test -d cllm-out-cw3/checkpoints/step-$(CLLM_STEPS) || cp -r cllm-out/checkpoints/step-$(CLLM_STEPS) cllm-out-cw3/checkpoints/
+	$(CLLM_FIT) --out cllm-out-cw3 --steps $$(( $(CLLM_STEPS) + $(CLLM_TAIL) )) --refine 1.0 --lr 3e-4 --consistency-weight 3 --schedule linear --decay-from $(CLLM_STEPS)
 	mkdir -p src/polyverse/adapters/cllm-gsm8k
-	cp cllm-out-tail/adapter_config.json cllm-out-tail/adapter_model.safetensors cllm-out-tail/polyverse.json src/polyverse/adapters/cllm-gsm8k/
+	cp cllm-out-cw3/adapter_config.json cllm-out-cw3/adapter_model.safetensors cllm-out-cw3/polyverse.json src/polyverse/adapters/cllm-gsm8k/
 	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 30 --max-new-tokens 128 --out src/polyverse/adapters/cllm-gsm8k/eval-b8-30q.json
 	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 30 --offset 30 --max-new-tokens 128 --out src/polyverse/adapters/cllm-gsm8k/eval-b8-30q-from30.json
 

@@ -116,10 +116,30 @@ def test_space_on_llamacpp_with_the_exported_adapter(tmp_path):
     from polyverse.export import export_gguf
     from polyverse.models.load import bundled_gguf
 
+    from polyverse.export import adapter_info
+    from polyverse.methods.jacobi import trained_block
+    from polyverse.methods.space import trained_k
+
     out = export_gguf(polyverse.load(adapter="space-gsm8k", progress=False), tmp_path / "space.gguf", "f16", bundled_gguf())
     llm = polyverse.load(str(out), backend="llamacpp", progress=False)
+    # the adapter's polyverse.json travels in the GGUF: llama.cpp runs keep the trained defaults
+    assert adapter_info(bundled_gguf()) is None
+    assert adapter_info(out)["method"] == "space" and trained_k(llm, default=9) == 3
+    assert trained_block(llm, default=9) == 9  # a SPACE adapter says nothing about Jacobi's block
     for p in PROMPTS:
         ref = llm.generate(p, method="ar", max_new_tokens=40)
         for k in (1, 2):
             got = llm.generate(p, method="space", options={"k": k}, max_new_tokens=40)
             assert got.token_ids == ref.token_ids, (k, p)
+
+
+def test_amx_cpus_are_detected_from_cpuinfo(tmp_path):
+    """On AMX CPUs the backend keeps ggml's plain weight layout (its AMX matmul crashed llama_decode)."""
+    from polyverse.backends.llamacpp import _cpu_has_amx
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n")
+    assert not _cpu_has_amx(str(info))
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_int8 amx_tile\n")
+    assert _cpu_has_amx(str(info))
+    assert not _cpu_has_amx(str(tmp_path / "missing"))

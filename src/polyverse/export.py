@@ -5,11 +5,14 @@ already merged in. The metadata (architecture numbers, tokenizer, chat template)
 model's own GGUF, with the tokens an adapter added appended to the vocabulary. Tensor names follow
 llama.cpp's Llama layout; q and k rows are regrouped into llama.cpp's rotary order (inside each head
 llama.cpp rotates adjacent pairs of dimensions, transformers' Llama rotates dimension i with i + d/2).
-Norm weights stay F32; the rest is F16 or Q8_0.
+Norm weights stay F32; the rest is F16 or Q8_0. An adapter's ``polyverse.json`` travels as the string
+key ``polyverse.adapter``, so methods on llama.cpp keep the defaults it was trained for (Jacobi's block,
+SPACE's k).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -19,8 +22,9 @@ import torch
 from .errors import ConfigError
 
 TYPES = ("f16", "q8_0")
-_SKIP = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.file_type", "general.quantization_version",
-         "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "llama.vocab_size"}
+ADAPTER_KEY = "polyverse.adapter"
+_SKIP = {ADAPTER_KEY, "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.file_type",
+         "general.quantization_version", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "llama.vocab_size"}
 _NAMES = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -88,6 +92,9 @@ def export_gguf(model, out: Path, qtype: str = "f16", source: Path | None = None
     ftype = gguf.LlamaFileType.MOSTLY_F16 if qtype == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
     writer.add_file_type(int(ftype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    meta = getattr(hf, "polyverse_adapter", None)
+    if meta:
+        writer.add_string(ADAPTER_KEY, json.dumps(meta))
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     with torch.no_grad():
@@ -114,3 +121,17 @@ def export_gguf(model, out: Path, qtype: str = "f16", source: Path | None = None
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+def adapter_info(path: Path) -> dict | None:
+    """The ``polyverse.json`` of the adapter merged into an exported GGUF, or None (a plain model)."""
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields.get(ADAPTER_KEY)
+    if field is None:
+        return None
+    try:
+        meta = json.loads(field.contents())
+    except (TypeError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None

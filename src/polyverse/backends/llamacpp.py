@@ -42,6 +42,13 @@ def _lib():
     return llama_cpp
 
 
+def _cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    try:
+        return "amx_int8" in Path(cpuinfo).read_text()
+    except OSError:
+        return False
+
+
 class LlamaCppBackend:
     """A GGUF model in a llama.cpp context (unified KV cache, up to MAX_SEQS sequences)."""
 
@@ -54,6 +61,11 @@ class LlamaCppBackend:
         ll.llama_backend_init()
         ll.llama_log_set(_QUIET, ctypes.c_void_p(0))
         mparams = ll.llama_model_default_params()
+        if _cpu_has_amx() and hasattr(mparams, "use_extra_bufts"):
+            # ggml stores weights in an AMX tile layout on such CPUs, and its AMX matmul crashed
+            # llama_decode (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36, an AMX Xeon
+            # VM): keep the plain CPU layout, which gives the same greedy tokens
+            mparams.use_extra_bufts = False
         self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise ConfigError(f"llama.cpp cannot load {path}")
