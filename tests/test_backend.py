@@ -214,3 +214,24 @@ def test_gqa_direct_overlapping_passes_restore_the_variable_once_all_end(monkeyp
     assert os.environ[gqa.ENV] == "1"  # the second pass is still in flight
     second.__exit__(None, None, None)
     assert gqa.ENV not in os.environ
+
+
+def test_cache_goes_under_the_name_this_transformers_takes(model):
+    """Newer transformers 5 take the KV cache as ``cache`` and warn on ``past_key_values`` (gone in 5.40)."""
+    import warnings
+
+    from polyverse.backends.transformers import cache_kwarg
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None):
+            return input_ids
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None):
+            return input_ids
+
+    assert cache_kwarg(Old()) == "past_key_values" and cache_kwarg(New()) == "cache"
+    be = TransformersBackend(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        be.forward(chain_feed([5, 17, 42], 0), logits_for=[2])  # no deprecation warning from the cache argument

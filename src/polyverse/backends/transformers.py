@@ -11,6 +11,7 @@ Multi-token passes on CPU read grouped key/value heads without copying the cache
 from __future__ import annotations
 
 import copy
+import inspect
 from contextlib import nullcontext
 from typing import Sequence
 
@@ -20,6 +21,12 @@ from transformers import DynamicCache, PreTrainedModel
 from ..layout import Feed, additive_mask, is_plain_chain
 from ..logits import LazyLogits, Projection, eager
 from . import few_rows, gqa, packed
+
+
+def cache_kwarg(module) -> str:
+    """The name ``module.forward`` takes the KV cache under: ``cache`` in newer transformers 5 releases
+    (``past_key_values`` is deprecated there and goes in 5.40), ``past_key_values`` before them."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 class TransformersBackend:
@@ -47,6 +54,8 @@ class TransformersBackend:
             raise ValueError("packed weights need float32 weights on CPU and a torch with oneDNN")
         self._packed = packed.PackedWeights() if packed_weights else None
         self._split = (base, Projection(head, self._packed)) if base is not None and head is not None and plain else None
+        self._cache_key = cache_kwarg(model)
+        self._base_cache_key = cache_kwarg(base) if self._split is not None else self._cache_key
 
     @property
     def length(self) -> int:
@@ -67,12 +76,12 @@ class TransformersBackend:
         context = self._context(feed, past)  # [q, past] bool or None (= all visible)
         if context is not None or not is_plain_chain(feed, past):
             mask = additive_mask(feed.parents, past, self.dtype, context).to(self.device)  # [1, 1, q, kv]
-        kwargs = dict(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=self.cache, use_cache=True)
+        kwargs = dict(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True)
         product = self._product(q)
         if self._split is not None:
             base, head = self._split
             with product, gqa.direct(self.device, q):
-                hidden = base(**kwargs).last_hidden_state[0]  # [q, H]
+                hidden = base(**kwargs, **{self._base_cache_key: self.cache}).last_hidden_state[0]  # [q, H]
             self._pending = q
             if logits_for is None:
                 return LazyLogits(hidden, head, self.vocab_size)
@@ -89,7 +98,7 @@ class TransformersBackend:
         else:
             keep = torch.tensor(list(logits_for), dtype=torch.long, device=self.device)
         with product, gqa.direct(self.device, q):
-            out = self.model(**kwargs, logits_to_keep=keep)
+            out = self.model(**kwargs, **{self._cache_key: self.cache}, logits_to_keep=keep)
         self._pending = q
         logits = out.logits[0].float()  # [len(logits_for) or q, V]
         return eager(logits) if logits_for is None else logits

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from ..backends.transformers import cache_kwarg
 from ..config import GenerationConfig
 from ..multiverse.engine import Engine, MultiverseConfig, tag_tokens
 
@@ -88,10 +89,11 @@ def run_once(model, prompt, n: int, path_tokens: int, parallel: bool) -> tuple[l
 def pass_costs(model, prompt, n: int, repeats: int = 7) -> tuple[float, float]:
     """Median ms of one decode pass of n path tokens: flattened (1 x n, masked) vs batched (n x 1)."""
     hf = model.hf_model
+    key = cache_kwarg(hf)
     ids = torch.tensor([prompt])
     with torch.inference_mode():
         base = DynamicCache(config=hf.config)
-        hf(input_ids=ids, past_key_values=base, use_cache=True)
+        hf(input_ids=ids, **{key: base}, use_cache=True)
         past = ids.shape[1]
         flat_ms, batch_ms = [], []
         tok = torch.full((1, n), int(prompt[-1]))
@@ -101,14 +103,15 @@ def pass_costs(model, prompt, n: int, repeats: int = 7) -> tuple[float, float]:
             vis[:, past:] = torch.eye(n, dtype=torch.bool)
             mask = torch.zeros(n, past + n).masked_fill(~vis, torch.finfo(torch.float32).min)[None, None]
             t0 = time.perf_counter()
-            hf(input_ids=tok, position_ids=torch.full((1, n), past), attention_mask=mask, past_key_values=base,
+            hf(input_ids=tok, position_ids=torch.full((1, n), past), attention_mask=mask, **{key: base},
                use_cache=True, logits_to_keep=n)
             flat_ms.append((time.perf_counter() - t0) * 1000)
             base.crop(-n)
             # batched: the prefix cache copied n times, one token per row
             cache = _repeat(base, n, hf)
             t0 = time.perf_counter()
-            hf(input_ids=tok.T, position_ids=torch.full((n, 1), past), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            hf(input_ids=tok.T, position_ids=torch.full((n, 1), past), **{key: cache}, use_cache=True,
+               logits_to_keep=1)
             batch_ms.append((time.perf_counter() - t0) * 1000)
     return statistics.median(flat_ms), statistics.median(batch_ms)
 
