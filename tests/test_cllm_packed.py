@@ -191,6 +191,7 @@ def test_cli_fit_on_distilled_answers_records_the_block_that_jacobi_then_uses(ti
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "e.json").read_text())
     assert [r["id"] for r in doc["prompts"]] == ["q1", "q2"] and doc["block"] == 5
+    assert doc["environment"]["cpu"] and doc["environment"]["threads"] >= 1  # speed ratios name their CPU
     for bad, msg in ((["--groups", "0"], "needs packed training"),
                      (["--groups", "2", "--trajectories", str(tmp_path)], "exactly one of"),
                      (["--groups", "2", "--refine", "2"], "refine must be in"),

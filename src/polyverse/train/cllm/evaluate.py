@@ -15,6 +15,7 @@ import statistics
 from typing import Callable, Sequence
 
 from ...bench.contenders import Contender
+from ...bench.runner import environment
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -92,4 +93,5 @@ def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]]
         "agreement_mean": statistics.mean(r["agreement"] for r in rows),
     }
     summary.update(accuracy(rows))
-    return {"summary": summary, "prompts": rows, "block": block, "max_new_tokens": max_new_tokens}
+    return {"summary": summary, "prompts": rows, "block": block, "max_new_tokens": max_new_tokens,
+            "environment": environment(base)}  # speed ratios depend on the CPU: record it

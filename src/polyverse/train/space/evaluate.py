@@ -14,6 +14,7 @@ import statistics
 from typing import Callable, Sequence
 
 from ...bench.contenders import Contender
+from ...bench.runner import environment
 from ...methods.space import trained_k
 from ..cllm.evaluate import accuracy, grade
 
@@ -48,4 +49,5 @@ def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]]
         "equal_to_ar": sum(r["equal_to_ar"] for r in rows),
     }
     summary.update(accuracy(rows))
-    return {"summary": summary, "prompts": rows, "k": k, "adaptive": adaptive, "max_new_tokens": max_new_tokens}
+    return {"summary": summary, "prompts": rows, "k": k, "adaptive": adaptive, "max_new_tokens": max_new_tokens,
+            "environment": environment(base)}  # speed ratios depend on the CPU: record it
