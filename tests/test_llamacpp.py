@@ -112,24 +112,23 @@ def test_export_rejects_bad_input(tmp_path):
 
 
 @pytest.mark.bundled
-def test_space_on_llamacpp_with_the_exported_adapter(tmp_path):
-    from polyverse.export import export_gguf
-    from polyverse.models.load import bundled_gguf
-
-    from polyverse.export import adapter_info
+def test_space_on_llamacpp_with_the_exported_adapter(tmp_path, llm):
+    from polyverse.export import ADAPTER_KEY, adapter_info, export_gguf
     from polyverse.methods.jacobi import trained_block
     from polyverse.methods.space import trained_k
+    from polyverse.models.load import bundled_gguf
 
     out = export_gguf(polyverse.load(adapter="space-gsm8k", progress=False), tmp_path / "space.gguf", "f16", bundled_gguf())
-    llm = polyverse.load(str(out), backend="llamacpp", progress=False)
+    spc = polyverse.load(str(out), backend="llamacpp", progress=False)
     # the adapter's polyverse.json travels in the GGUF: llama.cpp runs keep the trained defaults
-    assert adapter_info(bundled_gguf()) is None
-    assert adapter_info(out)["method"] == "space" and trained_k(llm, default=9) == 3
-    assert trained_block(llm, default=9) == 9  # a SPACE adapter says nothing about Jacobi's block
+    assert llm.backend.meta(ADAPTER_KEY) is None  # the bundled GGUF
+    assert adapter_info(spc.backend.meta(ADAPTER_KEY))["method"] == "space" and trained_k(spc, default=9) == 3
+    assert adapter_info("not json") is None and adapter_info("[1]") is None and adapter_info(None) is None
+    assert trained_block(spc, default=9) == 9  # a SPACE adapter says nothing about Jacobi's block
     for p in PROMPTS:
-        ref = llm.generate(p, method="ar", max_new_tokens=40)
+        ref = spc.generate(p, method="ar", max_new_tokens=40)
         for k in (1, 2):
-            got = llm.generate(p, method="space", options={"k": k}, max_new_tokens=40)
+            got = spc.generate(p, method="space", options={"k": k}, max_new_tokens=40)
             assert got.token_ids == ref.token_ids, (k, p)
 
 

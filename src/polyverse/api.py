@@ -233,7 +233,7 @@ def _load_llamacpp(name_or_path: str, adapter: str | None, progress: bool) -> Mo
     from pathlib import Path
 
     from .backends.llamacpp import LlamaCppBackend
-    from .export import adapter_info
+    from .export import ADAPTER_KEY, adapter_info
     from .models.load import BUNDLED_NAME, bundled_gguf, load_pretrained, resolve
 
     if adapter:
@@ -245,7 +245,7 @@ def _load_llamacpp(name_or_path: str, adapter: str | None, progress: bool) -> Mo
         raise ConfigError(f"the llama.cpp backend needs a .gguf file, got '{name}'")
     backend = LlamaCppBackend(gguf)  # fails clearly when llama-cpp-python is missing or the file is not a model
     hf_model, tokenizer = load_pretrained(resolve(name_or_path, progress=progress))
-    meta = adapter_info(gguf)  # an exported fine-tune: methods default to what it was trained for
+    meta = adapter_info(backend.meta(ADAPTER_KEY))  # an exported fine-tune: methods default to its training
     if meta:
         hf_model.polyverse_adapter = meta
     return Model(hf_model, tokenizer, f"{name}@llamacpp", backend=backend)

@@ -123,15 +123,10 @@ def export_gguf(model, out: Path, qtype: str = "f16", source: Path | None = None
     return out
 
 
-def adapter_info(path: Path) -> dict | None:
-    """The ``polyverse.json`` of the adapter merged into an exported GGUF, or None (a plain model)."""
-    import gguf
-
-    field = gguf.GGUFReader(str(path)).fields.get(ADAPTER_KEY)
-    if field is None:
-        return None
+def adapter_info(text: str | None) -> dict | None:
+    """The ``polyverse.json`` stored under ADAPTER_KEY in an exported GGUF (its text), or None."""
     try:
-        meta = json.loads(field.contents())
-    except (TypeError, ValueError):
+        meta = json.loads(text) if text else None
+    except ValueError:
         return None
     return meta if isinstance(meta, dict) else None

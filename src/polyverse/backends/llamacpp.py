@@ -94,6 +94,15 @@ class LlamaCppBackend:
         self._refeed: list[tuple[int, int]] = []  # accepted (token, position) to feed again before the next pass
         self._extra = 0  # tokens fed again at the start of the pending pass
 
+    def meta(self, key: str) -> str | None:
+        """A metadata value of the loaded GGUF as text, or None when the file has no such key."""
+        n = self.ll.llama_model_meta_val_str(self.model, key.encode(), None, 0)  # its length, or -1
+        if n < 0:
+            return None
+        buf = ctypes.create_string_buffer(n + 1)
+        self.ll.llama_model_meta_val_str(self.model, key.encode(), buf, n + 1)
+        return buf.value.decode("utf-8", errors="replace")
+
     @property
     def length(self) -> int:
         return self._committed
