@@ -192,6 +192,13 @@ def test_cli_fit_on_distilled_answers_records_the_block_that_jacobi_then_uses(ti
     doc = json.loads((tmp_path / "e.json").read_text())
     assert [r["id"] for r in doc["prompts"]] == ["q1", "q2"] and doc["block"] == 5
     assert doc["environment"]["cpu"] and doc["environment"]["threads"] >= 1  # speed ratios name their CPU
+    for device, msg in (("nonsense", "not a device name"), ("cuda:0", "no CUDA device here")):
+        if device.startswith("cuda") and torch.cuda.is_available():
+            continue
+        res = runner.invoke(app, ["train", "cllm", "eval", "--model", str(tiny_dir), "--adapter", str(tmp_path / "a"),
+                                  "--data", str(qs), "--limit", "1", "--device", device])
+        assert res.exit_code != 0 and msg in res.output, res.output
+        assert res.exception is None or isinstance(res.exception, SystemExit)
     for bad, msg in ((["--groups", "0"], "needs packed training"),
                      (["--groups", "2", "--trajectories", str(tmp_path)], "exactly one of"),
                      (["--groups", "2", "--refine", "2"], "refine must be in"),

@@ -49,3 +49,39 @@ def test_cli_writes_rows_and_rejects_bad_input(tiny_dir, tmp_path):
     res = runner.invoke(app, ["train", "distill", "--model", str(tiny_dir), "--data", str(tmp_path / "none.jsonl"),
                               "--out", str(out)])
     assert res.exit_code != 0 and "not found" in res.output
+
+
+def test_batched_answers_match_greedy_and_resume(tiny, tmp_path):
+    from polyverse.train.distill_batched import cut_answer, distill_batched, left_pad
+
+    ids, attention = left_pad([(5, 6), (7,)], 0)
+    assert ids.tolist() == [[5, 6], [0, 7]] and attention.tolist() == [[1, 1], [0, 1]]
+    assert cut_answer([4, 9, 2, 0], (2,)) == ([4, 9], "eos") and cut_answer([4, 9], (2,)) == ([4, 9], "length")
+    questions = [(f"q{i}", "what is " + "two " * i) for i in range(5)]  # prompts of different lengths: padding
+    out = tmp_path / "b.jsonl"
+    cfg = DistillConfig(max_new_tokens=10)
+    counts = distill_batched(tiny, questions[:3], out, cfg, batch=2)
+    assert counts["written"] == 3 and counts["skipped"] == 0
+    counts = distill_batched(tiny, questions, out, cfg, batch=4)
+    assert counts["written"] == 2 and counts["skipped"] == 3
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [q for q, _ in questions]
+    for row in rows:
+        ar = tiny.generate(row["prompt"], method="ar", max_new_tokens=10)
+        assert row["response"] == ar.text and row["finish"] == ar.finish_reason and row["batched"]
+    assert len(read_samples(out, tiny.tokenizer)) == 5
+
+
+def test_cli_batched_rejects_bad_options(tiny_dir, tmp_path):
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"question": "two plus two"}\n{"question": "three"}\n')
+    out = tmp_path / "d.jsonl"
+    res = runner.invoke(app, ["train", "distill", "--model", str(tiny_dir), "--data", str(data), "--out", str(out),
+                              "--batch", "2", "--max-new-tokens", "6"])
+    assert res.exit_code == 0, res.output
+    assert "2 answers written" in res.output
+    for bad, said in ((["--device", "cuda"], "needs --batch"), (["--batch", "-1"], "--batch"),
+                      (["--batch", "2", "--device", "nonsense"], "not a device")):
+        res = runner.invoke(app, ["train", "distill", "--model", str(tiny_dir), "--data", str(data),
+                                  "--out", str(tmp_path / "x.jsonl"), *bad])
+        assert res.exit_code != 0 and said in res.output and "Traceback" not in res.output, res.output

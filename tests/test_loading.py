@@ -53,3 +53,20 @@ def test_gguf_file_converted_once_then_cached(monkeypatch, tmp_path):
     assert loading.resolve(gguf, progress=False) == first
     m = polyverse.load(str(gguf), progress=False)
     assert m.hf_model.config.vocab_size == 49152
+
+
+def test_model_moves_to_a_device_and_decodes_there(tiny_dir):
+    import torch
+
+    from polyverse.errors import ConfigError
+
+    m = polyverse.load(str(tiny_dir), progress=False)
+    before = m.generate("Hello", method="jacobi", max_new_tokens=8, chat=False).token_ids
+    old_backend = m.backend
+    assert m.to("cpu") is m and m.backend is not old_backend  # a fresh backend over the moved weights
+    assert m.generate("Hello", method="jacobi", max_new_tokens=8, chat=False).token_ids == before
+    with pytest.raises(ConfigError, match="not a device name"):
+        m.to("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            m.to("cuda")

@@ -86,6 +86,23 @@ class Model:
             twin.backend = TransformersBackend(self.hf_model)
         return twin
 
+    def to(self, device: "str | torch.device") -> "Model":
+        """Move the weights to ``device`` (e.g. "cuda") and decode there from now on (transformers backend)."""
+        import torch
+
+        if self.backend_name != "transformers":
+            raise ConfigError("only the transformers backend can move to another device")
+        try:
+            where = torch.device(device)
+        except RuntimeError:
+            raise ConfigError(f"not a device name: {device!r}") from None
+        if where.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"{device}: no CUDA device here")
+        self.hf_model.to(where)
+        self.backend = TransformersBackend(self.hf_model)
+        self.resources.clear()  # cost curves and drafts belong to the old device
+        return self
+
     @property
     def max_length(self) -> int:
         return self.backend.max_length

@@ -41,8 +41,24 @@ def _question_rows(data: str, limit: int, offset: int = 0) -> list[tuple[str, An
     return out
 
 
+def _check_device(device: str) -> None:
+    """A clear error for a device name torch does not know, or CUDA asked for where there is none."""
+    import torch
+
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device: not a device name: {device!r}") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device here")
+
+
+DEVICE_OPTION = typer.Option("cpu", "--device", help="Where both models decode (cpu, cuda ...). Tokens per pass and "
+                             "agreement hold anywhere; the speed ratios are the device's own.")
+
+
 def _evaluate_adapter(model: str, adapter: str, data: str, limit: int, chat: Optional[bool], out: Optional[str],
-                      run: Callable[..., dict], offset: int = 0) -> dict:
+                      run: Callable[..., dict], offset: int = 0, device: str = "cpu") -> dict:
     """Load the base and the adapted model, run ``run(base, adapted, prompts, tick)`` over GSM8K-style
     questions with a progress bar, write the figures to ``out`` if given; bad input fails cleanly."""
     from pathlib import Path
@@ -51,8 +67,9 @@ def _evaluate_adapter(model: str, adapter: str, data: str, limit: int, chat: Opt
         rows = _question_rows(data or _gsm8k_default("gsm8k_test_dev.jsonl"), limit, offset)
         from .api import load
 
-        base = load(model)
-        adapted = load(model, adapter=adapter)
+        _check_device(device)
+        base = load(model).to(device)
+        adapted = load(model, adapter=adapter).to(device)
         prompts = [(pid, base.encode(p, chat), gold) for pid, p, gold in rows]
         with _progress() as bar:
             task = bar.add_task("eval", total=len(prompts))
@@ -77,25 +94,41 @@ def distill_cmd(
     offset: int = typer.Option(0, "--offset", help="Skip this many questions first."),
     method: str = typer.Option("auto", "--method", help="Lossless method used to decode (greedy output is the same)."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+    batch: int = typer.Option(0, "--batch", help="0: one question at a time through --method (exactly greedy); N: N "
+                              "questions per transformers `generate` call (for a GPU; greedy up to rounding)."),
+    device: str = typer.Option("cpu", "--device", help="With --batch: where the model runs (cpu, cuda, cuda:1 ...)."),
 ) -> None:
-    """Self-distillation data: the model's own greedy answers, as training data for SPACE fit."""
+    """Self-distillation data: the model's own greedy answers, as training data for SPACE and CLLM fit."""
     from pathlib import Path
 
     from .train.distill import DistillConfig, distill
+    from .train.distill_batched import distill_batched
 
     try:
         cfg = DistillConfig(max_new_tokens=max_new_tokens, method=method)
+        if batch < 0:
+            raise ConfigError(f"--batch must be 0 or more, got {batch}")
+        if device != "cpu" and not batch:
+            raise ConfigError("--device needs --batch (one-at-a-time distillation decodes on the CPU)")
+        if batch and backend != "transformers":
+            raise ConfigError("--batch needs --backend transformers")
         rows = _question_rows(data or _gsm8k_default("gsm8k_train.jsonl"), limit, offset)
         from .api import load
         from .registry import registry
 
+        _check_device(device)
         registry.get(method)  # an unknown method fails before the model loads
         lm = load(model, backend=backend)
+        if batch:
+            lm.to(device)
         questions = [(pid, p) for pid, p, _ in rows]
         with _progress() as bar:
             task = bar.add_task("distill", total=len(questions))
-            counts = distill(lm, questions, Path(out), cfg, chat,
-                             tick=lambda pid, why: bar.update(task, advance=1, description=f"question {pid}: {why}"))
+            tick = lambda pid, why: bar.update(task, advance=1, description=f"question {pid}: {why}")  # noqa: E731
+            if batch:
+                counts = distill_batched(lm, questions, Path(out), cfg, batch, chat, tick=tick)
+            else:
+                counts = distill(lm, questions, Path(out), cfg, chat, tick=tick)
     except PolyverseError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -229,6 +262,7 @@ def cllm_eval(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
     out: Optional[str] = typer.Option(None, "--out", help="Write every figure to this JSON file."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Accepted tokens per Jacobi pass and tokens/s before and after an adapter; output drift."""
     from .methods.jacobi import trained_block
@@ -237,7 +271,7 @@ def cllm_eval(
     doc = _evaluate_adapter(model, adapter, data, limit, chat, out,
                             lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts,
                                                                           block or trained_block(adapted), max_new_tokens, tick),
-                            offset)
+                            offset, device)
     s = doc["summary"]
     table = Table("figure", "before", "after")
     table.add_row("Jacobi block", str(doc["block"]), str(doc["block"]))
@@ -322,13 +356,14 @@ def space_eval(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
     out: Optional[str] = typer.Option(None, "--out", help="Write every figure to this JSON file."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+    device: str = DEVICE_OPTION,
 ) -> None:
     """Accepted tokens per pass and tokens/s of `space` against `generate` of the original model."""
     from .train.space.evaluate import evaluate
 
     doc = _evaluate_adapter(model, adapter, data, limit, chat, out,
                             lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts, k, max_new_tokens, tick, adaptive),
-                            offset)
+                            offset, device)
     s = doc["summary"]
     table = Table("figure", "value")
     table.add_row("accepted tokens per pass (mean)", f"{s['per_pass_mean']:.3f}")

@@ -49,7 +49,7 @@ class Contender:
 
 def hf_generate(model, ids: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0, **kwargs) -> Run:
     """transformers `generate` on the same weights; stops at EOS like polyverse does."""
-    inp = torch.tensor([list(ids)])  # [1, n]
+    inp = torch.tensor([list(ids)], device=model.hf_model.device)  # [1, n]
     if "assistant_model" in kwargs and hasattr(kwargs["assistant_model"], "hf_model"):
         kwargs["assistant_model"] = kwargs["assistant_model"].hf_model
     sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
