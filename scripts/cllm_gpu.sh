@@ -12,7 +12,7 @@
 #      A: AR : consistency 1 : 1, half the micro-batches refined on-policy; the branch 1 : 3, all refined
 #      B: 1 : 3 and all refined in both phases
 #      C: as A, LoRA rank 32
-# 3. Each adapter's figures on GSM8K dev questions 1-20 (`cllm eval` on the GPU: tokens per pass,
+# 3. Each adapter's figures on GSM8K dev questions 1-10 (`cllm eval` on the GPU: tokens per pass,
 #    agreement and accuracy are what counts there; the speed ratios are the CPU's to measure).
 # Every step is resumable; the adapters are packed as OUT/<name>.tar.
 set -u
@@ -35,7 +35,7 @@ LIMIT=${LIMIT:-7473}  # questions distilled
 DBATCH=${DBATCH:-512}  # questions per generate call
 FBATCH=${FBATCH:-16}  # samples per fit micro-batch
 SAVE=${SAVE:-25}  # checkpoint every N steps
-EVAL_N=${EVAL_N:-20}
+EVAL_N=${EVAL_N:-10}
 
 log "distill"
 timeout -s INT "$(left "$DISTILL_END")" $PV train distill --data "$DATA/gsm8k_train.jsonl" --limit "$LIMIT" --batch "$DBATCH" \
