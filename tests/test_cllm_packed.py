@@ -206,3 +206,16 @@ def test_cli_fit_on_distilled_answers_records_the_block_that_jacobi_then_uses(ti
         res = runner.invoke(app, args + ["--out", str(tmp_path / "b")] + bad)
         assert res.exit_code != 0 and msg in res.output, res.output
         assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_batches_are_built_on_one_thread_and_the_count_is_restored():
+    from polyverse.train.common import one_thread
+
+    before = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        with one_thread():
+            raise ValueError("a batch that fails")
+    assert torch.get_num_threads() == before

@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from polyverse.backends.transformers import TransformersBackend
 from polyverse.config import GenerationConfig
@@ -19,7 +21,7 @@ from polyverse.methods.space import (DEFAULT_K, SpaceConfig, SpaceProposer, best
 from polyverse.models.tiny import tiny_model
 from polyverse.registry import MethodContext
 from polyverse.train.space.data import (IGNORE, Sample, add_mask_token, collate, collate_packed, group_layout,
-                                       gsm8k_answer, pack, transform)
+                                       group_positions, gsm8k_answer, pack, transform)
 from polyverse.verify import Verdict
 
 M = 99  # the mask id used in the hand-made cases
@@ -276,6 +278,28 @@ def test_group_layout_hand_drawn():
     assert vis.int().tolist() == expected
     with pytest.raises(ConfigError):
         group_layout(3, [4], 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_real=st.integers(0, 12), k=st.integers(1, 4), data=st.data())
+def test_group_layout_matches_its_definition_cell_by_cell(n_real, k, data):
+    anchors = data.draw(st.lists(st.integers(0, n_real), max_size=5))
+    positions, vis = group_layout(n_real, anchors, k)
+    L = n_real + len(anchors) * k
+    assert positions == group_positions(n_real, anchors, k) and len(positions) == L and vis.shape == (L, L)
+
+    def sees(r, c):  # the docstring's rule, one cell at a time
+        if r < n_real:
+            return c <= r
+        g, j = divmod(r - n_real, k)
+        if c < n_real:
+            return c < anchors[g]
+        g2, j2 = divmod(c - n_real, k)
+        return g2 == g and j2 <= j
+
+    assert vis.tolist() == [[sees(r, c) for c in range(L)] for r in range(L)]
+    for g, a in enumerate(anchors):
+        assert positions[n_real + g * k: n_real + (g + 1) * k] == list(range(a, a + k))
 
 
 def test_pack_hand_made():

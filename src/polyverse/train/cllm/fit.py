@@ -132,7 +132,7 @@ def packed_losses(model, batch: dict[str, torch.Tensor], cfg: FitConfig) -> tupl
     b, _ = rows.nonzero(as_tuple=True)  # [R]
     student = logits[rows]  # [R, V]
     teacher = logits[b, batch["teacher"][rows]]  # [R, V]: the real rows of the same pass (detached in the loss)
-    cons = consistency_loss(student[None], teacher[None], torch.ones((1, student.shape[0]), dtype=torch.bool))
+    cons = consistency_loss(student[None], teacher[None], torch.ones((1, student.shape[0]), dtype=torch.bool, device=student.device))
     return ar, cons
 
 

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from ...errors import ConfigError
-from ..space.data import IGNORE, Sample, group_layout, open_groups
+from ..space.data import IGNORE, Sample, group_positions, open_groups
 from .collect import Trajectory
 
 
@@ -132,7 +132,7 @@ def pack(sample: JacobiSample, rng: random.Random, n: int, groups: int) -> Packe
         ids.extend(state)
         truth.extend(full[a + j] if a + j < n_real else IGNORE for j in range(n))
     anchors = tuple(a for a, _ in groups_list)
-    positions, _ = group_layout(n_real, anchors, n)
+    positions = group_positions(n_real, anchors, n)
     return PackedStates(tuple(ids), tuple(positions), tuple(truth), n_real, anchors, P)
 
 
@@ -147,7 +147,7 @@ def trained_rows(ids: torch.Tensor, truth: torch.Tensor, room: torch.Tensor) -> 
     n = ids.shape[-1]
     wrong = (ids != truth) & (truth != IGNORE)  # [G, n]
     seen = torch.cummax(wrong.int(), dim=-1).values.bool()  # [G, n]: a wrong token at or before j
-    inside = torch.arange(n)[None, :] + 1 < room[:, None]  # [G, n]
+    inside = torch.arange(n, device=ids.device)[None, :] + 1 < room[:, None]  # [G, n]
     return seen & inside
 
 
@@ -190,9 +190,9 @@ def label_rows(batch: dict[str, torch.Tensor], i: int, anchors: Sequence[int], n
         return
     ids = batch["input_ids"][i, s : s + G * n].view(G, n)
     truth = batch["truth"][i, s : s + G * n].view(G, n)
-    anc = torch.tensor(anchors, dtype=torch.long)  # [G]
+    anc = torch.tensor(anchors, dtype=torch.long, device=ids.device)  # [G]
     rows = trained_rows(ids, truth, s - anc)  # [G, n]
-    a = anc[:, None] + torch.arange(n)[None, :]  # [G, n]: teacher row a + j
+    a = anc[:, None] + torch.arange(n, device=ids.device)[None, :]  # [G, n]: teacher row a + j
     batch["teacher"][i, s : s + G * n] = torch.where(rows, a, torch.full_like(a, -1)).view(-1)
 
 
@@ -207,6 +207,6 @@ def refine(batch: dict[str, torch.Tensor], logits: torch.Tensor, n: int) -> None
             continue
         s, G = int(batch["n_real"][i]), len(anchors)
         block = pred[i, s : s + G * n].view(G, n)  # [G, n]
-        first = pred[i, torch.tensor(anchors) - 1][:, None]  # [G, 1]
+        first = pred[i, torch.tensor(anchors, device=pred.device) - 1][:, None]  # [G, 1]
         batch["input_ids"][i, s : s + G * n] = torch.cat([first, block[:, :-1]], dim=-1).reshape(-1)
         label_rows(batch, i, anchors, n)

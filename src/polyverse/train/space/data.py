@@ -67,27 +67,35 @@ class Packed:
     anchors: tuple[int, ...]  # index (among the real tokens) each group's first mask stands for
 
 
+def group_positions(n_real: int, anchors: Sequence[int], k: int) -> list[int]:
+    """Positions [L] of ``group_layout``: the real tokens in order, then a .. a + k - 1 per anchor a."""
+    for a in anchors:
+        if not 0 <= a <= n_real:
+            raise ConfigError(f"group anchor {a} is outside 0..{n_real}")
+    return list(range(n_real)) + [a + j for a in anchors for j in range(k)]
+
+
 def group_layout(n_real: int, anchors: Sequence[int], k: int) -> tuple[list[int], torch.Tensor]:
     """Positions [L] and visibility [L, L] (row sees column) of n_real real tokens followed by one
     group of k masks per anchor; the group at anchor a stands at positions a .. a + k - 1 and sees
     the real tokens before a and its own earlier masks. Real tokens are causal among themselves.
 
+    Built with a few whole-matrix comparisons (a training step builds one per sample: a loop of small
+    tensor ops per group cost milliseconds each on a busy many-threaded machine).
+
     Example: n_real 3, anchors (1,), k 2 -> positions (0, 1, 2, 1, 2); row 3 sees columns 0, 3;
     row 4 sees 0, 3, 4.
     """
-    L = n_real + len(anchors) * k
-    vis = torch.zeros((L, L), dtype=torch.bool)
-    vis[:n_real, :n_real] = torch.tril(torch.ones((n_real, n_real), dtype=torch.bool))
-    positions = list(range(n_real))
-    for g, a in enumerate(anchors):
-        if not 0 <= a <= n_real:
-            raise ConfigError(f"group anchor {a} is outside 0..{n_real}")
-        start = n_real + g * k
-        rows = slice(start, start + k)
-        vis[rows, :a] = True
-        vis[rows, rows] = torch.tril(torch.ones((k, k), dtype=torch.bool))
-        positions.extend(range(a, a + k))
-    return positions, vis
+    positions = group_positions(n_real, anchors, k)
+    L = len(positions)
+    idx = torch.arange(L)  # [L]
+    is_group = idx >= n_real  # [L]
+    group = torch.where(is_group, (idx - n_real) // k, -1)  # [L]: the group a row belongs to, -1 for real rows
+    anchor = torch.tensor([0, *anchors], dtype=torch.long)[group + 1]  # [L]
+    real_limit = torch.where(is_group, anchor, idx + 1)  # [L]: a row sees real columns below this
+    sees_real = (idx[None, :] < n_real) & (idx[None, :] < real_limit[:, None])  # [L, L]
+    same_group = is_group[:, None] & (group[:, None] == group[None, :]) & (idx[None, :] <= idx[:, None])  # [L, L]
+    return positions, sees_real | same_group
 
 
 def pack(sample: Sample, rng: random.Random, k: int, groups: int, mask_id: int) -> Packed:
@@ -102,7 +110,7 @@ def pack(sample: Sample, rng: random.Random, k: int, groups: int, mask_id: int) 
     for c in cuts:
         targets.extend(resp[c + j + 1] if c + j + 1 < n else IGNORE for j in range(k))
     anchors = tuple(len(prompt) + c for c in cuts)
-    positions, _ = group_layout(len(prompt) + n, anchors, k)
+    positions = group_positions(len(prompt) + n, anchors, k)
     return Packed(tuple(ids), tuple(targets), tuple(positions), len(prompt) + n, anchors)
 
 
