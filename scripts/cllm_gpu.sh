@@ -15,7 +15,13 @@
 # 3. Each adapter's figures on GSM8K dev questions 1-10 (`cllm eval` on the GPU: tokens per pass,
 #    agreement and accuracy are what counts there; the speed ratios are the CPU's to measure).
 # Every step is resumable; the adapters are packed as OUT/<name>.tar.
+#
+# First run (2026-12-04, H200): the distillation took 132 s for 7473 answers (4492 cut at 168 tokens).
+# The fits then failed on a cuda/cpu mismatch (fixed since), and on the retry each fit ran only 12 steps
+# in 270 s: small tensor ops of the batch building on 16 threads per process, three processes on
+# 16 cores (batches are built on one thread since). Check the step rate in the first minute.
 set -u
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}  # three fits share the machine's cores
 OUT=${1:?usage: cllm_gpu.sh OUT [polyverse command]}
 PV=${2:-polyverse}
 W=${W:-/tmp/cllm-gpu}
