@@ -2,10 +2,12 @@
 
 No model files are forked and nothing in transformers is patched: the model receives
 ``attention_mask`` [1, 1, q, kv] and ``position_ids`` [1, q] through its public forward, and the
-cache is trimmed through the cache layers' own tensors. On CPU in float32 the pass's linear layers
-and the LM head of a model of real size run on oneDNN-packed copies of the weights (``packed``,
-scoped to the pass); otherwise passes of 2 to 4 tokens run under ``few_rows.FewRowLinear``.
-Multi-token passes on CPU read grouped key/value heads without copying the cache (``gqa``).
+cache is trimmed through the cache layers' own methods; its full-attention layers grow in place
+(``kv.GrowingLayer``) instead of concatenating the whole cache on every pass. On CPU in float32
+the pass's linear layers and the LM head of a model of real size run on oneDNN-packed copies of
+the weights (``packed``, scoped to the pass); otherwise passes of 2 to 4 tokens run under
+``few_rows.FewRowLinear``. Multi-token passes on CPU read grouped key/value heads without copying
+the cache (``gqa``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from contextlib import nullcontext
 from typing import Sequence
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from ..layout import Feed, additive_mask, is_plain_chain
 from ..logits import LazyLogits, Projection, eager
 from . import few_rows, gqa, packed
+from .kv import GrowingLayer, growing_cache
 
 
 def cache_kwarg(module) -> str:
@@ -39,7 +42,7 @@ class TransformersBackend:
         self.max_length = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
-        self.cache = DynamicCache(config=model.config)
+        self.cache = growing_cache(model.config, self.max_length)
         self._committed = 0
         self._pending = 0
         self._cells: torch.Tensor | None = None  # [S, committed + pending] bool: cell c in sequence s; None = all in 0
@@ -158,9 +161,15 @@ class TransformersBackend:
         else:
             if any(not 0 <= k < n for k in keep) or keep != sorted(set(keep)):
                 raise ValueError(f"commit indices must be ascending feed indices below {n}: {keep}")
-            idx = torch.tensor([self._committed + k for k in keep], device=self.device)
-            index = torch.cat([torch.arange(self._committed, device=self.device), idx])
+            picks = torch.tensor(keep, dtype=torch.long, device=self.device)  # [len(keep)] feed indices
+            index = None
             for layer in self.cache.layers:
+                if isinstance(layer, GrowingLayer):
+                    if layer.is_initialized:
+                        layer.keep(self._committed, picks)  # in place, after the committed entries
+                    continue
+                if index is None:  # other layer types: rebuilt, committed entries + the kept ones
+                    index = torch.cat([torch.arange(self._committed, device=self.device), picks + self._committed])
                 layer.keys = layer.keys.index_select(-2, index)
                 layer.values = layer.values.index_select(-2, index)
         self._committed += len(keep)
@@ -179,12 +188,12 @@ class TransformersBackend:
 
     def fork(self) -> "TransformersBackend":
         other = copy.copy(self)
-        other.cache = copy.deepcopy(self.cache)
+        other.cache = copy.deepcopy(self.cache)  # growing layers copy their used entries into buffers of their own
         other._cells = None if self._cells is None else self._cells.clone()
         return other
 
     def reset(self) -> None:
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache = growing_cache(self.model.config, self.max_length)
         self._committed = 0
         self._pending = 0
         self._cells = None
