@@ -235,3 +235,31 @@ def test_cache_goes_under_the_name_this_transformers_takes(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         be.forward(chain_feed([5, 17, 42], 0), logits_for=[2])  # no deprecation warning from the cache argument
+
+
+def test_the_loop_asks_for_every_row_at_once_when_the_proposer_reads_them_all(model):
+    from polyverse.config import GenerationConfig
+    from polyverse.loop import decode
+    from polyverse.methods.ar import ARProposer
+    from polyverse.methods.jacobi import JacobiConfig, JacobiProposer
+
+    class Spy(TransformersBackend):
+        asked: list
+
+        def forward(self, feed, logits_for=None):
+            self.asked.append((len(feed), None if logits_for is None else list(logits_for)))
+            return super().forward(feed, logits_for)
+
+    cfg = GenerationConfig(max_new_tokens=12)
+    runs = {}
+    for name, proposer in (("jacobi", JacobiProposer(JacobiConfig(block=4))), ("ar", ARProposer())):
+        be = Spy(model)
+        be.asked = []
+        runs[name] = [t for step in decode(be, proposer, [1, 2, 3], cfg) for t in step.tokens]
+        passes = be.asked[1:]  # the first feeds the prompt, no rows
+        assert passes and be.asked[0][1] == []
+        if name == "jacobi":
+            assert all(rows == list(range(q)) for q, rows in passes)  # one head product over every row
+        else:
+            assert all(rows is None for _, rows in passes)  # lazily, as before
+    assert runs["jacobi"] == runs["ar"]  # still greedy

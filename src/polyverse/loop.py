@@ -58,6 +58,10 @@ class Proposer(Protocol):
     def observe(self, obs: Observation) -> None:
         """Update proposer state from the step's outcome."""
 
+    # Optional: a proposer whose ``observe`` reads every logits row (Jacobi's update) sets
+    # ``reads_every_row = True``; the loop then asks the backend for all rows in one LM-head product
+    # instead of lazily (rows 0-1, then the rest: two products for what one does).
+
 
 def decode(
     backend: Backend,
@@ -90,7 +94,8 @@ def decode(
         draft = proposer.propose(tuple(context))
         if draft and max(draft.depths()) > room - 1:
             draft = draft.pruned(room - 1)
-        logits = backend.forward(draft_feed(context[-1], pos, draft))  # [1 + n, V]
+        every = range(len(draft) + 1) if getattr(proposer, "reads_every_row", False) else None
+        logits = backend.forward(draft_feed(context[-1], pos, draft), logits_for=every)  # [1 + n, V]
         verdict = verify(draft, logits, config.sampling, gen)
         backend.commit([0] + [i + 1 for i in verdict.accepted])
         tokens = list(verdict.tokens)

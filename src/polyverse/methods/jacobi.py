@@ -31,6 +31,8 @@ class JacobiConfig:
 
 
 class JacobiProposer:
+    reads_every_row = True  # observe takes the argmax of every row after the accepted ones: one head product
+
     def __init__(self, config: JacobiConfig) -> None:
         self.n = config.block if config.block is not None else DEFAULT_BLOCK
         self.guess: list[int] = []
