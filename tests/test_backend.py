@@ -97,10 +97,12 @@ def test_few_row_linear_equals_linear(rows):
 
 
 @pytest.mark.parametrize("draft_len", [1, 2, 3])
-def test_small_passes_match_a_full_forward(model, draft_len):
-    # passes of 2 to 4 tokens run under FewRowLinear: their logits must still be the model's
-    from polyverse.backends import few_rows
+def test_small_passes_match_a_full_forward(model, draft_len, monkeypatch):
+    # passes of 2 to 4 tokens run under FewRowLinear (where the CPU is not MKL's own, as on AMD):
+    # their logits must still be the model's
+    from polyverse.backends import cpu, few_rows
 
+    monkeypatch.setattr(cpu, "mkl_tuned", lambda path=cpu.SYSTEM: False)
     assert few_rows.wanted(draft_len + 1, torch.device("cpu"))
     be = TransformersBackend(model)
     ctx = [5, 17, 42, 8, 9, 33]
@@ -263,3 +265,21 @@ def test_the_loop_asks_for_every_row_at_once_when_the_proposer_reads_them_all(mo
         else:
             assert all(rows is None for _, rows in passes)  # lazily, as before
     assert runs["jacobi"] == runs["ar"]  # still greedy
+
+
+def test_cpu_vendor_decides_the_product_path(tmp_path, monkeypatch):
+    from polyverse.backends import cpu, few_rows
+
+    intel = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f amx_int8\n\nprocessor\t: 1\nvendor_id\t: Other\n"
+    assert cpu.parse(intel) == ("GenuineIntel", frozenset({"fpu", "avx512f", "amx_int8"}))
+    assert cpu.parse("nothing here") == ("", frozenset())
+    (tmp_path / "intel").write_text(intel)
+    (tmp_path / "amd").write_text("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2\n")
+    assert cpu.cpuinfo(str(tmp_path / "amd")) == ("AuthenticAMD", frozenset({"fpu", "avx2"}))
+    assert cpu.cpuinfo(str(tmp_path / "missing")) == ("", frozenset())
+    assert cpu.mkl_tuned(str(tmp_path / "intel")) == torch.backends.mkl.is_available()
+    assert not cpu.mkl_tuned(str(tmp_path / "amd"))
+    for tuned in (True, False):  # Intel: stock products; elsewhere the swapped few-row product
+        monkeypatch.setattr(cpu, "mkl_tuned", lambda path=cpu.SYSTEM, tuned=tuned: tuned)
+        assert few_rows.wanted(3, torch.device("cpu")) is (not tuned)
+        assert not few_rows.wanted(1, torch.device("cpu")) and not few_rows.wanted(9, torch.device("cpu"))

@@ -76,11 +76,17 @@ def test_projection_follows_weight_updates():
     assert torch.allclose(proj(h), head(h).detach(), atol=1e-6)
 
 
+@pytest.mark.parametrize("tuned", [False, True])  # weight @ hidden.T (AMD) or the stock head (Intel's MKL)
 @pytest.mark.parametrize("rows", [1, 2, 5, 9])
-def test_projection_matches_the_head_for_any_row_count(rows):
+def test_projection_matches_the_head_for_any_row_count(rows, tuned, monkeypatch):
+    from polyverse.backends import cpu
+
+    monkeypatch.setattr(cpu, "mkl_tuned", lambda path=cpu.SYSTEM: tuned)
     torch.manual_seed(rows)
     head = torch.nn.Linear(12, 40, bias=False)
     h = torch.randn(rows, 12)
-    out = Projection(head)(h)
+    proj = Projection(head)
+    assert proj.fast is (not tuned)
+    out = proj(h)
     assert out.shape == (rows, 40) and out.is_contiguous() and out.dtype == torch.float32
     assert torch.allclose(out, head(h).detach(), atol=1e-5)

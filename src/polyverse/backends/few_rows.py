@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from . import cpu
+
 ROWS = range(2, 5)  # rows per product for which the swapped product is used
 
 
@@ -40,5 +42,6 @@ class FewRowLinear(TorchFunctionMode):
 
 
 def wanted(q: int, device: torch.device) -> bool:
-    """Whether a pass feeding q tokens on ``device`` should run under FewRowLinear."""
-    return device.type == "cpu" and q in ROWS
+    """Whether a pass feeding q tokens on ``device`` should run under FewRowLinear: on CPU, and not
+    where torch's products are MKL's kernels for the CPU (there the swap is 2x slower, ``cpu``)."""
+    return device.type == "cpu" and q in ROWS and not cpu.mkl_tuned()

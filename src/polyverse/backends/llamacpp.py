@@ -30,6 +30,7 @@ import torch
 
 from ..errors import ConfigError
 from ..layout import Feed
+from . import cpu
 
 MAX_SEQS = 64
 
@@ -43,10 +44,7 @@ def _lib():
 
 
 def _cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    try:
-        return "amx_int8" in Path(cpuinfo).read_text()
-    except OSError:
-        return False
+    return "amx_int8" in cpu.cpuinfo(cpuinfo)[1]
 
 
 class LlamaCppBackend:

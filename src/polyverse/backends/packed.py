@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from . import cpu
+
 BATCH_HINT = 16  # rows per product the packed layout is tuned for (measured: 1 to 32 all gain)
 # below this many parameters the mode's per-call cost outweighs the products it speeds up (a toy
 # model of the tests decoded at half the speed with packed weights)
@@ -38,9 +40,11 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def worth_it(model: torch.nn.Module) -> bool:
-    """Whether a model's passes should run on packed weights: it can, and it is large enough to gain."""
+    """Whether a model's passes should run on packed weights: it can, it is large enough to gain, and
+    torch's own products are not MKL's kernels for this CPU (``cpu.mkl_tuned``: Intel CPUs)."""
     first = next(model.parameters())
-    return available(first.device, first.dtype) and sum(p.numel() for p in model.parameters()) >= MIN_PARAMS
+    return (available(first.device, first.dtype) and sum(p.numel() for p in model.parameters()) >= MIN_PARAMS
+            and not cpu.mkl_tuned())
 
 
 class PackedWeights:
