@@ -65,6 +65,19 @@ class Stream:
         return self._holder["generation"]
 
 
+def parse_device(device: "str | torch.device") -> "torch.device":
+    """A torch device, or a clear error for a name torch does not know or CUDA where there is none."""
+    import torch
+
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"not a device name: {device!r}") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{device}: no CUDA device here")
+    return where
+
+
 class Model:
     def __init__(self, hf_model, tokenizer, name: str, backend=None) -> None:
         self.hf_model = hf_model  # the transformers model (tokenizer side, peers; not decoded when backend is llama.cpp)
@@ -88,17 +101,9 @@ class Model:
 
     def to(self, device: "str | torch.device") -> "Model":
         """Move the weights to ``device`` (e.g. "cuda") and decode there from now on (transformers backend)."""
-        import torch
-
         if self.backend_name != "transformers":
             raise ConfigError("only the transformers backend can move to another device")
-        try:
-            where = torch.device(device)
-        except RuntimeError:
-            raise ConfigError(f"not a device name: {device!r}") from None
-        if where.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"{device}: no CUDA device here")
-        self.hf_model.to(where)
+        self.hf_model.to(parse_device(device))
         self.backend = TransformersBackend(self.hf_model)
         self.resources.clear()  # cost curves and drafts belong to the old device
         return self

@@ -43,14 +43,12 @@ def _question_rows(data: str, limit: int, offset: int = 0) -> list[tuple[str, An
 
 def _check_device(device: str) -> None:
     """A clear error for a device name torch does not know, or CUDA asked for where there is none."""
-    import torch
+    from .api import parse_device
 
     try:
-        where = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device: not a device name: {device!r}") from None
-    if where.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA device here")
+        parse_device(device)
+    except ConfigError as exc:
+        raise ConfigError(f"--device: {exc}") from None
 
 
 DEVICE_OPTION = typer.Option("cpu", "--device", help="Where both models decode (cpu, cuda ...). Tokens per pass and "
