@@ -90,3 +90,19 @@ def test_projection_matches_the_head_for_any_row_count(rows, tuned, monkeypatch)
     out = proj(h)
     assert out.shape == (rows, 40) and out.is_contiguous() and out.dtype == torch.float32
     assert torch.allclose(out, head(h).detach(), atol=1e-5)
+
+
+def test_a_packed_head_is_used_on_any_cpu_when_asked(monkeypatch):
+    from polyverse.backends import cpu, packed
+
+    if not packed.available(torch.device("cpu"), torch.float32):
+        pytest.skip("this torch has no oneDNN packed products")
+    torch.manual_seed(0)
+    head = torch.nn.Linear(12, 40, bias=False)
+    h = torch.randn(3, 12)
+    for tuned in (True, False):  # the vendor rule picks the unpacked product, not whether a store asked for is used
+        monkeypatch.setattr(cpu, "mkl_tuned", lambda path=cpu.SYSTEM, tuned=tuned: tuned)
+        store = packed.PackedWeights()
+        with torch.inference_mode():  # as in a pass
+            out = Projection(head, store)(h)
+        assert len(store) == 1 and torch.allclose(out, head(h).detach(), atol=1e-5)

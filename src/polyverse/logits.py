@@ -95,15 +95,15 @@ class Projection:
     def __init__(self, head: torch.nn.Module, packed=None) -> None:
         self.head = head
         self.packed = packed
-        weight = getattr(head, "weight", None)
-        self.fast = (isinstance(head, torch.nn.Linear) and head.bias is None and weight.device.type == "cpu"
-                     and not cpu.mkl_tuned())
+        self.plain = isinstance(head, torch.nn.Linear) and head.bias is None
+        # weight @ hidden.T instead of linear: on CPU, where torch's products are not MKL's own kernels
+        self.fast = self.plain and head.weight.device.type == "cpu" and not cpu.mkl_tuned()
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and self.plain and self.packed.eligible(hidden, self.head.weight, None):
+            return self.packed.linear(hidden, self.head.weight).float()  # [m, V]: asked for, on any CPU
         if not self.fast:
             return self.head(hidden).float()
-        if self.packed is not None and self.packed.eligible(hidden, self.head.weight, None):
-            return self.packed.linear(hidden, self.head.weight).float()  # [m, V]
         m = hidden.shape[0]
         if m == 1:
             hidden = torch.cat([hidden, hidden])  # real rows: a stride-0 expand takes a slow path

@@ -60,5 +60,15 @@ def cpuinfo(path: str = SYSTEM) -> tuple[str, frozenset[str]]:
 
 def mkl_tuned(path: str = SYSTEM) -> bool:
     """Whether torch's CPU products run on MKL kernels made for this CPU (an Intel one): then the
-    stock ``linear`` is the fastest product and the backend's replacements stay off."""
-    return cpuinfo(path)[0] == "GenuineIntel" and torch.backends.mkl.is_available()
+    stock ``linear`` is the fastest product and the backend's replacements stay off. This machine's
+    answer is computed once (it is asked on every pass of 2 to 4 tokens)."""
+    return _system_mkl_tuned() if path == SYSTEM else _mkl_tuned(cpuinfo(path)[0])
+
+
+def _mkl_tuned(vendor: str) -> bool:
+    return vendor == "GenuineIntel" and torch.backends.mkl.is_available()
+
+
+@lru_cache(maxsize=1)
+def _system_mkl_tuned() -> bool:
+    return _mkl_tuned(_system()[0])

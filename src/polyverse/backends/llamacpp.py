@@ -43,7 +43,7 @@ def _lib():
     return llama_cpp
 
 
-def _cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+def _cpu_has_amx(cpuinfo: str = cpu.SYSTEM) -> bool:
     return "amx_int8" in cpu.cpuinfo(cpuinfo)[1]
 
 
