@@ -81,30 +81,29 @@ def test_truncate_and_fork(model):
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7])
-def test_few_row_linear_equals_linear(rows):
-    from polyverse.backends.few_rows import FewRowLinear
+def test_few_row_products_equal_linear(rows):
+    from polyverse.backends.few_rows import FewRows
 
     torch.manual_seed(rows)
     x = torch.randn(1, rows, 24)
     w = torch.randn(40, 24)
     b = torch.randn(40)
-    with FewRowLinear():
-        out = torch.nn.functional.linear(x, w)  # [1, rows, 40]
-        with_bias = torch.nn.functional.linear(x, w, b)  # bias: stock path
+    store = FewRows()
+    out = store.linear(x, w)  # [1, rows, 40]
     assert out.shape == (1, rows, 40) and out.is_contiguous()
     assert torch.allclose(out, x @ w.t(), atol=1e-5)
-    assert torch.allclose(with_bias, x @ w.t() + b, atol=1e-5)
+    assert store.eligible(x, w, None) and not store.eligible(x, w, b)  # a bias: stock path
 
 
 @pytest.mark.parametrize("draft_len", [1, 2, 3])
 def test_small_passes_match_a_full_forward(model, draft_len, monkeypatch):
-    # passes of 2 to 4 tokens run under FewRowLinear (where the CPU is not MKL's own, as on AMD):
+    # passes of 2 to 4 tokens run through FewRows (where the CPU is not MKL's own, as on AMD):
     # their logits must still be the model's
     from polyverse.backends import cpu, few_rows
 
     monkeypatch.setattr(cpu, "mkl_tuned", lambda path=cpu.SYSTEM: False)
     assert few_rows.wanted(draft_len + 1, torch.device("cpu"))
-    be = TransformersBackend(model)
+    be = TransformersBackend(model, row_kernel=False)
     ctx = [5, 17, 42, 8, 9, 33]
     be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
     be.commit(range(len(ctx) - 1))
@@ -116,33 +115,30 @@ def test_small_passes_match_a_full_forward(model, draft_len, monkeypatch):
 
 @pytest.mark.parametrize("rows", [1, 3, 16])
 def test_packed_linear_equals_linear(rows):
-    from polyverse.backends import packed
+    from polyverse.backends import packed, route
 
     if not packed.available(torch.device("cpu"), torch.float32):
         pytest.skip("this torch has no oneDNN packed products")
     torch.manual_seed(rows)
     x = torch.randn(1, rows, 24)
-    w = torch.randn(40, 24)
-    b = torch.randn(40)
+    layer = torch.nn.Linear(24, 40)
+    w, b = layer.weight, layer.bias
     store = packed.PackedWeights()
-    with torch.inference_mode(), packed.PackedLinear(store):
-        out = torch.nn.functional.linear(x, w)  # [1, rows, 40]
-        with_bias = torch.nn.functional.linear(x, w, b)
+    with torch.inference_mode():
+        out = store.linear(x, w)  # [1, rows, 40]
+        with route.through(layer, store):
+            with_bias = layer(x)  # routed through the store
     assert out.shape == (1, rows, 40)
     assert torch.allclose(out, x @ w.t(), atol=1e-5)
     assert torch.allclose(with_bias, x @ w.t() + b, atol=1e-5)
     assert len(store) == 1  # one weight, packed once
     with torch.no_grad():
         w.mul_(2.0)  # changed in place: packed again on its next use
-    with torch.inference_mode(), packed.PackedLinear(store):
-        again = torch.nn.functional.linear(x, w)
+    with torch.inference_mode():
+        again = store.linear(x, w)
     assert torch.allclose(again, x @ w.t(), atol=1e-5)
     # with autograd on, the stock path runs (training never sees packed weights)
-    wg = w.clone().requires_grad_(True)
-    with packed.PackedLinear(store):
-        y = torch.nn.functional.linear(x, wg)
-    y.sum().backward()
-    assert wg.grad is not None
+    assert not store.eligible(x, w, b)
 
 
 @pytest.mark.parametrize("draft_len", [0, 5, 15])
@@ -154,6 +150,7 @@ def test_packed_passes_match_a_full_forward(model, draft_len):
         pytest.skip("this torch has no oneDNN packed products")
     assert not packed.worth_it(model)  # a toy model: not packed unless asked
     be = TransformersBackend(model, packed_weights=True)
+    assert isinstance(be._packed, packed.PackedWeights)
     ctx = [5, 17, 42, 8, 9, 33]
     be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
     be.commit(range(len(ctx) - 1))

@@ -20,7 +20,8 @@ from .draft import Draft
 from .layout import chain_feed, draft_feed
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-VERSION = 8  # bumped when the pass itself changes (v6: W @ x.T products; v7: oneDNN-packed weights; v8: direct GQA)
+VERSION = 9  # bumped when the pass itself changes (v6: W @ x.T products; v7: oneDNN-packed weights; v8: direct GQA;
+# v9: the AVX-512 row kernel)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ that feeds 16 tokens then costs not much more than one that feeds 1, which is th
 parallel method lives in.
 
 The packed copies live in a ``PackedWeights`` store owned by the backend (one per set of
-weights, shared by its forks and sessions); the switch is a ``TorchFunctionMode`` entered only
-around the backend's own passes, so the model's modules are not changed and its other users
-(the transformers peers in ``polyverse bench``, training) run the stock path. A weight changed
+weights, shared by its forks and sessions); the backend routes only its own passes through it
+(``route.through``), so the model's other users (the transformers peers in ``polyverse bench``,
+training) run the stock path. A weight changed
 in place (its version counter moves) is packed again on its next use. Toy models (the tests'
 random ones) stay on the stock path: there the mode's per-call cost outweighs the gain.
 """
@@ -22,8 +22,6 @@ from __future__ import annotations
 import weakref
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from . import cpu
 
@@ -77,20 +75,3 @@ class PackedWeights:
     def eligible(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
         return (weight.dim() == 2 and x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype
                 and (bias is None or bias.dtype == torch.float32) and not torch.is_grad_enabled())
-
-
-class PackedLinear(TorchFunctionMode):
-    """Within this mode, eligible ``F.linear`` calls (float32, CPU, no autograd) use ``store``."""
-
-    def __init__(self, store: PackedWeights) -> None:
-        super().__init__()
-        self.store = store
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        # every torch call of the pass comes through here: keep the path of the others short
-        if func is F.linear:
-            x, weight = args[0], args[1]
-            bias = args[2] if len(args) > 2 else (kwargs or {}).get("bias")
-            if self.store.eligible(x, weight, bias):
-                return self.store.linear(x, weight, bias)
-        return func(*args, **(kwargs or {}))

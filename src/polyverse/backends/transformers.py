@@ -4,9 +4,11 @@ No model files are forked and nothing in transformers is patched: the model rece
 ``attention_mask`` [1, 1, q, kv] and ``position_ids`` [1, q] through its public forward, and the
 cache is trimmed through the cache layers' own methods; its full-attention layers grow in place
 (``kv.GrowingLayer``) instead of concatenating the whole cache on every pass. On CPU in float32
-the pass's linear layers and the LM head of a model of real size run on oneDNN-packed copies of
-the weights (``packed``, scoped to the pass); otherwise passes of 2 to 4 tokens run under
-``few_rows.FewRowLinear``. Multi-token passes on CPU read grouped key/value heads without copying
+the pass's linear layers and the LM head of a model of real size run on panel-packed copies of
+the weights through the AVX-512 row kernel (``rows``) or, without it, on oneDNN-packed copies
+(``packed``), both scoped to the pass; otherwise passes of 2 to 4 tokens run under
+``few_rows.FewRows``; the model's linear layers are routed through these stores only inside
+the backend's passes (``route``). Multi-token passes on CPU read grouped key/value heads without copying
 the cache (``gqa``).
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -22,7 +23,7 @@ from transformers import PreTrainedModel
 
 from ..layout import Feed, additive_mask, is_plain_chain
 from ..logits import LazyLogits, Projection, eager
-from . import few_rows, gqa, packed
+from . import few_rows, gqa, packed, route, rows
 from .kv import GrowingLayer, growing_cache
 
 
@@ -33,9 +34,12 @@ def cache_kwarg(module) -> str:
 
 
 class TransformersBackend:
-    def __init__(self, model: PreTrainedModel, packed_weights: bool | None = None) -> None:
-        """``packed_weights``: run the passes on oneDNN-packed weights; None = where it pays
-        (``packed.worth_it``: CPU, float32, oneDNN present, a model of 10M parameters or more)."""
+    def __init__(self, model: PreTrainedModel, packed_weights: bool | None = None,
+                 row_kernel: bool | None = None) -> None:
+        """``row_kernel``: run the passes' products on the AVX-512 row kernel; None = where it pays
+        (``rows.worth_it``: float32 on an AVX-512 CPU, 10M parameters or more, the kernel builds)
+        unless oneDNN was asked for. ``packed_weights``: otherwise run them on oneDNN-packed weights;
+        None = where it pays (``packed.worth_it``)."""
         self.model = model
         cfg = model.config.get_text_config(decoder=True)
         self.vocab_size = int(cfg.vocab_size)
@@ -50,12 +54,8 @@ class TransformersBackend:
         base = getattr(model, getattr(model, "base_model_prefix", ""), None)
         head = model.get_output_embeddings()
         plain = getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
-        # packed weights (None: this torch or dtype has no oneDNN path); shared by forks and sessions
-        if packed_weights is None:
-            packed_weights = packed.worth_it(model)
-        elif packed_weights and not packed.available(self.device, self.dtype):
-            raise ValueError("packed weights need float32 weights on CPU and a torch with oneDNN")
-        self._packed = packed.PackedWeights() if packed_weights else None
+        # the store of packed weights the pass's products use (None: stock); shared by forks and sessions
+        self._packed = self._store(model, packed_weights, row_kernel)
         self._split = (base, Projection(head, self._packed)) if base is not None and head is not None and plain else None
         self._cache_key = cache_kwarg(model)
         self._base_cache_key = cache_kwarg(base) if self._split is not None else self._cache_key
@@ -106,11 +106,24 @@ class TransformersBackend:
         logits = out.logits[0].float()  # [len(logits_for) or q, V]
         return eager(logits) if logits_for is None else logits
 
+    def _store(self, model: PreTrainedModel, packed_weights: bool | None, row_kernel: bool | None):
+        if row_kernel is None:
+            row_kernel = packed_weights is not True and rows.worth_it(model)
+        elif row_kernel and not rows.available(self.device, self.dtype):
+            raise ValueError("the row kernel needs float32 weights on an AVX-512 CPU and a C++ compiler")
+        if row_kernel:
+            return rows.RowWeights()
+        if packed_weights is None:
+            packed_weights = packed.worth_it(model)
+        elif packed_weights and not packed.available(self.device, self.dtype):
+            raise ValueError("packed weights need float32 weights on CPU and a torch with oneDNN")
+        return packed.PackedWeights() if packed_weights else None
+
     def _product(self, q: int):
-        """The context the pass's products run under: packed weights, the few-row product, or stock."""
+        """The context the pass's products run under: a store of packed weights, the few-row product, or stock."""
         if self._packed is not None:
-            return packed.PackedLinear(self._packed)
-        return few_rows.FewRowLinear() if few_rows.wanted(q, self.device) else nullcontext()
+            return route.through(self.model, self._packed)
+        return route.through(self.model, few_rows.FewRows() if few_rows.wanted(q, self.device) else None)
 
     def _context(self, feed: Feed, past: int) -> torch.Tensor | None:
         """Which committed cells each fed token sees ([q, past]); records the feed's cells as pending."""
