@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import weakref
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +44,7 @@ MIN_PARAMS = 10_000_000  # as ``packed``: below this the mode's per-call cost ou
 SOURCE = Path(__file__).with_name("rows.cpp")
 NAME = "polyverse_rows"  # the extension's name in torch's cache
 DISABLE = "POLYVERSE_NO_ROW_KERNEL"  # set to 1 to keep torch's products
+STALE_LOCK_SECONDS = 600  # a build takes about 30 s; a lock this old was left by a killed one
 
 
 def supported(flags: frozenset[str]) -> bool:
@@ -58,6 +60,7 @@ def extension():
     try:
         from torch.utils import cpp_extension
 
+        _clear_stale_lock()
         if not _built():
             print("polyverse: building the CPU row kernel (once per machine, about 30 s)", file=sys.stderr, flush=True)
         return cpp_extension.load(
@@ -67,6 +70,18 @@ def extension():
         print(f"polyverse: CPU row kernel unavailable ({type(exc).__name__}: {str(exc)[:200]}); "
               "using torch's products", file=sys.stderr, flush=True)
         return None
+
+
+def _clear_stale_lock(older_than: float = STALE_LOCK_SECONDS) -> None:
+    """Remove a build lock left by a build that was killed: torch's builder would wait on it forever."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private: the lock's folder
+
+        lock = Path(_get_build_directory(NAME, False)) / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > older_than:
+            lock.unlink(missing_ok=True)
+    except Exception:
+        pass
 
 
 def _built() -> bool:
