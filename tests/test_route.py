@@ -7,7 +7,7 @@ import torch
 from polyverse.backends import route
 
 
-class Recorder:
+class Recorder(route.ByWeight):
     """A store that takes every call, answers the stock product plus 1, and counts."""
 
     def __init__(self) -> None:

@@ -8,6 +8,9 @@ torch's MKL takes generic kernels. On an Intel CPU, MKL runs kernels made for it
 layers of body products: 1 row 19.5 ms stock vs 27 ms packed; 2 to 4 rows 21 to 33 ms stock vs
 48 to 50 ms as W @ x.T; 9 rows 39 to 40 ms stock vs 35 to 40 ms packed. Whole decodes there with
 the cllm-gsm8k adapter: stock ar 19.6 vs 16.1 tok/s packed, Jacobi 23.6 vs 22.3.
+
+On CPUs with AVX-512 the row kernel (``rows``) comes before both: it takes passes of up to 16
+tokens; longer ones (a prompt's prefill) run torch's products, this rule choosing the LM head's.
 """
 
 from __future__ import annotations

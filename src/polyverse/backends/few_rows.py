@@ -16,11 +16,12 @@ from __future__ import annotations
 import torch
 
 from . import cpu
+from .route import ByWeight
 
 ROWS = range(2, 5)  # rows per product for which the swapped product is used
 
 
-class FewRows:
+class FewRows(ByWeight):
     """A product store (``route.Store``) that runs bias-free CPU ``linear`` as (W @ x.T).T.
 
     Example: x [1, 3, 576], W [1536, 576] -> W @ x[0].T is [1536, 3] -> output [1, 3, 1536],

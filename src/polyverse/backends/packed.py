@@ -24,6 +24,7 @@ import weakref
 import torch
 
 from . import cpu
+from .route import ByWeight
 
 BATCH_HINT = 16  # rows per product the packed layout is tuned for (measured: 1 to 32 all gain)
 # below this many parameters the mode's per-call cost outweighs the products it speeds up (a toy
@@ -45,7 +46,7 @@ def worth_it(model: torch.nn.Module) -> bool:
             and not cpu.mkl_tuned())
 
 
-class PackedWeights:
+class PackedWeights(ByWeight):
     """Packed copies of 2D float32 CPU weights, made on first use and kept while the weight lives."""
 
     def __init__(self) -> None:

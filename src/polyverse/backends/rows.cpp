@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace {
 
@@ -69,26 +70,33 @@ torch::Tensor pack(const torch::Tensor& w) {
   return w.reshape({n / kPanel, kPanel, k}).transpose(1, 2).contiguous();
 }
 
-// x [m, k] float32 contiguous, packed [n / 32, k, 32] -> y [m, n]
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == torch::kFloat32, "x must be [m, k] float32");
-  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kPanel && packed.size(1) == x.size(1), "packed weight does not fit x");
-  const int64_t m = x.size(0), k = x.size(1), n = packed.size(0) * kPanel;
-  auto y = torch::empty({m, n}, x.options());
+// x [..., k] float32, packed [n / 32, k, 32], optional bias [n] -> y [..., n]
+torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x_in.dim() >= 1 && x_in.scalar_type() == torch::kFloat32 && x_in.device().is_cpu(), "x must be float32 on CPU");
+  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kPanel && packed.size(1) == x_in.size(-1), "packed weight does not fit x");
+  const torch::Tensor x = x_in.contiguous();
+  const int64_t k = x.size(-1), m = k ? x.numel() / k : 0, n = packed.size(0) * kPanel;
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n;
+  auto y = torch::empty(shape, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wp = packed.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // sweeps of nearly equal size: 17 rows -> 9 + 8
+  // sweeps of nearly equal size: 17 rows -> 8 + 9
   const int64_t sweeps = (m + kMaxRows - 1) / kMaxRows;
   for (int64_t s = 0, done = 0; s < sweeps; ++s) {
     const int64_t rows = (m - done) / (sweeps - s);
     kSweeps[rows - 1](xp + done * k, k, wp, yp + done * n, n);
     done += rows;
   }
+  if (bias.has_value() && bias->defined()) {
+    y.add_(*bias);
+  }
   return y;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("pack", &pack, "w [n, k] -> panels [n / 32, k, 32]");
-  module.def("linear", &linear, "x [m, k] @ w^T through its panels -> [m, n]");
+  module.def("linear", &linear, "x [..., k] @ w^T (+ bias) through its panels -> [..., n]",
+             pybind11::arg("x"), pybind11::arg("packed"), pybind11::arg("bias") = pybind11::none());
 }

@@ -119,17 +119,36 @@ class RowWeights:
         self._packed: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
 
     def __len__(self) -> int:
-        return len(self._packed)
+        """How many weights are packed."""
+        return sum(entry[2] is not None for entry in self._packed.values())
 
-    def get(self, weight: torch.Tensor) -> torch.Tensor:
+    def get(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """The panels of ``weight`` (packed on first use), or None for a weight the kernel does not
+        take (not 2D float32 on CPU, or not whole panels of 32 output columns)."""
         key = id(weight)
+        version = 0 if weight.is_inference() else weight._version  # inference tensors keep no counter
         hit = self._packed.get(key)
-        if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+        if hit is not None and hit[0]() is weight and hit[1] == version:
             return hit[2]
-        with torch.inference_mode():
-            panels = self._ext.pack(weight.detach())  # [out / 32, in, 32]
-        self._packed[key] = (weakref.ref(weight, lambda _, k=key: self._packed.pop(k, None)), weight._version, panels)
+        panels = None
+        if (weight.dim() == 2 and weight.shape[0] % PANEL == 0 and weight.dtype == torch.float32
+                and weight.device.type == "cpu"):
+            with torch.inference_mode():
+                panels = self._ext.pack(weight.detach())  # [out / 32, in, 32]
+        self._packed[key] = (weakref.ref(weight, lambda _, k=key: self._packed.pop(k, None)), version, panels)
         return panels
+
+    def run(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
+        """``module(x)`` through the panels, or None where the kernel does not take it (the checks
+        of ``eligible``, with the module's weight looked up once)."""
+        if (x.dtype is not torch.float32 or not x.is_cpu or torch.is_grad_enabled()
+                or x.numel() > MAX_ROWS * x.shape[-1]):
+            return None
+        panels = self.get(module.weight)
+        bias = module.bias
+        if panels is None or (bias is not None and bias.dtype is not torch.float32):
+            return None
+        return self._ext.linear(x, panels, bias)  # [..., out]
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``F.linear(x, weight, bias)`` through the panels: x [..., in] -> [..., out].
@@ -137,14 +156,9 @@ class RowWeights:
         Example: x [1, 9, 576], weight [1536, 576] -> [1, 9, 1536], equal to ``F.linear`` up to
         float rounding (about 2e-6 here), and row i the same bits as x[:, i:i+1] alone gives.
         """
-        flat = x.reshape(-1, x.shape[-1]).contiguous()  # [m, in]
-        out = self._ext.linear(flat, self.get(weight))  # [m, out]
-        if bias is not None:
-            out = out + bias
-        return out.view(*x.shape[:-1], weight.shape[0])
+        return self._ext.linear(x, self.get(weight), bias)
 
     def eligible(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-        return (weight.dim() == 2 and weight.shape[0] % PANEL == 0 and x.numel() <= MAX_ROWS * x.shape[-1]
-                and x.device.type == "cpu" == weight.device.type
-                and x.dtype == torch.float32 == weight.dtype and (bias is None or bias.dtype == torch.float32)
-                and not torch.is_grad_enabled())
+        return (x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and x.numel() <= MAX_ROWS * x.shape[-1] and (bias is None or bias.dtype == torch.float32)
+                and self.get(weight) is not None)
