@@ -59,16 +59,16 @@ def test_the_store_packs_once_repacks_a_changed_weight_and_leaves_what_it_cannot
     layer = torch.nn.Linear(24, 64)
     x = torch.randn(1, 5, 24)
     with torch.inference_mode():
-        assert store.eligible(x, layer.weight, layer.bias)
-        out = store.linear(x, layer.weight, layer.bias)  # [1, 5, 64]
+        out = store.run(layer, x)  # [1, 5, 64]
         assert out.shape == (1, 5, 64) and len(store) == 1
         assert torch.allclose(out, x @ layer.weight.t() + layer.bias, atol=1e-5)
         layer.weight.mul_(2.0)  # changed in place: packed again
-        assert torch.allclose(store.linear(x, layer.weight), x @ layer.weight.t(), atol=1e-5)
-        assert not store.eligible(x, torch.randn(40, 24), None)  # 40 columns: not whole panels
-        assert not store.eligible(torch.randn(rows.MAX_ROWS + 1, 24), layer.weight, None)  # a prefill: torch's product
-        assert not store.eligible(x.double(), layer.weight.double(), None)
-    assert not store.eligible(x, layer.weight, None)  # autograd on: training keeps the stock path
+        assert torch.allclose(store.run(layer, x), x @ layer.weight.t() + layer.bias, atol=1e-5)
+        assert store.run(torch.nn.Linear(24, 40), x) is None  # 40 columns: not whole panels
+        assert store.run(layer, torch.randn(rows.MAX_ROWS + 1, 24)) is None  # a prefill: torch's product
+        assert store.run(torch.nn.Linear(24, 64).double(), x.double()) is None  # float64
+        assert len(store) == 1
+    assert store.run(layer, x) is None  # autograd on: training keeps the stock path
 
 
 @pytest.fixture(scope="module")

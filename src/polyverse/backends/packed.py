@@ -14,7 +14,7 @@ weights, shared by its forks and sessions); the backend routes only its own pass
 (``route.through``), so the model's other users (the transformers peers in ``polyverse bench``,
 training) run the stock path. A weight changed
 in place (its version counter moves) is packed again on its next use. Toy models (the tests'
-random ones) stay on the stock path: there the mode's per-call cost outweighs the gain.
+random ones) stay on the stock path: there a routed call's own cost outweighs the gain.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from . import cpu
 from .route import ByWeight
 
 BATCH_HINT = 16  # rows per product the packed layout is tuned for (measured: 1 to 32 all gain)
-# below this many parameters the mode's per-call cost outweighs the products it speeds up (a toy
+# below this many parameters a routed call's own cost outweighs the products it speeds up (a toy
 # model of the tests decoded at half the speed with packed weights)
 MIN_PARAMS = 10_000_000
 

@@ -68,11 +68,6 @@ def _routed(module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     return forward
 
 
-def current() -> Store | None:
-    """The store the calling thread's linear layers run through now (None: stock)."""
-    return getattr(_local, "store", None)
-
-
 @contextmanager
 def through(model: torch.nn.Module, store: Store | None):
     """Within this context, the calling thread's calls of ``model``'s plain ``nn.Linear`` layers run

@@ -6,10 +6,9 @@ cache is trimmed through the cache layers' own methods; its full-attention layer
 (``kv.GrowingLayer``) instead of concatenating the whole cache on every pass. On CPU in float32
 the pass's linear layers and the LM head of a model of real size run on panel-packed copies of
 the weights through the AVX-512 row kernel (``rows``) or, without it, on oneDNN-packed copies
-(``packed``), both scoped to the pass; otherwise passes of 2 to 4 tokens run under
-``few_rows.FewRows``; the model's linear layers are routed through these stores only inside
-the backend's passes (``route``). Multi-token passes on CPU read grouped key/value heads without copying
-the cache (``gqa``).
+(``packed``); otherwise passes of 2 to 4 tokens run through ``few_rows.FewRows``. The model's
+linear layers are routed through these stores only inside the backend's passes (``route``).
+Multi-token passes on CPU read grouped key/value heads without copying the cache (``gqa``).
 """
 
 from __future__ import annotations
