@@ -63,8 +63,8 @@ cllm-adapter: space-data
 	$(CLLM_FIT) --out cllm-out-cw3 --steps $$(( $(CLLM_STEPS) + $(CLLM_TAIL) )) --refine 1.0 --lr 3e-4 --consistency-weight 3 --schedule linear --decay-from $(CLLM_STEPS)
 	mkdir -p src/polyverse/adapters/cllm-gsm8k
 	cp cllm-out-cw3/adapter_config.json cllm-out-cw3/adapter_model.safetensors cllm-out-cw3/polyverse.json src/polyverse/adapters/cllm-gsm8k/
-	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 30 --max-new-tokens 128 --out src/polyverse/adapters/cllm-gsm8k/eval-b8-30q.json
-	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 30 --offset 30 --max-new-tokens 128 --out src/polyverse/adapters/cllm-gsm8k/eval-b8-30q-from30.json
+	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 30 --max-new-tokens 128 --out benchmarks/cllm-gsm8k/eval-b8-30q.json
+	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 30 --offset 30 --max-new-tokens 128 --out benchmarks/cllm-gsm8k/eval-b8-30q-from30.json
 
 # the shipped SPACE adapter: the bundled model's own greedy answers to GSM8K train questions
 # (self-distillation, decoded through llama.cpp from the F16 export, which writes the same greedy
@@ -81,9 +81,9 @@ space-adapter: space-data
 	$(BIN)/polyverse train space fit --data distill-out/gsm8k-self.jsonl --out space-out --limit $(SPACE_ROWS) --steps $(SPACE_STEPS) --batch 2 --k 3 --groups 64 --max-len 160 --lr 5e-4 --lora-rank 16 --precision bf16 --save-every 10 --resume
 	mkdir -p src/polyverse/adapters/space-gsm8k
 	cp space-out/adapter_config.json space-out/adapter_model.safetensors space-out/polyverse.json src/polyverse/adapters/space-gsm8k/
-	for k in 1 2 3; do $(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k $$k --out src/polyverse/adapters/space-gsm8k/eval-k$$k.json; done
-	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k 3 --no-adaptive --out src/polyverse/adapters/space-gsm8k/eval-k3-all.json
-	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 30 --max-new-tokens 128 --out src/polyverse/adapters/space-gsm8k/eval-k3-30q.json
+	for k in 1 2 3; do $(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k $$k --out benchmarks/space-gsm8k/eval-k$$k.json; done
+	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k 3 --no-adaptive --out benchmarks/space-gsm8k/eval-k3-all.json
+	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 30 --max-new-tokens 128 --out benchmarks/space-gsm8k/eval-k3-30q.json
 
 # Multiverse: GSM8K train solutions turned into <Parallel> structure by the rule-based curator (add
 # --llm URL for the five LLM stages), then a LoRA SFT of the bundled model under Multiverse Attention
@@ -97,13 +97,13 @@ multiverse-adapter: multiverse-data
 	$(BIN)/polyverse train multiverse fit --data mv-data/gsm8k.jsonl --out mv-out --steps $(MV_STEPS) --batch 4 --lora-rank 8 --save-every 25 --resume
 	mkdir -p src/polyverse/adapters/multiverse-gsm8k
 	cp mv-out/adapter_config.json mv-out/adapter_model.safetensors mv-out/polyverse.json src/polyverse/adapters/multiverse-gsm8k/
-	$(BIN)/polyverse train multiverse eval --adapter multiverse-gsm8k --limit 20 --out src/polyverse/adapters/multiverse-gsm8k/eval.json
+	$(BIN)/polyverse train multiverse eval --adapter multiverse-gsm8k --limit 20 --out benchmarks/multiverse-gsm8k/eval.json
 
 # the wall-clock test (2, 4, 8 paths: parallel against the same tokens sequentially) and the
 # training-free mode on 10 varied prompts
 multiverse-bench: $(STAMP)
-	$(BIN)/polyverse bench-multiverse --paths 2,4,8 --path-tokens 64 --out bench-out/multiverse.json
-	$(BIN)/polyverse bench-multiverse --guided --out bench-out/multiverse-guided.json
+	$(BIN)/polyverse bench multiverse --paths 2,4,8 --path-tokens 64 --out bench-out/multiverse.json
+	$(BIN)/polyverse bench multiverse --guided --out bench-out/multiverse-guided.json
 
 # the llama.cpp rows of BENCHMARKS.md: the F16 GGUF of the bundled model, every method through
 # llama.cpp against llama.cpp greedy (`ar`) and the transformers generate peers

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CLLM adapter on one GPU, in a fixed wall-clock budget (a lent H200 here: about 8 minutes).
+# The CLLM adapter on one GPU, in a fixed wall-clock budget (the *_END deadlines below, seconds from
+# the start; a lent GPU machine is held for minutes).
 #
 #   scripts/cllm_gpu.sh OUT [polyverse command]
 #
@@ -14,12 +15,9 @@
 #      C: as A, LoRA rank 32
 # 3. Each adapter's figures on GSM8K dev questions 1-10 (`cllm eval` on the GPU: tokens per pass,
 #    agreement and accuracy are what counts there; the speed ratios are the CPU's to measure).
-# Every step is resumable; the adapters are packed as OUT/<name>.tar.
-#
-# First run (2026-12-04, H200): the distillation took 132 s for 7473 answers (4492 cut at 168 tokens).
-# The fits then failed on a cuda/cpu mismatch (fixed since), and on the retry each fit ran only 12 steps
-# in 270 s: small tensor ops of the batch building on 16 threads per process, three processes on
-# 16 cores (batches are built on one thread since). Check the step rate in the first minute.
+# Every step is resumable; the adapters are packed as OUT/<name>.tar. Check the fits' step rate in
+# the first minute (each fit's log under $W): three processes share the machine's cores. What the
+# first run showed is in BENCHMARKS.md.
 set -u
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}  # three fits share the machine's cores
 OUT=${1:?usage: cllm_gpu.sh OUT [polyverse command]}

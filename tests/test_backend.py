@@ -52,7 +52,7 @@ def test_logits_for_selects_rows(model):
     full = be.forward(chain_feed([1, 2, 3, 4], 0))
     be.truncate(0)
     some = be.forward(chain_feed([1, 2, 3, 4], 0), logits_for=[1, 3])
-    assert torch.allclose(some, full[[1, 3]], atol=1e-5)
+    assert torch.allclose(some.full(), full[[1, 3]], atol=1e-5)
     be.truncate(0)
     last = be.forward(chain_feed([1, 2, 3, 4], 0), logits_for=[3])
     assert torch.allclose(last[0], full[3], atol=1e-5)
@@ -82,7 +82,7 @@ def test_truncate_and_fork(model):
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7])
 def test_few_row_products_equal_linear(rows):
-    from polyverse.backends.few_rows import FewRows
+    from polyverse.backends.cpu.few_rows import FewRows
 
     torch.manual_seed(rows)
     x = torch.randn(1, rows, 24)
@@ -99,11 +99,12 @@ def test_few_row_products_equal_linear(rows):
 def test_small_passes_match_a_full_forward(model, draft_len, monkeypatch):
     # passes of 2 to 4 tokens run through FewRows (where the CPU is not MKL's own, as on AMD):
     # their logits must still be the model's
-    from polyverse.backends import cpu, few_rows
+    from polyverse.backends.cpu import features, few_rows
 
-    monkeypatch.setattr(cpu, "mkl_tuned", lambda path=cpu.SYSTEM: False)
+    monkeypatch.setattr(features, "mkl_tuned", lambda path=features.SYSTEM: False)
     assert few_rows.wanted(draft_len + 1, torch.device("cpu"))
     be = TransformersBackend(model, row_kernel=False)
+    assert be.decode_model.lm(draft_len + 1) is not be.decode_model.lm(1)  # the few-row view
     ctx = [5, 17, 42, 8, 9, 33]
     be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
     be.commit(range(len(ctx) - 1))
@@ -115,7 +116,8 @@ def test_small_passes_match_a_full_forward(model, draft_len, monkeypatch):
 
 @pytest.mark.parametrize("rows", [1, 3, 16])
 def test_packed_linear_equals_linear(rows):
-    from polyverse.backends import packed, route
+    from polyverse.backends.cpu import packed
+    from polyverse.backends.cpu.store import StoreLinear
 
     if not packed.available(torch.device("cpu"), torch.float32):
         pytest.skip("this torch has no oneDNN packed products")
@@ -126,8 +128,7 @@ def test_packed_linear_equals_linear(rows):
     store = packed.PackedWeights()
     with torch.inference_mode():
         out = store.linear(x, w)  # [1, rows, 40]
-        with route.through(layer, store):
-            with_bias = layer(x)  # routed through the store
+        with_bias = StoreLinear(layer, store)(x)  # through the store
     assert out.shape == (1, rows, 40)
     assert torch.allclose(out, x @ w.t(), atol=1e-5)
     assert torch.allclose(with_bias, x @ w.t() + b, atol=1e-5)
@@ -144,41 +145,21 @@ def test_packed_linear_equals_linear(rows):
 @pytest.mark.parametrize("draft_len", [0, 5, 15])
 def test_packed_passes_match_a_full_forward(model, draft_len):
     # the backend's passes run on packed weights here: their logits must still be the model's
-    from polyverse.backends import packed
+    from polyverse.backends.cpu import packed
 
     if not packed.available(torch.device("cpu"), torch.float32):
         pytest.skip("this torch has no oneDNN packed products")
     assert not packed.worth_it(model)  # a toy model: not packed unless asked
     be = TransformersBackend(model, packed_weights=True)
-    assert isinstance(be._packed, packed.PackedWeights)
+    assert isinstance(be.decode_model.store, packed.PackedWeights)
     ctx = [5, 17, 42, 8, 9, 33]
     be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
     be.commit(range(len(ctx) - 1))
     draft = Draft.chain([(20 + i) % 50 for i in range(draft_len)])
     logits = be.forward(draft_feed(ctx[-1], len(ctx) - 1, draft))[:]  # [1 + draft_len, V]
     ref = reference_logits(model, ctx + list(draft.tokens))
-    assert len(be._packed) > 0
+    assert len(be.decode_model.store) > 0
     assert torch.allclose(logits, ref[len(ctx) - 1 :], atol=1e-4)
-
-
-def test_gqa_direct_sets_the_variable_only_inside_and_only_for_cpu_multi_row_passes(monkeypatch):
-    import os
-
-    from polyverse.backends import gqa
-
-    monkeypatch.delenv(gqa.ENV, raising=False)
-    with gqa.direct(torch.device("cpu"), 16):
-        assert os.environ[gqa.ENV] == "1"
-    assert gqa.ENV not in os.environ
-    with gqa.direct(torch.device("cpu"), 1):
-        assert gqa.ENV not in os.environ
-    with gqa.direct(torch.device("cuda"), 16):
-        assert gqa.ENV not in os.environ
-    monkeypatch.setenv(gqa.ENV, "0")
-    with pytest.raises(RuntimeError):
-        with gqa.direct(torch.device("cpu"), 4):
-            raise RuntimeError("a failing pass")
-    assert os.environ[gqa.ENV] == "0"  # restored, even after an error
 
 
 def test_tree_pass_does_not_copy_the_cache_to_every_query_head(model, monkeypatch):
@@ -198,21 +179,6 @@ def test_tree_pass_does_not_copy_the_cache_to_every_query_head(model, monkeypatc
     with torch.no_grad():  # the model's own masked forward outside the backend still repeats the heads
         model(input_ids=torch.tensor([ctx]), attention_mask=torch.tensor([[0] + [1] * (len(ctx) - 1)]))
     assert calls
-
-
-def test_gqa_direct_overlapping_passes_restore_the_variable_once_all_end(monkeypatch):
-    import os
-
-    from polyverse.backends import gqa
-
-    monkeypatch.delenv(gqa.ENV, raising=False)
-    first, second = gqa.direct(torch.device("cpu"), 4), gqa.direct(torch.device("cpu"), 4)
-    first.__enter__()
-    second.__enter__()  # a pass of another thread starts inside the first
-    first.__exit__(None, None, None)
-    assert os.environ[gqa.ENV] == "1"  # the second pass is still in flight
-    second.__exit__(None, None, None)
-    assert gqa.ENV not in os.environ
 
 
 def test_cache_goes_under_the_name_this_transformers_takes(model):
@@ -265,7 +231,8 @@ def test_the_loop_asks_for_every_row_at_once_when_the_proposer_reads_them_all(mo
 
 
 def test_cpu_vendor_decides_the_product_path(tmp_path, monkeypatch):
-    from polyverse.backends import cpu, few_rows
+    from polyverse.backends.cpu import features as cpu
+    from polyverse.backends.cpu import few_rows
 
     intel = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f amx_int8\n\nprocessor\t: 1\nvendor_id\t: Other\n"
     assert cpu.parse(intel) == ("GenuineIntel", frozenset({"fpu", "avx512f", "amx_int8"}))

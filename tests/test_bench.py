@@ -123,3 +123,70 @@ def test_assisted_generate_peer_runs_and_matches_ar(tiny):
                     sets, BenchConfig(max_new_tokens=10))
     row = doc["sets"]["mtbench-like"]["generate(assistant_model)"]
     assert row["summary"]["exact"] == 1 and row["prompts"][0]["new_tokens"] >= 1
+
+
+# --- one entry point: the method bench is `polyverse bench` itself, the other benchmarks its subcommands ---
+
+
+def test_bench_group_still_runs_the_method_bench_without_a_subcommand(tiny_dir, tmp_path):
+    r = invoke("bench", "--model", tiny_dir, "--data", "humaneval", "--limit", 1, "-n", 4, "--methods", "ar",
+               "--no-peers", "--baseline", "ar", "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(doc["sets"]["humaneval"]) == ["ar"]
+
+
+def test_bench_lists_its_subcommands():
+    r = invoke("bench", "--help")
+    assert r.exit_code == 0
+    for name in ("load", "ar-jacobi", "multiverse", "--data", "--limit"):
+        assert name in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--limit", "3", "ar-jacobi"], "--limit belong to `polyverse bench` itself, not to `polyverse bench ar-jacobi`"),
+    (["load", "--clients", "0"], "--clients must be at least 1"),
+    (["load", "--duration", "0"], "--duration must be above 0"),
+    (["load", "--method", "warp"], "unknown method 'warp'"),
+    (["ar-jacobi", "--blocks", "four"], "--blocks takes comma-separated integers"),
+    (["ar-jacobi", "--blocks", "0"], "--blocks takes positive block sizes"),
+    (["multiverse", "--paths", "0"], "positive counts"),
+])
+def test_subcommand_bad_input_is_one_clear_line(args, message):
+    r = invoke("bench", *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr
+    assert "Traceback" not in r.output and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_ar_jacobi_compares_with_generate(tiny_dir, tmp_path):
+    r = invoke("bench", "ar-jacobi", "--model", tiny_dir, "--prompts", 1, "-n", 8, "--blocks", 2,
+               "--out", tmp_path / "aj.json")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("load: ") and "torch threads" in lines[0]
+    assert any(line.startswith("method") and "x generate (median)" in line for line in lines)
+    rows = json.loads((tmp_path / "aj.json").read_text())["rows"]
+    assert list(rows) == ["generate", "polyverse ar", "polyverse jacobi n=2"]
+    assert all(row["mismatches"] == 0 for row in rows.values())  # greedy methods write generate's tokens
+
+
+def test_load_percentiles_and_metrics():
+    from polyverse.bench.load import mean_accepted, pct
+
+    assert pct([3.0, 1.0, 2.0, 4.0], 50) == 2.0 and pct([1.0, 2.0], 99) == 2.0
+    assert pct([], 50) != pct([], 50)  # nan
+    metrics = ('polyverse_accepted_tokens_per_pass_sum{method="ar"} 6\n'
+               'polyverse_accepted_tokens_per_pass_count{method="ar"} 4\n')
+    assert mean_accepted(metrics, "ar") == 1.5 and mean_accepted(metrics, "auto") is None
+
+
+def test_load_runs_a_server_and_reports(tiny_dir, tmp_path):
+    out = tmp_path / "load.json"
+    r = invoke("bench", "load", "--model", tiny_dir, "--method", "ar", "--clients", 2, "--duration", 1,
+               "--max-tokens", 4, "--idle", 0, "--rss-slack-mib", 4096, "--out", out)
+    assert r.exit_code == 0, r.output
+    fig = json.loads(out.read_text())
+    assert fig["requests_ok"] >= 2 and fig["requests_failed"] == 0 and fig["server_error_lines"] == 0
+    assert fig["completion_tokens"] >= 1 and fig["accepted_per_pass_mean"] == 1.0
+    assert json.loads(r.stdout) == fig

@@ -106,3 +106,73 @@ def test_method_flags_reach_the_method(tiny_dir, tiny):
     assert out["token_ids"] == list(ar.token_ids)
     # W = 2, N = 2: a 2-token window plus at most one 1-token guess per pass
     assert out["stats"]["drafted"] <= 3 * out["stats"]["passes"]
+
+
+def test_a_registered_methods_flag_reaches_generate_and_methods(tiny_dir, tiny, monkeypatch):
+    """generate's method flags and the methods table are made from the option specs at run time,
+    so a method registered after the CLI was imported gets its flag, its help and its row."""
+    from polyverse.methods.ar import ARConfig, make as make_ar
+    from polyverse.options import method_options, option
+    from polyverse.registry import registry
+
+    @method_options("echo_test")
+    class EchoConfig:
+        copies: int = option(2, "copies per pass", lo=1, hi=8, flag="--echo-copies")
+        block: int = option(3, "echo block", lo=1, flag="--block")  # shares jacobi's flag
+        word: str = option("", "a word")
+
+    seen = []
+
+    def make(cfg, ctx):
+        seen.append(cfg)
+        return make_ar(ARConfig(), ctx)
+
+    monkeypatch.setattr(registry, "_methods", dict(registry._methods))  # the registration is undone after the test
+    registry.register("echo_test", EchoConfig, make, "repeat after me")
+
+    r = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0
+    assert "--echo-copies" in r.stdout and "echo_test: copies per pass." in r.stdout
+    assert "echo_test: echo block; jacobi: tokens guessed per pass." in r.stdout  # one --block, helps joined
+    r = invoke("methods")
+    assert r.exit_code == 0 and "echo_test" in r.stdout and "copies=2, block=3, word=''" in r.stdout
+
+    r = invoke("generate", "Hello", "--model", tiny_dir, "--no-chat", "-n", 4, "--json", "-m", "echo_test",
+               "--echo-copies", 5, "--block", 7, "-o", "word=1e3")
+    assert r.exit_code == 0, r.output
+    assert seen[-1] == EchoConfig(copies=5, block=7, word="1e3")  # typed by the spec: the str stays as written
+    r = invoke("generate", "x", "-m", "echo_test", "--echo-copies", 9)
+    assert r.exit_code == 2 and "echo_test copies must be an integer in [1, 8], got 9" in r.stderr
+    r = invoke("generate", "x", "-m", "ar", "--echo-copies", 2)
+    assert r.exit_code == 2 and "has no option copies" in r.stderr
+    r = invoke("generate", "x", "-m", "echo_test", "--echo-copies", "two")
+    assert r.exit_code == 2 and "Traceback" not in r.output  # click's own usage error
+
+
+def test_builtin_method_flags_are_made_from_the_specs():
+    from polyverse.cli.generate import method_flags
+    from polyverse.registry import registry
+
+    flags = {f.flag: f for f in method_flags(registry)}
+    assert {name: f.kind for name, f in flags.items()} == {
+        "--block": int, "--window": int, "--ngram": int, "--guesses": int, "--num-tokens": int, "--candidates": int,
+        "--draft-model": str, "--k": int, "--layers": int, "--max-tokens": int}
+    assert flags["--k"].help == "draft/early_exit: tokens drafted per pass; space: masks per group."
+    assert flags["--draft-model"].option_name("draft") == "model"
+    assert flags["--block"].option_name("ar") == "block"  # so that ar's config names it: "has no option block"
+
+
+def test_a_method_flag_that_clashes_with_generates_own_is_refused(monkeypatch):
+    from polyverse.errors import ConfigError
+    from polyverse.methods.ar import make as make_ar
+    from polyverse.options import method_options, option
+    from polyverse.registry import registry
+
+    @method_options("clash_test")
+    class ClashConfig:
+        seed: int = option(0, "a seed", flag="--seed")
+
+    monkeypatch.setattr(registry, "_methods", dict(registry._methods))
+    registry.register("clash_test", ClashConfig, make_ar, "clashes")
+    with pytest.raises(ConfigError, match=r"--seed \(of clash_test\) is not a free `polyverse generate` flag"):
+        invoke("generate", "--help")  # main() prints it as one line, exit 2

@@ -4,7 +4,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from polyverse.logits import LazyLogits, Projection
+from polyverse.backends.cpu.head import Projection
+from polyverse.logits import Logits
 from polyverse.ngrams import NgramIndex
 
 
@@ -56,7 +57,7 @@ def test_lazy_logits_match_the_full_projection():
     head = torch.nn.Linear(16, 50, bias=False)
     hidden = torch.randn(20, 16)
     full = head(hidden).detach()
-    lazy = LazyLogits(hidden, Projection(head), 50)
+    lazy = Logits(hidden, Projection(head), 50)
     assert torch.allclose(lazy[0], full[0], atol=1e-5)
     assert lazy.computed() == 2  # the first read projects its row and the next
     assert torch.allclose(lazy[3], full[3], atol=1e-5)
@@ -79,7 +80,7 @@ def test_projection_follows_weight_updates():
 @pytest.mark.parametrize("tuned", [False, True])  # weight @ hidden.T (AMD) or the stock head (Intel's MKL)
 @pytest.mark.parametrize("rows", [1, 2, 5, 9])
 def test_projection_matches_the_head_for_any_row_count(rows, tuned, monkeypatch):
-    from polyverse.backends import cpu
+    from polyverse.backends.cpu import features as cpu
 
     monkeypatch.setattr(cpu, "mkl_tuned", lambda path=cpu.SYSTEM: tuned)
     torch.manual_seed(rows)
@@ -93,7 +94,8 @@ def test_projection_matches_the_head_for_any_row_count(rows, tuned, monkeypatch)
 
 
 def test_a_packed_head_is_used_on_any_cpu_when_asked(monkeypatch):
-    from polyverse.backends import cpu, packed
+    from polyverse.backends.cpu import features as cpu
+    from polyverse.backends.cpu import packed
 
     if not packed.available(torch.device("cpu"), torch.float32):
         pytest.skip("this torch has no oneDNN packed products")
@@ -106,3 +108,38 @@ def test_a_packed_head_is_used_on_any_cpu_when_asked(monkeypatch):
         with torch.inference_mode():  # as in a pass
             out = Projection(head, store)(h)
         assert len(store) == 1 and torch.allclose(out, head(h).detach(), atol=1e-5)
+
+
+def test_logits_of_computed_rows_index_like_the_tensor():
+    full = torch.randn(5, 7)
+    logits = Logits.of(full)
+    assert len(logits) == 5 and logits.shape == (5, 7) and logits.computed() == 5
+    assert torch.equal(logits[1], full[1]) and torch.equal(logits[-1], full[4])
+    assert torch.equal(logits[2:], full[2:]) and torch.equal(logits[[3, 0]], full[[3, 0]])
+    assert torch.equal(torch.stack(list(logits)), full) and torch.equal(logits.full(), full)
+    assert logits[[]].shape == (0, 7) and len(Logits.of(torch.empty(0, 7))) == 0
+    with pytest.raises(IndexError):
+        logits[5]
+
+
+def test_lazy_logits_index_iterate_and_read_every_row_once():
+    torch.manual_seed(1)
+    head = torch.nn.Linear(6, 11, bias=False)
+    hidden = torch.randn(12, 6)
+    calls = []
+    lazy = Logits(hidden, lambda h: calls.append(len(h)) or head(h), 11)
+    rows = list(lazy)
+    assert len(rows) == 12 and torch.allclose(torch.stack(rows), head(hidden).detach(), atol=1e-6)
+    assert sum(calls) == 12 and torch.equal(lazy[[2, 5]], torch.stack([rows[2], rows[5]]))
+
+
+def test_the_core_logits_module_imports_no_backend():
+    import ast
+    import inspect
+
+    import polyverse.logits as core
+
+    tree = ast.parse(inspect.getsource(core))
+    modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in modules if "backends" in m]

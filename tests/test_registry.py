@@ -1,27 +1,23 @@
 """A user plugs in their own proposer without touching the loop; output stays lossless."""
 
-from dataclasses import dataclass
-
 import pytest
 
 import polyverse
-from polyverse import Draft, registry
+from polyverse import Draft, Proposer, registry
 from polyverse.errors import ConfigError, PolyverseError
+from polyverse.options import method_options, option
 
 
-@dataclass(frozen=True)
+@method_options("echo-test")
 class EchoConfig:
-    k: int = 3
+    k: int = option(3, "copies of the pending token drafted per pass", lo=1, hi=8)
 
 
-class EchoProposer:
+class EchoProposer(Proposer):
     """Guesses that the pending token repeats k times: often wrong, sometimes right."""
 
     def __init__(self, k):
         self.k = k
-
-    def start(self, context):
-        pass
 
     def propose(self, context):
         return Draft.chain([context[-1]] * self.k)

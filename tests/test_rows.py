@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polyverse.backends import rows
+from polyverse.backends.cpu import rows
 from polyverse.backends.transformers import TransformersBackend
 from polyverse.config import GenerationConfig
 from polyverse.draft import Draft
@@ -80,7 +80,7 @@ def model():
 def test_passes_on_the_kernel_match_a_full_forward(model, draft_len):
     assert not rows.worth_it(model)  # a toy model: only when asked
     be = TransformersBackend(model, row_kernel=True)
-    assert isinstance(be._packed, rows.RowWeights)
+    assert isinstance(be.decode_model.store, rows.RowWeights)
     ctx = [5, 17, 42, 8, 9, 33]
     be.forward(chain_feed(ctx[:-1], 0), logits_for=[])
     be.commit(range(len(ctx) - 1))
@@ -88,7 +88,7 @@ def test_passes_on_the_kernel_match_a_full_forward(model, draft_len):
     logits = be.forward(draft_feed(ctx[-1], len(ctx) - 1, draft))[:]  # [1 + draft_len, V]
     with torch.no_grad():
         ref = model(input_ids=torch.tensor([ctx + list(draft.tokens)])).logits[0]
-    assert len(be._packed) > 0  # the body's products went through the kernel
+    assert len(be.decode_model.store) > 0  # the body's products went through the kernel
     assert torch.allclose(logits, ref[len(ctx) - 1 :], atol=1e-4)
 
 

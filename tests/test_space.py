@@ -126,12 +126,12 @@ def test_proposer_reads_the_group_below_the_last_accepted_candidate():
 
 def test_trained_k_reads_a_space_adapter_only():
     def model(meta):
-        return SimpleNamespace(hf_model=SimpleNamespace(polyverse_adapter=meta))
+        return SimpleNamespace(adapter=meta)
 
     assert trained_k(model({"method": "space", "config": {"k": 3}})) == 3
     assert trained_k(model({"method": "cllm", "config": {"k": 3}})) == DEFAULT_K
     assert trained_k(model({"method": "space", "config": {"k": 99}})) == DEFAULT_K
-    assert trained_k(SimpleNamespace(hf_model=None)) == DEFAULT_K
+    assert trained_k(model({})) == DEFAULT_K and trained_k(None) == DEFAULT_K
     assert SpaceProposer(SpaceConfig(), 7).k == DEFAULT_K
 
 
@@ -251,13 +251,13 @@ def test_smoke_fit_lowers_the_mask_loss_and_space_stays_lossless(tmp_path):
 def test_bench_runs_space_by_default_only_with_a_space_adapter(tmp_path):
     import json
 
-    from polyverse.cli import _has_mask
+    from polyverse.cli.bench import has_mask
 
     (tmp_path / "adapter_config.json").write_text("{}")
     (tmp_path / "polyverse.json").write_text(json.dumps({"method": "space", "added_tokens": ["[MASK]"]}))
-    assert _has_mask(str(tmp_path))
-    assert not _has_mask(None)
-    assert not _has_mask("cllm-gsm8k")
+    assert has_mask(str(tmp_path))
+    assert not has_mask(None)
+    assert not has_mask("cllm-gsm8k")
 
 
 # --- the packed layout (--groups): many mask groups per sample, laid out as at decoding ---------
@@ -343,7 +343,7 @@ def test_packed_forward_equals_the_decoder_pass_for_every_group():
             be.forward(chain_feed(real[: a - 1], 0), logits_for=[])
             be.commit(range(a - 1))
         draft, groups = space_draft([], 3, mask_id)
-        got = be.forward(draft_feed(real[a - 1], a - 1, draft), logits_for=[1 + i for i in groups[0]])  # [3, V]
+        got = be.forward(draft_feed(real[a - 1], a - 1, draft), logits_for=[1 + i for i in groups[0]]).full()  # [3, V]
         be.commit([])
         rows = slice(packed.n_real + 3 * g, packed.n_real + 3 * (g + 1))
         assert torch.allclose(logits[rows], got, atol=1e-4), g

@@ -13,10 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+from .backends.base import Backend
 from .backends.transformers import TransformersBackend
 from .config import GenerationConfig, SamplingConfig
 from .errors import ConfigError
-from .loop import StepStats, decode
+from .loop import Runner, StepStats, check_prompt
 from .registry import MethodContext, registry
 from .sampling import make_generator
 from .stats import Stats
@@ -79,32 +80,28 @@ def parse_device(device: "str | torch.device") -> "torch.device":
 
 
 class Model:
-    def __init__(self, hf_model, tokenizer, name: str, backend=None) -> None:
+    """A loaded model: tokenizer, the backend that decodes it, the adapter it carries and per-model
+    resources. ``generate``/``stream`` run any registered method through the one decode path."""
+
+    def __init__(self, hf_model, tokenizer, name: str, backend: Backend | None = None,
+                 adapter: dict[str, Any] | None = None) -> None:
         self.hf_model = hf_model  # the transformers model (tokenizer side, peers; not decoded when backend is llama.cpp)
         self.tokenizer = tokenizer
         self.name = name
-        self.backend = backend if backend is not None else TransformersBackend(hf_model)
-        self.backend_name = "llamacpp" if backend is not None else "transformers"
+        self.backend: Backend = backend if backend is not None else TransformersBackend(hf_model)
+        self.adapter: dict[str, Any] = dict(adapter or {})  # the adapter's polyverse.json; {} = none
         self.resources: dict[str, Any] = {}  # per-model caches of methods (draft models, cost curves)
 
     def session(self) -> "Model":
         """This model with a backend (KV cache) of its own over the same weights, tokenizer and
         resources: one per request when several decode at once (the server)."""
         twin = copy.copy(self)
-        if self.backend_name == "llamacpp":
-            from .backends.llamacpp import LlamaCppBackend
-
-            twin.backend = LlamaCppBackend(self.backend.path, n_ctx=self.backend.max_length)
-        else:
-            twin.backend = TransformersBackend(self.hf_model)
+        twin.backend = self.backend.session()
         return twin
 
     def to(self, device: "str | torch.device") -> "Model":
         """Move the weights to ``device`` (e.g. "cuda") and decode there from now on (transformers backend)."""
-        if self.backend_name != "transformers":
-            raise ConfigError("only the transformers backend can move to another device")
-        self.hf_model.to(parse_device(device))
-        self.backend = TransformersBackend(self.hf_model)
+        self.backend = self.backend.moved(parse_device(device))
         self.resources.clear()  # cost curves and drafts belong to the old device
         return self
 
@@ -121,11 +118,15 @@ class Model:
             ids.add(int(self.tokenizer.eos_token_id))
         return tuple(sorted(ids))
 
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
     def encode(self, prompt: str | Sequence[dict], chat: bool | None = None) -> list[int]:
         """Prompt text (or chat messages) -> token ids; chat template applied when asked or available."""
         if isinstance(prompt, str) and not prompt.strip():
             raise ConfigError("the prompt is empty")
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        has_template = self.has_chat_template
         use_chat = has_template if chat is None else chat
         if not isinstance(prompt, str) and not use_chat:
             raise ConfigError("chat messages need a chat template: this tokenizer has none")
@@ -138,12 +139,7 @@ class Model:
         else:
             ids = self.tokenizer(prompt)["input_ids"]
         ids = [int(t) for t in ids]
-        if not ids:
-            raise ConfigError("the prompt is empty")
-        if len(ids) >= self.max_length:
-            raise ConfigError(
-                f"the prompt is {len(ids)} tokens long; the model's context holds {self.max_length}"
-            )
+        check_prompt(ids, self.max_length)
         return ids
 
     def stream(
@@ -164,16 +160,14 @@ class Model:
     ) -> Stream:
         """Start generating; nothing runs until the stream is iterated. Bad options raise at once.
 
-        ``method="multiverse"`` runs the Multiverse engine; ``on_update(engine, update)`` then sees
-        every pass (paths as they grow). With ``guided``, a text prompt gets the plan instruction.
+        ``on_update(engine, update)`` sees every pass of an engine-style method (Multiverse: the
+        paths as they grow). A method may rewrite a text prompt before the chat template is
+        applied (Multiverse's guided mode asks for a plan).
         """
         spec = registry.get(method)
         method_cfg = spec.make_config(options)
-        if method == "multiverse" and getattr(method_cfg, "guided", False) and isinstance(prompt, str):
-            from .multiverse.guided import instruction
-
-            if chat is not False and getattr(self.tokenizer, "chat_template", None):
-                prompt = instruction(prompt)
+        if spec.rewrite is not None and isinstance(prompt, str) and chat is not False and self.has_chat_template:
+            prompt = spec.rewrite(method_cfg, prompt)
         gen_cfg = GenerationConfig(
             max_new_tokens=int(max_new_tokens),
             sampling=SamplingConfig(float(temperature), int(top_k), float(top_p)),
@@ -183,25 +177,22 @@ class Model:
         )
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, int) for t in prompt):
             ids = [int(t) for t in prompt]
-            if len(ids) >= self.max_length:
-                raise ConfigError(f"the prompt is {len(ids)} tokens long; the model's context holds {self.max_length}")
+            check_prompt(ids, self.max_length)
         else:
             ids = self.encode(prompt, chat)
         gen = generator if generator is not None else make_generator(seed)
+        ctx = MethodContext(self.backend, gen_cfg.sampling, gen, self, gen_cfg, on_update)
+        runner = spec.build(method_cfg, ctx)
         holder: dict = {}
-        if method == "multiverse":  # its own engine: branches, not one chain of drafts
-            from .multiverse.run import chunks
+        return Stream(self._run(ids, runner, gen_cfg, method, holder), holder)
 
-            return Stream(chunks(self, ids, method_cfg, gen_cfg, gen, holder, on_update), holder)
-        proposer = spec.factory(method_cfg, MethodContext(self.backend, gen_cfg.sampling, gen, self))
-        return Stream(self._run(ids, proposer, gen_cfg, gen, method, holder), holder)
-
-    def _run(self, ids, proposer, gen_cfg, gen, method, holder) -> Iterator[Chunk]:
+    def _run(self, ids, runner: Runner, gen_cfg: GenerationConfig, method: str, holder: dict) -> Iterator[Chunk]:
+        """Steps -> Chunks of text safe to show, statistics, and the Generation at the end."""
         t0 = time.perf_counter()
         stats = Stats()
         text = TextStream(self.tokenizer, gen_cfg.stop)
         finish = "length"
-        for step in decode(self.backend, proposer, ids, gen_cfg, gen):
+        for step in runner.run(ids):
             stats.add(step.stats)
             piece = text.push(step.tokens, final=step.finish_reason is not None)
             if text.stopped:
@@ -235,6 +226,7 @@ def load(name_or_path: str = "SmolLM2-135M-Instruct", *, adapter: str | None = N
     if backend not in ("transformers", "llamacpp"):
         raise ConfigError(f"unknown backend '{backend}' (transformers, llamacpp)")
     if adapter:
+        from .adapters import info as adapter_info
         from .adapters import resolve as resolve_adapter
 
         resolve_adapter(adapter)  # a bad name fails before the model loads
@@ -248,6 +240,7 @@ def load(name_or_path: str = "SmolLM2-135M-Instruct", *, adapter: str | None = N
 
         hf_model = apply(hf_model, adapter, tokenizer)
         name = f"{name}+{adapter}"
+        return Model(hf_model, tokenizer, name, adapter=adapter_info(resolve_adapter(adapter)))
     return Model(hf_model, tokenizer, name)
 
 
@@ -268,6 +261,4 @@ def _load_llamacpp(name_or_path: str, adapter: str | None, progress: bool) -> Mo
     backend = LlamaCppBackend(gguf)  # fails clearly when llama-cpp-python is missing or the file is not a model
     hf_model, tokenizer = load_pretrained(resolve(name_or_path, progress=progress))
     meta = adapter_info(backend.meta(ADAPTER_KEY))  # an exported fine-tune: methods default to its training
-    if meta:
-        hf_model.polyverse_adapter = meta
-    return Model(hf_model, tokenizer, f"{name}@llamacpp", backend=backend)
+    return Model(hf_model, tokenizer, f"{name}@llamacpp", backend=backend, adapter=meta)

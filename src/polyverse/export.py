@@ -92,7 +92,7 @@ def export_gguf(model, out: Path, qtype: str = "f16", source: Path | None = None
     ftype = gguf.LlamaFileType.MOSTLY_F16 if qtype == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
     writer.add_file_type(int(ftype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    meta = getattr(hf, "polyverse_adapter", None)
+    meta = model.adapter
     if meta:
         writer.add_string(ADAPTER_KEY, json.dumps(meta))
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from .backends.base import Backend
 from .config import GenerationConfig
 from .draft import Draft
+from .errors import ConfigError
 from .layout import chain_feed, draft_feed
 from .sampling import make_generator
 from .verify import Verdict, verify
@@ -46,21 +47,64 @@ class Observation:
     context: tuple[int, ...]  # all tokens so far; the last one is the new pending token
 
 
-class Proposer(Protocol):
-    """A method: proposes drafts and learns from what was accepted. Holds per-request state."""
+class Proposer:
+    """A method: proposes drafts and learns from what was accepted. Holds per-request state.
+
+    Subclass it and override ``propose`` (and ``start``/``observe`` where the method keeps state);
+    every member has a default, so the loop reads them directly.
+    """
+
+    reads_every_row: bool = False
+    """Whether ``observe`` reads every logits row (Jacobi's update): the loop then asks the backend
+    for all rows in one LM-head product instead of lazily, which would pay two products."""
 
     def start(self, context: Sequence[int]) -> None:
         """Called once with the prompt tokens before the first step."""
 
     def propose(self, context: Sequence[int]) -> Draft:
         """Draft continuations of ``context`` (whose last token is the pending one)."""
+        raise NotImplementedError
 
     def observe(self, obs: Observation) -> None:
         """Update proposer state from the step's outcome."""
 
-    # Optional: a proposer whose ``observe`` reads every logits row (Jacobi's update) sets
-    # ``reads_every_row = True``; the loop then asks the backend for all rows in one LM-head product
-    # instead of lazily (rows 0-1, then the rest: two products for what one does).
+
+@runtime_checkable
+class Runner(Protocol):
+    """What generates one request: yields one Step per forward pass (or group of passes).
+
+    Draft methods get theirs from the registry (a Proposer under ``decode``); engine-style
+    methods (Multiverse) implement it themselves, starting with ``prefill``.
+    """
+
+    def run(self, prompt: Sequence[int]) -> Iterator[Step]:
+        ...
+
+
+def check_prompt(prompt: Sequence[int], max_length: int) -> None:
+    """The one check of a prompt's token ids: at least one token, and room for one more.
+
+    Example: check_prompt([1, 2], 2) raises "the prompt is 2 tokens long; the model's context holds 2".
+    """
+    if not prompt:
+        raise ConfigError("the prompt is empty")
+    if len(prompt) >= max_length:
+        raise ConfigError(f"the prompt is {len(prompt)} tokens long; the model's context holds {max_length}")
+
+
+def prefill(backend: Backend, prompt: Sequence[int]) -> list[int]:
+    """Check the prompt, empty the backend and commit every prompt token but the last, which is
+    the pending token fed at the root of the first pass. Returns the prompt as a list of ints.
+
+    Example: prompt [5, 6, 7] -> one pass over (5, 6) at positions (0, 1), both committed.
+    """
+    context = [int(t) for t in prompt]
+    check_prompt(context, backend.max_length)
+    backend.reset()
+    if len(context) > 1:
+        backend.forward(chain_feed(context[:-1], 0), logits_for=[])
+        backend.commit(range(len(context) - 1))
+    return context
 
 
 def decode(
@@ -74,17 +118,9 @@ def decode(
 
     Example: with the AR proposer (empty drafts) each step feeds 1 token and yields 1 token.
     """
-    if not prompt:
-        raise ValueError("the prompt must hold at least one token")
-    if len(prompt) >= backend.max_length:
-        raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {backend.max_length}")
     gen = generator if generator is not None else make_generator(config.seed)
     eos = set(config.eos_token_ids)
-    context = [int(t) for t in prompt]
-    backend.reset()
-    if len(context) > 1:
-        backend.forward(chain_feed(context[:-1], 0), logits_for=[])
-        backend.commit(range(len(context) - 1))
+    context = prefill(backend, prompt)
     proposer.start(tuple(context))
     produced = 0
     while True:
@@ -94,7 +130,7 @@ def decode(
         draft = proposer.propose(tuple(context))
         if draft and max(draft.depths()) > room - 1:
             draft = draft.pruned(room - 1)
-        every = range(len(draft) + 1) if getattr(proposer, "reads_every_row", False) else None
+        every = range(len(draft) + 1) if proposer.reads_every_row else None
         logits = backend.forward(draft_feed(context[-1], pos, draft), logits_for=every)  # [1 + n, V]
         verdict = verify(draft, logits, config.sampling, gen)
         backend.commit([0] + [i + 1 for i in verdict.accepted])

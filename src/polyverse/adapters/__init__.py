@@ -72,15 +72,13 @@ def grow_embeddings(hf_model, size: int) -> None:
 def apply(hf_model, name_or_path: str, tokenizer=None):
     """The base model with the adapter's weights merged in (plain transformers model, same speed).
 
-    ``tokenizer`` receives the adapter's added special tokens, if it has any. The returned model
-    carries the adapter's ``polyverse.json`` as ``polyverse_adapter`` (methods read defaults from it,
-    e.g. the k a SPACE adapter was trained with).
+    ``tokenizer`` receives the adapter's added special tokens, if it has any. The adapter's
+    metadata (``info``) is the polyverse Model's ``adapter``: methods read defaults from it.
     """
     path = resolve(name_or_path)
     add_tokens(hf_model, tokenizer, path)
     model = _merge_lora(hf_model, path) if (path / "adapter_config.json").is_file() else _load_full(hf_model, path)
     model.eval()
-    model.polyverse_adapter = info(path)
     return model
 
 

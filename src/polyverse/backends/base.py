@@ -15,6 +15,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import torch
 
 from ..layout import Feed
+from ..logits import Logits
 
 
 @runtime_checkable
@@ -26,8 +27,14 @@ class Backend(Protocol):
     def length(self) -> int:
         """Number of committed KV entries."""
 
-    def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> torch.Tensor:
-        """Run one pass; returns float32 logits [len(logits_for), V] (all feed rows when None).
+    @property
+    def torch_model(self) -> torch.nn.Module | None:
+        """The torch module this backend runs, as loaded (early-exit drafting cuts its layers), or
+        None where the backend runs no torch module (llama.cpp)."""
+
+    def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> Logits:
+        """Run one pass; returns float32 logits [len(logits_for), V] (all feed rows when None), as
+        ``Logits``: rows by int, slice or list, iterable, ``full()``.
 
         The feed's entries stay pending until ``commit``; a second forward commits nothing
         implicitly and is an error.
@@ -50,3 +57,15 @@ class Backend(Protocol):
 
     def reset(self) -> None:
         """Forget every entry."""
+
+    def session(self) -> "Backend":
+        """A new backend with an empty cache over the same weights (and whatever was prepared for them
+        once, shared), for one request among several decoding at once."""
+
+    def moved(self, device: torch.device) -> "Backend":
+        """Move the weights to ``device`` and return a backend that decodes there; a ConfigError
+        where this backend cannot move."""
+
+    def cost_key(self) -> str:
+        """What identifies this backend's pass costs apart from the model's name: its kind, weights
+        and where they run (e.g. "transformers|134515008|torch.float32|cpu")."""

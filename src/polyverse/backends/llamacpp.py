@@ -30,7 +30,8 @@ import torch
 
 from ..errors import ConfigError
 from ..layout import Feed
-from . import cpu
+from ..logits import Logits
+from .cpu import features
 
 MAX_SEQS = 64
 
@@ -43,8 +44,8 @@ def _lib():
     return llama_cpp
 
 
-def _cpu_has_amx(cpuinfo: str = cpu.SYSTEM) -> bool:
-    return "amx_int8" in cpu.cpuinfo(cpuinfo)[1]
+def _cpu_has_amx(cpuinfo: str = features.SYSTEM) -> bool:
+    return "amx_int8" in features.cpuinfo(cpuinfo)[1]
 
 
 class LlamaCppBackend:
@@ -84,6 +85,7 @@ class LlamaCppBackend:
         self.path = path
         self._batch = ll.llama_batch_init(n_batch, 0, MAX_SEQS)
         self._n_batch = n_batch
+        self._threads = threads
         self._committed = 0
         self._pending: list[tuple[int, int]] = []  # (position, first seq) of the pending feed, feed order
         self._feed: Feed | None = None
@@ -105,8 +107,24 @@ class LlamaCppBackend:
     def length(self) -> int:
         return self._committed
 
+    @property
+    def torch_model(self) -> None:
+        """None: llama.cpp runs no torch module."""
+        return None
+
+    def cost_key(self) -> str:
+        return f"llamacpp|{self.path.resolve()}|{self.path.stat().st_size}"
+
+    def session(self) -> "LlamaCppBackend":
+        """A backend with an empty cache over the same GGUF file (a context and a copy of the weights
+        of its own), with this one's context size, batch and threads."""
+        return LlamaCppBackend(self.path, n_ctx=self.max_length, n_batch=self._n_batch, threads=self._threads)
+
+    def moved(self, device: torch.device) -> "LlamaCppBackend":
+        raise ConfigError("only the transformers backend can move to another device")
+
     # -- the pass ---------------------------------------------------------------------------
-    def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> Logits:
         if self._pending:
             raise RuntimeError("forward called with pending entries: commit first")
         extra = len(self._refeed)
@@ -139,7 +157,7 @@ class LlamaCppBackend:
         for j, i in enumerate(rows):
             ptr = self.ll.llama_get_logits_ith(self.ctx, i)
             out[j] = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
-        return torch.from_numpy(out)  # [len(logits_for), V]
+        return Logits.of(torch.from_numpy(out))  # [len(logits_for), V]
 
     def _with_refeed(self, feed: Feed, logits_for):
         """The feed with the tokens to feed again in front, as a chain below the context."""

@@ -3,12 +3,10 @@
 No model files are forked and nothing in transformers is patched: the model receives
 ``attention_mask`` [1, 1, q, kv] and ``position_ids`` [1, q] through its public forward, and the
 cache is trimmed through the cache layers' own methods; its full-attention layers grow in place
-(``kv.GrowingLayer``) instead of concatenating the whole cache on every pass. On CPU in float32
-the pass's linear layers and the LM head of a model of real size run on panel-packed copies of
-the weights through the AVX-512 row kernel (``rows``) or, without it, on oneDNN-packed copies
-(``packed``); otherwise passes of 2 to 4 tokens run through ``few_rows.FewRows``. The model's
-linear layers are routed through these stores only inside the backend's passes (``route``).
-Multi-token passes on CPU read grouped key/value heads without copying the cache (``gqa``).
+(``kv.GrowingLayer``) instead of concatenating the whole cache on every pass. The passes run on
+the model's decode-time view, prepared once (``cpu.prepare.DecodeModel``: the CPU products, the
+grouped-head attention, the LM head apart); this module keeps the feeds, masks, the cache and the
+sequence cells.
 """
 
 from __future__ import annotations
@@ -21,8 +19,8 @@ import torch
 from transformers import PreTrainedModel
 
 from ..layout import Feed, additive_mask, is_plain_chain
-from ..logits import LazyLogits, Projection, eager
-from . import few_rows, gqa, packed, route, rows
+from ..logits import Logits
+from .cpu.prepare import DecodeModel
 from .kv import GrowingLayer, growing_cache
 
 
@@ -34,38 +32,53 @@ def cache_kwarg(module) -> str:
 
 class TransformersBackend:
     def __init__(self, model: PreTrainedModel, packed_weights: bool | None = None,
-                 row_kernel: bool | None = None) -> None:
-        """``row_kernel``: run the passes' products on the AVX-512 row kernel; None = where it pays
-        (``rows.worth_it``: float32 on an AVX-512 CPU, 10M parameters or more, the kernel builds)
-        unless oneDNN was asked for. ``packed_weights``: otherwise run them on oneDNN-packed weights;
-        None = where it pays (``packed.worth_it``)."""
+                 row_kernel: bool | None = None, *, decode_model: DecodeModel | None = None) -> None:
+        """``decode_model``: the model's prepared decode view to share (``session``); by default one is
+        prepared here, with ``row_kernel`` and ``packed_weights`` choosing its products
+        (``cpu.prepare.choose``: None = where they pay)."""
         self.model = model
         cfg = model.config.get_text_config(decoder=True)
         self.vocab_size = int(cfg.vocab_size)
         self.max_length = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
+        if decode_model is not None and decode_model.model is not model:
+            raise ValueError("the decode model was prepared for another model")
+        self.decode_model = decode_model if decode_model is not None else DecodeModel(model, packed_weights, row_kernel)
         self.cache = growing_cache(model.config, self.max_length)
         self._committed = 0
         self._pending = 0
         self._cells: torch.Tensor | None = None  # [S, committed + pending] bool: cell c in sequence s; None = all in 0
-        # the LM head can run apart from the body when the logits are a plain projection
-        base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-        head = model.get_output_embeddings()
-        plain = getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
-        # the store of packed weights the pass's products use (None: stock); shared by forks and sessions
-        self._packed = self._store(model, packed_weights, row_kernel)
-        self._split = (base, Projection(head, self._packed)) if base is not None and head is not None and plain else None
         self._cache_key = cache_kwarg(model)
-        self._base_cache_key = cache_kwarg(base) if self._split is not None else self._cache_key
+        base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+        self._base_cache_key = cache_kwarg(base) if self.decode_model.head is not None else self._cache_key
 
     @property
     def length(self) -> int:
         return self._committed
 
+    @property
+    def torch_model(self) -> PreTrainedModel:
+        """The model as loaded (its stock modules; the passes run on its decode view)."""
+        return self.model
+
+    def cost_key(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        return f"transformers|{n}|{self.dtype}|{self.device}"
+
+    def session(self) -> "TransformersBackend":
+        """A backend with an empty cache over the same weights and the same prepared decode model."""
+        return TransformersBackend(self.model, decode_model=self.decode_model)
+
+    def moved(self, device: torch.device) -> "TransformersBackend":
+        """Move the model to ``device`` and return a backend for it (its decode view prepared again)."""
+        self.model.to(device)
+        return TransformersBackend(self.model)
+
     @torch.inference_mode()
-    def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> "torch.Tensor | LazyLogits":
-        """Logits [len(logits_for), V] for the named rows; a LazyLogits over every row when None."""
+    def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> Logits:
+        """Logits of the named rows ([len(logits_for), V], projected at once); of every row when None
+        (projected as they are read)."""
         if self._pending:
             raise RuntimeError("forward called with pending entries: commit first")
         past = self._committed
@@ -79,18 +92,17 @@ class TransformersBackend:
         if context is not None or not is_plain_chain(feed, past):
             mask = additive_mask(feed.parents, past, self.dtype, context).to(self.device)  # [1, 1, q, kv]
         kwargs = dict(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True)
-        product = self._product(q)
-        if self._split is not None:
-            base, head = self._split
-            with product, gqa.direct(self.device, q):
-                hidden = base(**kwargs, **{self._base_cache_key: self.cache}).last_hidden_state[0]  # [q, H]
+        head = self.decode_model.head
+        if head is not None:
+            body = self.decode_model.body(q)
+            hidden = body(**kwargs, **{self._base_cache_key: self.cache}).last_hidden_state[0]  # [q, H]
             self._pending = q
             if logits_for is None:
-                return LazyLogits(hidden, head, self.vocab_size)
+                return Logits(hidden, head, self.vocab_size)
             rows = list(logits_for)
             if not rows:
-                return torch.empty(0, self.vocab_size)
-            return head(hidden[rows])  # [len(logits_for), V]
+                return Logits.of(torch.empty(0, self.vocab_size))
+            return Logits.of(head(hidden[rows]))  # [len(logits_for), V]
         if logits_for is None:
             keep: int | torch.Tensor = 0
         elif list(logits_for) == list(range(q - len(logits_for), q)):
@@ -99,30 +111,9 @@ class TransformersBackend:
                 keep = torch.empty(0, dtype=torch.long)
         else:
             keep = torch.tensor(list(logits_for), dtype=torch.long, device=self.device)
-        with product, gqa.direct(self.device, q):
-            out = self.model(**kwargs, **{self._cache_key: self.cache}, logits_to_keep=keep)
+        out = self.decode_model.lm(q)(**kwargs, **{self._cache_key: self.cache}, logits_to_keep=keep)
         self._pending = q
-        logits = out.logits[0].float()  # [len(logits_for) or q, V]
-        return eager(logits) if logits_for is None else logits
-
-    def _store(self, model: PreTrainedModel, packed_weights: bool | None, row_kernel: bool | None):
-        if row_kernel is None:
-            row_kernel = packed_weights is not True and rows.worth_it(model)
-        elif row_kernel and not rows.available(self.device, self.dtype):
-            raise ValueError("the row kernel needs float32 weights on an AVX-512 CPU and a C++ compiler")
-        if row_kernel:
-            return rows.RowWeights()
-        if packed_weights is None:
-            packed_weights = packed.worth_it(model)
-        elif packed_weights and not packed.available(self.device, self.dtype):
-            raise ValueError("packed weights need float32 weights on CPU and a torch with oneDNN")
-        return packed.PackedWeights() if packed_weights else None
-
-    def _product(self, q: int):
-        """The context the pass's products run under: a store of packed weights, the few-row product, or stock."""
-        if self._packed is not None:
-            return route.through(self.model, self._packed)
-        return route.through(self.model, few_rows.FewRows() if few_rows.wanted(q, self.device) else None)
+        return Logits.of(out.logits[0].float())  # [len(logits_for) or q, V]
 
     def _context(self, feed: Feed, past: int) -> torch.Tensor | None:
         """Which committed cells each fed token sees ([q, past]); records the feed's cells as pending."""

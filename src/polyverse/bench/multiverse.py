@@ -9,7 +9,7 @@ tokens; the script checks it. It also times one pass of the two layouts the engi
 n open paths: flattened (one sequence, a branch mask) against batched (n rows, the prefix cache
 copied n times), which is the measurement behind the engine's choice.
 
-    polyverse bench-multiverse --paths 2,4,8 --path-tokens 64 --out bench-out/multiverse.json
+    polyverse bench multiverse --paths 2,4,8 --path-tokens 64 --out bench-out/multiverse.json
 """
 
 from __future__ import annotations

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 from ..draft import Draft
-from ..loop import Observation
+from ..loop import Proposer
+from ..options import method_options
+from ..registry import registry
 
 
-@dataclass(frozen=True)
+@method_options("ar")
 class ARConfig:
     """Plain decoding has no options."""
 
 
-class ARProposer:
+class ARProposer(Proposer):
     """Proposes nothing: each pass feeds the pending token and yields one token."""
-
-    def start(self, context: Sequence[int]) -> None:
-        pass
 
     def propose(self, context: Sequence[int]) -> Draft:
         return Draft.empty()
 
-    def observe(self, obs: Observation) -> None:
-        pass
-
 
 def make(config: ARConfig, ctx) -> ARProposer:
     return ARProposer()
+
+
+registry.register("ar", ARConfig, make, "plain autoregressive decoding: one token per pass (the reference)")

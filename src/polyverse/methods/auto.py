@@ -10,35 +10,25 @@ decoding, 1 / c(1), is expected to be faster. So it is never much slower than `a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 from ..costs import CostCurve, cost_curve
 from ..draft import Draft
-from ..errors import ConfigError
-from ..loop import Observation
+from ..loop import Observation, Proposer
 from ..ngrams import NgramIndex
+from ..options import method_options, option
+from ..registry import registry
 
 
-@dataclass(frozen=True)
+@method_options("auto")
 class AutoConfig:
-    max_tokens: int = 24  # most draft tokens per candidate
-    ngram: int = 4  # longest suffix n-gram matched
-    decay: float = 0.9  # weight kept by old acceptance evidence at each update
-    probe_every: int = 8  # after this many steps without drafting, draft once to re-measure
-    # continuations verified together. 1 measured best here: a side branch rarely wins, and with
-    # 2-4 token passes about as cheap as 1-token ones the cheapest feed pays most often
-    candidates: int = 1
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_tokens, int) or not 1 <= self.max_tokens <= 64:
-            raise ConfigError(f"auto max_tokens must be an integer in [1, 64], got {self.max_tokens!r}")
-        if not isinstance(self.ngram, int) or not 1 <= self.ngram <= 16:
-            raise ConfigError(f"auto ngram must be an integer in [1, 16], got {self.ngram!r}")
-        if not 0.0 < self.decay <= 1.0:
-            raise ConfigError(f"auto decay must be in (0, 1], got {self.decay}")
-        if not isinstance(self.candidates, int) or not 1 <= self.candidates <= 16:
-            raise ConfigError(f"auto candidates must be an integer in [1, 16], got {self.candidates!r}")
+    max_tokens: int = option(24, "most draft tokens per candidate", lo=1, hi=64, flag="--max-tokens")
+    ngram: int = option(4, "longest match", lo=1, hi=16, flag="--ngram")  # longest suffix n-gram matched
+    decay: float = option(0.9, "weight kept by old acceptance evidence at each update", above=0.0, hi=1.0)
+    probe_every: int = option(8, "steps without drafting before one draft re-measures acceptance", lo=0)
+    # 1 by default: a side branch rarely wins, and where passes of a few tokens cost about what one
+    # does the cheapest feed pays most often
+    candidates: int = option(1, "continuations per pass", lo=1, hi=16, flag="--candidates")
 
 
 class Acceptance:
@@ -76,7 +66,7 @@ def best_length(alpha: float, available: int, curve: CostCurve, width: int = 1) 
     return best_k
 
 
-class AutoProposer:
+class AutoProposer(Proposer):
     def __init__(self, config: AutoConfig, curve: CostCurve) -> None:
         self.cfg = config
         self.curve = curve
@@ -128,3 +118,7 @@ class AutoProposer:
 
 def make(config: AutoConfig, ctx) -> AutoProposer:
     return AutoProposer(config, cost_curve(ctx.model, ctx.backend))
+
+
+registry.register("auto", AutoConfig, make,
+                  "adaptive: n-gram speculation or plain decoding per step, draft size from measured pass costs")

@@ -9,7 +9,6 @@ its LM head as the draft: no second model, weights shared, works on any loaded m
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -20,35 +19,31 @@ from ..config import SamplingConfig
 from ..draft import Draft
 from ..errors import ConfigError
 from ..layout import chain_feed
-from ..loop import Observation
+from ..loop import Observation, Proposer
+from ..options import method_options, option
+from ..registry import registry
 from ..sampling import make_generator, sample, target_probs
 
 
-@dataclass(frozen=True)
+@method_options("draft")
 class DraftConfig:
-    model: str = ""  # the draft model: bundled name, HF directory or GGUF file (same tokenizer)
-    k: int = 4  # tokens drafted per pass
+    # bundled name, HF directory or GGUF file, with the target's tokenizer
+    model: str = option("", "the draft model (same tokenizer)", flag="--draft-model")
+    k: int = option(4, "tokens drafted per pass", lo=1, hi=64, flag="--k")
 
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("draft needs a draft model: --draft-model NAME_OR_PATH (or -o model=...)")
-        if not isinstance(self.k, int) or not 1 <= self.k <= 64:
-            raise ConfigError(f"draft k must be an integer in [1, 64], got {self.k!r}")
 
 
-@dataclass(frozen=True)
+@method_options("early_exit")
 class EarlyExitConfig:
-    layers: int = 6  # L: the target's first L layers (+ final norm and LM head) are the draft
-    k: int = 3  # tokens drafted per pass
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.layers, int) or self.layers < 1:
-            raise ConfigError(f"early_exit layers must be a positive integer, got {self.layers!r}")
-        if not isinstance(self.k, int) or not 1 <= self.k <= 64:
-            raise ConfigError(f"early_exit k must be an integer in [1, 64], got {self.k!r}")
+    # L: the target's first L layers (+ final norm and LM head) are the draft
+    layers: int = option(6, "the target's first L layers draft", lo=1, flag="--layers")
+    k: int = option(3, "tokens drafted per pass", lo=1, hi=64, flag="--k")
 
 
-class DraftModelProposer:
+class DraftModelProposer(Proposer):
     """Drafts k tokens with its own backend, whose cache follows the target's context."""
 
     def __init__(self, backend: TransformersBackend, k: int, sampling: SamplingConfig, generator) -> None:
@@ -108,14 +103,14 @@ def _same_tokenizer(a, b) -> bool:
 def make_draft(config: DraftConfig, ctx) -> DraftModelProposer:
     if ctx.model is None:
         raise ConfigError("draft needs the serving model (use polyverse.load(...).generate)")
-    from ..api import load
+    from ..models.load import load_pretrained, resolve
 
     key = f"draft:{config.model}"
     if key not in ctx.model.resources:
-        draft = load(config.model, progress=False)
-        if not _same_tokenizer(draft.tokenizer, ctx.model.tokenizer):
+        hf_draft, tokenizer = load_pretrained(resolve(config.model, progress=False))
+        if not _same_tokenizer(tokenizer, ctx.model.tokenizer):
             raise ConfigError(f"draft model '{config.model}' has another tokenizer than the target: it must share it")
-        ctx.model.resources[key] = draft.hf_model
+        ctx.model.resources[key] = hf_draft
     backend = TransformersBackend(ctx.model.resources[key])
     return DraftModelProposer(backend, config.k, ctx.sampling, ctx.generator)
 
@@ -143,15 +138,19 @@ def truncated_model(model, layers: int):
 
 
 def make_early_exit(config: EarlyExitConfig, ctx) -> DraftModelProposer:
-    if getattr(ctx.model, "backend_name", "transformers") != "transformers":
+    if ctx.backend.torch_model is None:
         raise ConfigError("early_exit drafts with the target's own first layers, which only the transformers "
                           "backend can run apart: use --backend transformers")
     if ctx.model is None:
-        hf = ctx.backend.model
-        small = truncated_model(hf, config.layers)
+        small = truncated_model(ctx.backend.torch_model, config.layers)
     else:
         key = f"early_exit:{config.layers}"
         if key not in ctx.model.resources:
             ctx.model.resources[key] = truncated_model(ctx.model.hf_model, config.layers)
         small = ctx.model.resources[key]
     return DraftModelProposer(TransformersBackend(small), config.k, ctx.sampling, ctx.generator)
+
+
+registry.register("draft", DraftConfig, make_draft, "speculative decoding with a draft model that shares the tokenizer")
+registry.register("early_exit", EarlyExitConfig, make_early_exit,
+                  "speculative decoding drafted by the target's own first L layers")

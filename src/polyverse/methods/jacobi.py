@@ -10,27 +10,25 @@ equals AR greedy and sampled output has the AR distribution (the block is a dete
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Sequence
 
 from ..draft import Draft
-from ..errors import ConfigError
-from ..loop import Observation
+from ..loop import Observation, Proposer
+from ..options import method_options, option
+from ..registry import registry
 
 
 DEFAULT_BLOCK = 16  # tokens guessed ahead per pass when neither the options nor the adapter say
 
 
-@dataclass(frozen=True)
+@method_options("jacobi")
 class JacobiConfig:
-    block: int | None = None  # n: tokens guessed ahead per pass (16 to 32 in the CLLM paper); None = trained_block
-
-    def __post_init__(self) -> None:
-        if self.block is not None and (not isinstance(self.block, int) or not 1 <= self.block <= 256):
-            raise ConfigError(f"jacobi block must be an integer in [1, 256], got {self.block!r}")
+    # n: 16 to 32 in the CLLM paper; None = the block a CLLM adapter was trained for (trained_block)
+    block: int | None = option(None, "tokens guessed per pass", lo=1, hi=256, flag="--block")
 
 
-class JacobiProposer:
+class JacobiProposer(Proposer):
     reads_every_row = True  # observe takes the argmax of every row after the accepted ones: one head product
 
     def __init__(self, config: JacobiConfig) -> None:
@@ -62,12 +60,15 @@ class JacobiProposer:
 def trained_block(model, default: int = DEFAULT_BLOCK) -> int:
     """The block a CLLM adapter of a loaded model was trained for (its ``polyverse.json``), else ``default``:
     a consistency fine-tune fixes the tokens of the blocks it saw, and each deeper guess costs a fed token."""
-    meta = getattr(getattr(model, "hf_model", None), "polyverse_adapter", None) or {}
+    meta = model.adapter if model is not None else {}
     block = meta.get("block") if meta.get("method") == "cllm" else None
     return block if isinstance(block, int) and 1 <= block <= 256 else default
 
 
 def make(config: JacobiConfig, ctx) -> JacobiProposer:
     if config.block is None:
-        config = replace(config, block=trained_block(getattr(ctx, "model", None)))
+        config = replace(config, block=trained_block(ctx.model))
     return JacobiProposer(config)
+
+
+registry.register("jacobi", JacobiConfig, make, "Jacobi / CLLM decoding: refine a block of guesses in parallel")

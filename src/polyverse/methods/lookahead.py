@@ -14,31 +14,23 @@ Accepted tokens may come from either branch; verification is the shared lossless
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from ..draft import Draft
-from ..errors import ConfigError
-from ..loop import Observation
+from ..loop import Observation, Proposer
+from ..options import method_options, option
+from ..registry import registry
 
 
-@dataclass(frozen=True)
+@method_options("lookahead")
 class LookaheadConfig:
-    window: int = 5  # W: columns of the lookahead window
-    ngram: int = 3  # N: n-gram size (the window has N-1 levels)
-    guesses: int = 5  # G: most n-grams verified per pass
-    prompt_pool: bool = True  # seed the pool with the prompt's n-grams
-    seed: int = 0  # seed of the window's initial guesses
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.window, int) or not 1 <= self.window <= 64:
-            raise ConfigError(f"lookahead window W must be an integer in [1, 64], got {self.window!r}")
-        if not isinstance(self.ngram, int) or not 2 <= self.ngram <= 16:
-            raise ConfigError(f"lookahead ngram N must be an integer in [2, 16], got {self.ngram!r}")
-        if not isinstance(self.guesses, int) or not 0 <= self.guesses <= 64:
-            raise ConfigError(f"lookahead guesses G must be an integer in [0, 64], got {self.guesses!r}")
+    window: int = option(5, "window W", lo=1, hi=64, flag="--window", label="window W")  # columns of the window
+    ngram: int = option(3, "n-gram size N", lo=2, hi=16, flag="--ngram", label="ngram N")  # the window has N-1 levels
+    guesses: int = option(5, "n-grams verified per pass G", lo=0, hi=64, flag="--guesses", label="guesses G")
+    prompt_pool: bool = option(True, "seed the n-gram pool with the prompt's n-grams")
+    seed: int = option(0, "seed of the window's initial guesses")
 
 
 def window_draft(levels: list[list[int]]) -> Draft:
@@ -75,7 +67,7 @@ class NgramPool:
         return list(reversed(entry))[:limit] if entry else []
 
 
-class LookaheadProposer:
+class LookaheadProposer(Proposer):
     def __init__(self, config: LookaheadConfig) -> None:
         self.cfg = config
         self.levels: list[list[int]] = []
@@ -121,3 +113,7 @@ class LookaheadProposer:
 
 def make(config: LookaheadConfig, ctx) -> LookaheadProposer:
     return LookaheadProposer(config)
+
+
+registry.register("lookahead", LookaheadConfig, make,
+                  "lookahead decoding: 2D Jacobi window + n-gram pool verified in the same pass")

@@ -8,29 +8,23 @@ editing code, summarising) where the output copies spans of the input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 from ..draft import Draft
-from ..errors import ConfigError
-from ..loop import Observation
+from ..loop import Proposer
 from ..ngrams import NgramIndex
+from ..options import method_options, option
+from ..registry import registry
 
 
-@dataclass(frozen=True)
+@method_options("prompt_lookup")
 class PromptLookupConfig:
-    num_tokens: int = 10  # most tokens drafted per candidate
-    ngram: int = 3  # longest suffix n-gram matched
-    candidates: int = 3  # most continuations verified at once (as a tree)
-
-    def __post_init__(self) -> None:
-        for name, lo, hi in (("num_tokens", 1, 128), ("ngram", 1, 16), ("candidates", 1, 64)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or not lo <= v <= hi:
-                raise ConfigError(f"prompt_lookup {name} must be an integer in [{lo}, {hi}], got {v!r}")
+    num_tokens: int = option(10, "tokens drafted per candidate", lo=1, hi=128, flag="--num-tokens")
+    ngram: int = option(3, "longest match", lo=1, hi=16, flag="--ngram")  # longest suffix n-gram matched
+    candidates: int = option(3, "continuations per pass", lo=1, hi=64, flag="--candidates")  # verified as a tree
 
 
-class PromptLookupProposer:
+class PromptLookupProposer(Proposer):
     def __init__(self, config: PromptLookupConfig) -> None:
         self.cfg = config
         self.index = NgramIndex(config.ngram)
@@ -43,9 +37,10 @@ class PromptLookupProposer:
         self.index.extend(context)
         return Draft.tree(self.index.continuations(self.cfg.num_tokens, self.cfg.candidates))
 
-    def observe(self, obs: Observation) -> None:
-        pass
-
 
 def make(config: PromptLookupConfig, ctx) -> PromptLookupProposer:
     return PromptLookupProposer(config)
+
+
+registry.register("prompt_lookup", PromptLookupConfig, make,
+                  "copy what followed earlier matches of the last n-gram (prompt and output), as a tree")

@@ -26,7 +26,7 @@ paid for. Which candidates are fed never changes what is written, only how fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import torch
@@ -34,25 +34,20 @@ import torch
 from ..costs import cost_curve
 from ..draft import Draft
 from ..errors import ConfigError
-from ..loop import Observation
+from ..loop import Observation, Proposer
+from ..options import method_options, option
+from ..registry import registry
 
 MASK_TOKEN = "[MASK]"
 DEFAULT_K = 5  # masks per group when neither the options nor the adapter say
 
 
-@dataclass(frozen=True)
+@method_options("space")
 class SpaceConfig:
-    k: int | None = None  # masks per group = most candidates proposed per pass; None = trained_k
-    mask_id: int | None = None  # the [MASK] token id; None = look up "[MASK]" in the tokenizer
-    adaptive: bool = True  # feed only the candidates worth their pass cost (see the module doc)
-
-    def __post_init__(self) -> None:
-        if self.k is not None and (not isinstance(self.k, int) or not 1 <= self.k <= 16):
-            raise ConfigError(f"space k must be an integer in [1, 16], got {self.k!r}")
-        if self.mask_id is not None and (not isinstance(self.mask_id, int) or self.mask_id < 0):
-            raise ConfigError(f"space mask_id must be a token id, got {self.mask_id!r}")
-        if not isinstance(self.adaptive, bool):
-            raise ConfigError(f"space adaptive must be true or false, got {self.adaptive!r}")
+    # = most candidates proposed per pass; None = the k the SPACE adapter was trained with (trained_k)
+    k: int | None = option(None, "masks per group", lo=1, hi=16, flag="--k")
+    mask_id: int | None = option(None, "the [MASK] token id (default: looked up in the tokenizer)", lo=0)
+    adaptive: bool = option(True, "feed only the candidates worth their pass cost")  # see the module doc
 
 
 def space_draft(candidates: Sequence[int], k: int, mask_id: int) -> tuple[Draft, list[list[int]]]:
@@ -96,7 +91,7 @@ def best_count(confidences: Sequence[float], k: int, cost: Callable[[int], float
     return best_n
 
 
-class SpaceProposer:
+class SpaceProposer(Proposer):
     def __init__(self, config: SpaceConfig, mask_id: int, cost: Callable[[int], float] | None = None) -> None:
         self.k = config.k if config.k is not None else DEFAULT_K
         self.mask_id = mask_id
@@ -145,7 +140,7 @@ def find_mask_id(config: SpaceConfig, ctx) -> int:
     if config.mask_id is not None:
         mask_id = config.mask_id
     else:
-        tok = getattr(getattr(ctx, "model", None), "tokenizer", None)
+        tok = ctx.model.tokenizer if ctx.model is not None else None
         vocab = tok.get_vocab() if tok is not None else {}
         if MASK_TOKEN not in vocab:
             raise ConfigError(
@@ -161,7 +156,7 @@ def find_mask_id(config: SpaceConfig, ctx) -> int:
 def trained_k(model, default: int = DEFAULT_K) -> int:
     """The k of the SPACE adapter a loaded model was made with (its ``polyverse.json``), else ``default``:
     masks deeper than the trained groups propose little and each costs a fed token per group."""
-    meta = getattr(getattr(model, "hf_model", None), "polyverse_adapter", None) or {}
+    meta = model.adapter if model is not None else {}
     k = meta.get("config", {}).get("k") if meta.get("method") == "space" else None
     return k if isinstance(k, int) and 1 <= k <= 16 else default
 
@@ -169,5 +164,9 @@ def trained_k(model, default: int = DEFAULT_K) -> int:
 def make(config: SpaceConfig, ctx) -> SpaceProposer:
     mask_id = find_mask_id(config, ctx)
     if config.k is None:
-        config = replace(config, k=trained_k(getattr(ctx, "model", None)))
+        config = replace(config, k=trained_k(ctx.model))
     return SpaceProposer(config, mask_id, cost_curve(ctx.model, ctx.backend) if config.adaptive else None)
+
+
+registry.register("space", SpaceConfig, make,
+                  "SPACE auto-correct decoding: a [MASK]-trained model verifies and proposes in one pass")

@@ -11,7 +11,7 @@ paths of that block (1-based). Labels alone fix the attention and the positions:
 - the branch continues (Conclusion) at that start + the longest path's length.
 
 The Multiverse engine assigns the same labels as it decodes, which is what ties the two together
-(``tests/test_multiverse_engine.py``: engine logits equal one masked pass over the sequence).
+(``tests/test_mv_engine.py``: engine logits equal one masked pass over the sequence).
 """
 
 from __future__ import annotations

@@ -6,22 +6,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..options import method_options, option
 from .attention import Label
 
 
-@dataclass(frozen=True)
+@method_options("multiverse")
 class MultiverseConfig:
     """Budgets and scheduling of the engine (``guided`` adds the training-free mode)."""
 
-    max_paths: int = 8  # a block with more outlines is not forked
-    max_depth: int = 2  # blocks nested deeper are not forked
-    max_path_tokens: int = 256  # a longer path is closed with a forced </Path>
-    parallel: bool = True  # False: paths one after another (the sequential baseline)
-    guided: bool = False  # training-free: the engine writes the tags and asks the model for the outlines
-    paths: int = 0  # guided: number of outlines (0 = the model chooses, between min_paths and choose_max)
-    min_paths: int = 2  # guided: fewest outlines when the model chooses
-    choose_max: int = 4  # guided: most outlines when the model chooses
-    outline_tokens: int = 32  # guided: longest outline
+    max_paths: int = option(8, "a block with more outlines is not forked")
+    max_depth: int = option(2, "blocks nested deeper are not forked")
+    max_path_tokens: int = option(256, "a longer path is closed with a forced </Path>")
+    parallel: bool = option(True, "false: paths one after another (the sequential baseline)")
+    guided: bool = option(False, "training-free: the engine writes the tags and asks the model for the outlines")
+    paths: int = option(0, "guided: number of outlines (0 = the model chooses, between min_paths and choose_max)")
+    min_paths: int = option(2, "guided: fewest outlines when the model chooses")
+    choose_max: int = option(4, "guided: most outlines when the model chooses")
+    outline_tokens: int = option(32, "guided: longest outline")
 
     def __post_init__(self) -> None:
         if self.max_paths < 1 or self.max_depth < 0 or self.max_path_tokens < 8:

@@ -26,8 +26,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from ..config import GenerationConfig
-from ..errors import ConfigError
 from ..layout import Feed
+from ..loop import prefill
 from ..sampling import make_generator, sample, target_probs
 from .attention import Label
 from .branch import Branch, MultiverseConfig, Update
@@ -104,16 +104,8 @@ class Engine:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, prompt: Sequence[int]) -> Iterator[Update]:
-        prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise ConfigError("the prompt must hold at least one token")
-        if len(prompt) >= self.backend.max_length:
-            raise ConfigError(f"prompt of {len(prompt)} tokens does not fit the context of {self.backend.max_length}")
-        self.backend.reset()
+        prompt = prefill(self.backend, prompt)
         self.prompt_len = len(prompt)
-        if len(prompt) > 1:
-            self.backend.forward(Feed(tuple(prompt[:-1]), tuple(range(len(prompt) - 1)), tuple(range(-1, len(prompt) - 2))), logits_for=[])
-            self.backend.commit(range(len(prompt) - 1))
         self.trunk = Branch((), self._new_seq(), None, None, len(prompt) - 1, list(prompt), [prompt[-1]])
         if self.cfg.guided:
             from .guided import start
@@ -335,8 +327,3 @@ class Engine:
         toks, _ = self.flat()
         return self.tokenizer.decode(toks[self.prompt_len:], skip_special_tokens=True)
 
-
-def make(config: MultiverseConfig, ctx):
-    """The registry's factory: Multiverse is not a draft proposer of the one decode loop."""
-    raise ConfigError("multiverse runs its own engine: use Model.stream/generate(method='multiverse') or the CLI; "
-                      "it does not combine with the draft methods (jacobi, lookahead, ...) inside paths")

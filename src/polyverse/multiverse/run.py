@@ -1,19 +1,19 @@
-"""Multiverse requests through the ordinary API: ``Model.stream(..., method="multiverse")``.
+"""Multiverse as a method of the one decode path: the engine's passes become Steps.
 
-The engine's passes become Chunks of settled text: the trunk as it grows, and a whole Parallel
-block (its paths in order, then the Conclusion) once every path of it has closed. Callers that
-want to watch the paths grow (the CLI view) pass ``on_update``.
+Each Step carries the settled text's new tokens: the trunk as it grows, and a whole Parallel
+block (its paths in order, then the Conclusion) once every path of it has closed. Its statistics
+count the tokens fed and written by every branch in the pass. Callers that want to watch the
+paths grow (the CLI view) pass ``on_update`` in the method context.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Callable, Iterator
+from typing import Iterator, Sequence
 
-from ..loop import StepStats
-from ..stats import Stats
-from ..text import TextStream
-from .engine import Branch, Engine, MultiverseConfig, Update
+from ..errors import ConfigError
+from ..loop import Step, StepStats
+from ..registry import registry
+from .engine import Branch, Engine, MultiverseConfig
 
 
 def settled(br: Branch) -> list[int]:
@@ -30,36 +30,43 @@ def settled(br: Branch) -> list[int]:
     return out + br.tokens[at:]
 
 
-def chunks(model, ids, config: MultiverseConfig, gen_cfg, generator, holder: dict,
-           on_update: Callable[[Engine, Update], None] | None = None) -> Iterator:
-    from ..api import Chunk, Generation
+class MultiverseRunner:
+    """One Multiverse request: runs the engine and reports each pass as a Step."""
 
-    t0 = time.perf_counter()
-    engine = Engine(model.backend, model.tokenizer, config, gen_cfg, generator)
-    holder["engine"] = engine
-    stats = Stats()
-    text = TextStream(model.tokenizer, gen_cfg.stop)
-    shown = len(ids)
-    finish = "length"
-    for update in engine.run(ids):
-        if on_update is not None:
-            on_update(engine, update)
-        written = sum(len(w[2]) for w in update.writes)
-        step = StepStats(update.fed, 0, written, update.seconds)
-        stats.add(step)
-        done = update.finish_reason is not None
-        toks = engine.flat()[0] if done else settled(engine.trunk)
-        new = tuple(toks[shown:])
-        shown = len(toks)
-        piece = text.push(new, final=done)
-        stats.seconds = time.perf_counter() - t0
-        if text.stopped:
-            finish = "stop"
-            yield Chunk(piece, new, step, finish)
-            break
-        if done:
-            finish = update.finish_reason
-        yield Chunk(piece, new, step, update.finish_reason)
-    stats.seconds = time.perf_counter() - t0
-    # sequential length: the measure the token budget uses (the paper's), next to all tokens written
-    holder["generation"] = Generation(text.text, tuple(text.ids), finish, "multiverse", stats)
+    def __init__(self, config: MultiverseConfig, ctx) -> None:
+        self.engine = Engine(ctx.backend, ctx.model.tokenizer, config, ctx.generation, ctx.generator)
+        self.on_update = ctx.on_update
+
+    def run(self, prompt: Sequence[int]) -> Iterator[Step]:
+        engine = self.engine
+        shown = len(prompt)
+        for update in engine.run(prompt):
+            if self.on_update is not None:
+                self.on_update(engine, update)
+            written = sum(len(w[2]) for w in update.writes)
+            done = update.finish_reason is not None
+            toks = engine.flat()[0] if done else settled(engine.trunk)
+            new = tuple(toks[shown:])
+            shown = len(toks)
+            yield Step(new, StepStats(update.fed, 0, written, update.seconds), update.finish_reason)
+
+
+def make(config: MultiverseConfig, ctx) -> MultiverseRunner:
+    """The registry's factory: the engine needs the served model's tokenizer and the request config."""
+    if ctx.model is None or ctx.generation is None:
+        raise ConfigError("multiverse needs the serving model: use polyverse.load(...).generate(method='multiverse')")
+    return MultiverseRunner(config, ctx)
+
+
+def rewrite(config: MultiverseConfig, prompt: str):
+    """Guided mode: a text prompt becomes the chat that asks for a plan of independent parts."""
+    if not config.guided:
+        return prompt
+    from .guided import instruction
+
+    return instruction(prompt)
+
+
+registry.register("multiverse", MultiverseConfig, make,
+                  "Multiverse: fork a path per <Outline> at </Goal>, decode the paths together, merge (guided=true: any model)",
+                  runner=True, rewrite=rewrite)

@@ -23,7 +23,7 @@ SERVER_ONLY = {("draft", "model")}  # options that load files: set with `polyver
 @dataclass(frozen=True)
 class Plan:
     kind: str  # "chat" | "completion"
-    prompt: Any  # what Model.stream receives: token ids, or the text/messages for multiverse
+    prompt: Any  # what Model.stream receives: token ids, or the text/messages for a method that rewrites prompts
     chat: bool
     prompt_tokens: int
     method: str
@@ -68,7 +68,7 @@ def _messages(req: ChatRequest) -> list[dict]:
 
 
 def _encode(model, req: Common, kind: str) -> tuple[list[int], Any, bool]:
-    """(prompt ids, what Model.stream gets for multiverse, chat flag)."""
+    """(prompt ids, the raw text/messages (for a method that rewrites prompts), chat flag)."""
     limit = model.max_length
     if kind == "chat":
         if not getattr(model.tokenizer, "chat_template", None):
@@ -130,7 +130,7 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
         raise invalid(f"max_tokens is {asked}, but the model's context of {model.max_length} tokens leaves room for "
                       f"{room} after the prompt's {len(ids)}", "max_tokens", "context_length_exceeded")
     max_tokens = asked if asked is not None else min(config.default_max_tokens, room)
-    return Plan(kind=kind, prompt=raw if method == "multiverse" else ids, chat=chat, prompt_tokens=len(ids),
+    return Plan(kind=kind, prompt=raw if registry.get(method).rewrite is not None else ids, chat=chat, prompt_tokens=len(ids),
                 method=method, options=options, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                 top_k=top_k, seed=req.seed, stop=tuple(req.stop or ()), stream=req.stream,
                 include_usage=bool(req.stream_options and req.stream_options.include_usage))

@@ -171,10 +171,8 @@ def one_thread():
     """Run small CPU tensor work (building a batch) on one thread, then restore the count.
 
     A batch is built from many small tensor ops; with several threads each op pays the thread
-    pool's start and sync, which on a busy machine dominates. Measured here on a loaded 2-core
-    machine: a 590-token packed layout took 52 ms on 2 threads and 1.5 ms on one. On a 16-core GPU
-    machine running three fits at once, steps of 16 packed samples took about 20 s each, where the
-    GPU's share is well under a second.
+    pool's start and sync, which on a busy machine, or one running several fits at once, dominates
+    the step (figures in BENCHMARKS.md).
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -203,7 +201,7 @@ def run(model, cfg: LoopConfig, out: Path, batch_fn: Callable[[int, int], Batch]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     acc = Accelerator(gradient_accumulation_steps=cfg.accumulate)
-    # bf16: the loss under autocast (a SPACE step 4.6-5.8 s vs 8.3-9.2 s in fp32 on a CPU with avx512_bf16); a
+    # bf16: the loss under autocast (faster on CPUs with avx512_bf16 and on GPUs); a
     # local autocast rather than accelerate's process-wide mixed_precision, which one process cannot change
     autocast = torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     model, optimizer = acc.prepare(model, optimizer)

@@ -3,10 +3,9 @@
 ``distill`` decodes one question at a time with a lossless method, which is what a CPU affords
 and keeps the text exactly the model's greedy output. On a GPU one question at a time leaves the
 chip idle: here questions are left-padded into batches and decoded together by transformers'
-greedy ``generate`` (thousands of GSM8K answers in a minute or two on one GPU, against hours).
-Padding and batching change the float sums a little, so on a near tie a row can pick the other
-token than unbatched greedy would; the text is still the model's own greedy answer up to that
-rounding, which is what self-distillation needs. Rows carry ``"batched": true`` to say so.
+greedy ``generate``. Padding and batching change the float sums a little, so on a near tie a row
+can pick the other token than unbatched greedy would; the text is still the model's own greedy
+answer up to that rounding, which is what self-distillation needs. Rows carry ``"batched": true`` to say so.
 
 The rows and the resume rule are ``distill``'s: one synced write per batch, ids already written
 are skipped, a torn last line is cut off.

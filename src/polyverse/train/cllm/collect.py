@@ -84,7 +84,7 @@ def jacobi_block(backend, context: Sequence[int], n: int) -> tuple[list[tuple[in
     while True:
         states.append(tuple(state))
         logits = backend.forward(chain_feed([pending] + state, pos), logits_for=list(range(n)))  # [n, V]
-        new = logits.argmax(dim=-1).tolist()
+        new = logits[:].argmax(dim=-1).tolist()
         if new == state:
             backend.commit(range(n))
             return states, state

@@ -1,13 +1,11 @@
 """What the CPU is (vendor, feature flags), read once from /proc/cpuinfo, and what it implies for
-the transformers backend's CPU products.
+the choice of CPU products.
 
-The backend's two replacements for torch's float32 ``linear`` (``packed``: oneDNN-packed weights;
-``few_rows``: W @ x.T for passes of 2 to 4 tokens) were measured and chosen on an AMD EPYC, where
-torch's MKL takes generic kernels. On an Intel CPU, MKL runs kernels made for it, and stock
-``linear`` wins. Measured on an Intel Xeon (AVX-512, AMX; 2 threads) over SmolLM2-135M's 30
-layers of body products: 1 row 19.5 ms stock vs 27 ms packed; 2 to 4 rows 21 to 33 ms stock vs
-48 to 50 ms as W @ x.T; 9 rows 39 to 40 ms stock vs 35 to 40 ms packed. Whole decodes there with
-the cllm-gsm8k adapter: stock ar 19.6 vs 16.1 tok/s packed, Jacobi 23.6 vs 22.3.
+The two replacements for torch's float32 ``linear`` that do not need a compiler (``packed``:
+oneDNN-packed weights; ``few_rows``: W @ x.T for passes of 2 to 4 tokens) were chosen on an AMD
+EPYC, where torch's MKL takes generic kernels. On an Intel CPU MKL runs kernels made for it, and
+there the stock ``linear`` beats both, for the body's products and for whole decodes (figures in
+BENCHMARKS.md and the git history).
 
 On CPUs with AVX-512 the row kernel (``rows``) comes before both: it takes passes of up to 16
 tokens; longer ones (a prompt's prefill) run torch's products, this rule choosing the LM head's.

@@ -1,4 +1,4 @@
-"""`polyverse curate`, `polyverse train multiverse fit|eval`, `polyverse bench-multiverse`."""
+"""`polyverse curate`, `polyverse train multiverse fit|eval`: Multiverse data and SFT."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .cli_common import DECAY_FROM_OPTION, SCHEDULE_OPTION, _fail, _fit_and_save, _progress
-from .errors import ConfigError, PolyverseError
+from ..errors import ConfigError, PolyverseError
+from .common import DECAY_FROM_OPTION, SCHEDULE_OPTION, fail, fit_and_save, gsm8k_default, progress, question_rows
 
 multiverse_app = typer.Typer(no_args_is_help=True, help="Multiverse: SFT on curated structured data, evaluate it.")
 
@@ -26,7 +24,7 @@ def curate(
     limit: Optional[int] = typer.Option(None, "--limit", help="Curate the first N rows only."),
 ) -> None:
     """Turn sequential chains of thought into Multiverse structure (five LLM stages, rule-based fallback)."""
-    from .multiverse.curate import curate_file, make_llm
+    from ..multiverse.curate import curate_file, make_llm
 
     try:
         if not 0.0 <= threshold <= 1.0:
@@ -38,14 +36,14 @@ def curate(
         rej = rejects or str(Path(out).with_suffix("")) + ".rejects.jsonl"
         model = make_llm(llm) if llm else None
         total = limit or sum(1 for line in open(inp) if line.strip())
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task("curate", total=total)
             report = curate_file(inp, out, rej, model, threshold=threshold, limit=limit,
                                  progress=lambda n, rid, status: bar.update(task, completed=n, description=f"{rid}: {status}"))
     except PolyverseError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted: rows written so far are kept; rerun the same command to continue", 130)
+        fail("interrupted: rows written so far are kept; rerun the same command to continue", 130)
     typer.echo(report.line())
     typer.echo(f"structured rows in {out}, rejects in {rej}")
 
@@ -70,8 +68,8 @@ def multiverse_fit(
     precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 mixed precision (faster on CPUs with avx512_bf16 and on GPUs)."),
 ) -> None:
     """SFT with the tag tokens under Multiverse Attention; writes a LoRA adapter (safetensors)."""
-    from .train.multiverse.data import add_tag_tokens, read_curated
-    from .train.multiverse.fit import MultiverseFitConfig, fit, meta
+    from ..train.multiverse.data import add_tag_tokens, read_curated
+    from ..train.multiverse.fit import MultiverseFitConfig, fit, meta
 
     try:
         cfg = MultiverseFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, lora=not full,
@@ -81,16 +79,16 @@ def multiverse_fit(
             raise ConfigError("--limit must be 0 (all) or more")
         if not Path(data).is_file():
             raise ConfigError(f"no curated data file {data} (make it with `polyverse curate`)")
-        from .api import load
+        from ..api import load
 
         lm = load(model)
         add_tag_tokens(lm.hf_model, lm.tokenizer)  # the samples are tokenised with the tags as tokens
         samples = read_curated(Path(data), lm.tokenizer, limit)
     except PolyverseError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted before training: nothing written", 130)
-    _fit_and_save(out, steps, ("ce", "tags"),
+        fail("interrupted before training: nothing written", 130)
+    fit_and_save(out, steps, ("ce", "tags"),
                   lambda tick: (*fit(lm.hf_model, lm.tokenizer, samples, Path(out), cfg, resume=resume, tick=tick)[:2], {}),
                   {"method": "multiverse", "base_model": model, **meta(lm.tokenizer, cfg, data, len(samples))})
 
@@ -105,82 +103,24 @@ def multiverse_eval(
     out: Optional[str] = typer.Option(None, "--out", help="Write the figures and texts as JSON here."),
 ) -> None:
     """How often the base and the adapted model write valid <Parallel> structure on held-out questions."""
-    from .cli_train import _gsm8k_default, _question_rows
-    from .train.multiverse.evaluate import rate
+    from ..train.multiverse.evaluate import rate
 
     try:
-        rows = _question_rows(data or _gsm8k_default("gsm8k_test_dev.jsonl"), limit)
-        from .api import load
+        rows = question_rows(data or gsm8k_default("gsm8k_test_dev.jsonl"), limit)
+        from ..api import load
 
         docs = {}
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task("eval", total=2 * len(rows))
             for name, lm in (("base", load(model)), ("adapted", load(model, adapter=adapter))):
                 docs[name] = rate(lm, [p for _, p, _ in rows], max_new_tokens, tick=lambda q: bar.update(task, advance=1))
     except PolyverseError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted: nothing written", 130)
+        fail("interrupted: nothing written", 130)
     for name, d in docs.items():
         typer.echo(f"{name}: writes <Parallel> on {d['parallel_rate']:.0%}, valid structure on {d['valid_rate']:.0%} "
                    f"of {d['n']} held-out questions")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps({"adapter": adapter, "limit": limit, "max_new_tokens": max_new_tokens, **docs}, indent=1))
-
-
-def bench_multiverse(
-    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or HF model directory."),
-    paths: str = typer.Option("2,4,8", "--paths", help="Comma-separated path counts."),
-    path_tokens: int = typer.Option(64, "--path-tokens", help="Tokens per path (the same in every run)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Also write the rows as JSON here."),
-    guided: bool = typer.Option(False, "--guided", help="Instead: the training-free mode on 10 varied prompts "
-                                "(how many answers are valid structure)."),
-) -> None:
-    """Multiverse paths in parallel against the same tokens written sequentially (tokens/s, parallelism, speedup)."""
-    from dataclasses import asdict
-    from pathlib import Path
-
-    from .bench.multiverse import GUIDED_PROMPTS, HEADER, guided_validity, measure, table
-
-    if guided:
-        from .api import load
-
-        lm = load(model)
-        with _progress() as bar:
-            task = bar.add_task("guided", total=len(GUIDED_PROMPTS))
-            doc = guided_validity(lm, path_tokens=path_tokens, tick=lambda what: bar.update(task, advance=1, description=what))
-        t = Table("prompt", "valid", "paths", "tokens/pass", "tok/s", title="Training-free Multiverse")
-        for r in doc["rows"]:
-            t.add_row(r["prompt"][:50], "yes" if r["valid"] else "no: " + "; ".join(r["errors"])[:60], str(r["paths"]),
-                      f"{r['tokens_per_pass']:.2f}", f"{r['tokens_per_second']:.1f}")
-        Console(width=max(Console().width, 140)).print(t)
-        typer.echo(f"valid structure on {doc['valid']} of {doc['n']} prompts")
-        if out:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps(doc, indent=1))
-        return
-
-    try:
-        counts = [int(p) for p in paths.split(",") if p.strip()]
-        if not counts or min(counts) < 1:
-            raise ConfigError("--paths takes positive counts, e.g. 2,4,8")
-        if path_tokens < 16:
-            raise ConfigError("--path-tokens must be at least 16")
-    except PolyverseError as exc:
-        _fail(str(exc))
-    except ValueError:
-        _fail(f"--paths takes comma-separated integers, got '{paths}'")
-    from .api import load
-
-    lm = load(model)
-    with _progress() as bar:
-        task = bar.add_task("warm-up", total=2 * len(counts))
-        rows = measure(lm, counts, path_tokens, tick=lambda what: bar.update(task, advance=1, description=what))
-    t = Table(*HEADER, title=f"Multiverse on {model}: {path_tokens} tokens per path")
-    for r in table(rows):
-        t.add_row(*r)
-    Console(width=max(Console().width, 140)).print(t)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps([asdict(r) | {"degree": r.degree, "speedup": r.speedup} for r in rows], indent=1))

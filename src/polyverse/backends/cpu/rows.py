@@ -2,29 +2,19 @@
 
 Every parallel method feeds a handful of tokens per pass, and on CPU such a pass is worth it only
 if its products cost about what a 1-token pass costs: the weights are streamed from memory once
-either way. torch's products do not get there. Measured on an Intel Xeon (AVX-512, 2 threads)
-over SmolLM2-135M's 30 layers of body products (random weights streamed from memory, fastest of
-7), in milliseconds:
-
-    rows          1     3     9    17
-    torch (MKL)  23.8  28.0  41.2  54.6
-    oneDNN       32.7  32.8  41.1  50.7
-    this kernel  20.6  19.4  24.2  39.4
-
-and the 49152 x 576 LM head on 9 rows 4.8 ms against 14.2 ms (1 row 3.0 against 4.3). A whole
-pass of the model over 250 cached tokens (median of 15) costs 57, 56 and 65 ms for 1, 3 and 9
-tokens, against 62, 63 and 100 to 104 ms with torch's products.
-The kernel streams a weight packed in 32-column panels once for up to 12 rows (passes of more
-than 16 rows, a prompt's prefill, keep torch's product), and every row sums in the same order whatever the
-number of rows: a row's result does not depend on the others, so a Jacobi pass verifies against
-exactly what plain decoding computes.
+either way. torch's products (MKL, oneDNN) do not get there for 3 to 17 rows; this kernel does,
+for the body's products and for the LM head (the figures are in BENCHMARKS.md and the git
+history). It streams a weight packed in 32-column panels once for up to 12 rows (passes of more
+than 16 rows, a prompt's prefill, keep torch's product), and every row sums in the same order
+whatever the number of rows: a row's result does not depend on the others, so a Jacobi pass
+verifies against exactly what plain decoding computes.
 
 It is compiled with torch's own extension builder (``torch.utils.cpp_extension``, ninja and the
 system C++ compiler) the first time a large float32 model runs on an AVX-512 CPU, about 30 s, and
-loaded from torch's extension cache afterwards. Where it cannot be built the backend keeps the
+loaded from torch's extension cache afterwards. Where it cannot be built the decode model keeps the
 products it chose before (``packed``, ``few_rows`` or stock). The packed copies live in a
-``RowWeights`` store (a ``route.Store``, like ``packed.PackedWeights``) that the backend routes its
-own passes through (``route.through``) and that runs the LM head (``logits.Projection``).
+``RowWeights`` store (a ``store.Store``, like ``packed.PackedWeights``) that the prepared decode
+model's linear layers and its LM head (``head.Projection``) run through.
 """
 
 from __future__ import annotations
@@ -38,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from . import cpu
+from . import features
 
 PANEL = 32  # output columns per packed panel (rows.cpp)
 MAX_ROWS = 16  # passes of more rows (a prompt's prefill) take torch's product: it is built for them
-MIN_PARAMS = 10_000_000  # as ``packed``: below this a routed call's own cost outweighs the gain
+MIN_PARAMS = 10_000_000  # as ``packed``: below this a store call's own cost outweighs the gain
 SOURCE = Path(__file__).with_name("rows.cpp")
-NAME = "polyverse_rows"  # the extension's name in torch's cache
+NAME = "polyverse_cpu_rows"  # the extension's name in torch's cache
 DISABLE = "POLYVERSE_NO_ROW_KERNEL"  # set to 1 to keep torch's products
 STALE_LOCK_SECONDS = 600  # a build takes about 30 s; a lock this old was left by a killed one
 
@@ -57,7 +47,7 @@ def supported(flags: frozenset[str]) -> bool:
 @lru_cache(maxsize=1)
 def extension():
     """The compiled kernel module, or None where this machine cannot build or run it."""
-    if os.environ.get(DISABLE, "") not in ("", "0") or not supported(cpu.cpuinfo()[1]):
+    if os.environ.get(DISABLE, "") not in ("", "0") or not supported(features.cpuinfo()[1]):
         return None
     try:
         from torch.utils import cpp_extension

@@ -1,16 +1,16 @@
-"""`polyverse train ...`: the CLLM and SPACE pipelines (collect, fit, eval)."""
+"""`polyverse train ...`: the CLLM and SPACE pipelines (collect, fit, eval) and self-distillation (distill)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import DECAY_FROM_OPTION, SCHEDULE_OPTION, _fail, _fit_and_save, _progress
-from .errors import ConfigError, PolyverseError
+from ..errors import ConfigError, PolyverseError
+from .common import DECAY_FROM_OPTION, SCHEDULE_OPTION, fail, fit_and_save, gsm8k_default, progress, question_rows
 
 train_app = typer.Typer(no_args_is_help=True, help="Training pipelines (CLLM consistency distillation, SPACE SFT).")
 cllm_app = typer.Typer(no_args_is_help=True, help="CLLM: collect Jacobi trajectories, fit an adapter, evaluate it.")
@@ -19,31 +19,9 @@ train_app.add_typer(cllm_app, name="cllm")
 train_app.add_typer(space_app, name="space")
 
 
-def _gsm8k_default(name: str) -> str:
-    from .bench.prompts import SHARED_DATA
-
-    return str(SHARED_DATA / name)
-
-
-def _question_rows(data: str, limit: int, offset: int = 0) -> list[tuple[str, Any, Optional[str]]]:
-    """(id, prompt, GSM8K gold answer or None) of a JSONL file's usable rows."""
-    from pathlib import Path
-
-    from .bench.data import read_rows
-    from .train.cllm.evaluate import final_number
-
-    if limit < 1 or offset < 0:
-        raise ConfigError("--limit must be at least 1 and --offset at least 0")
-    out = []
-    for pid, prompt, row in read_rows(Path(data), limit + offset)[offset:]:
-        answer = row.get("answer")
-        out.append((pid, prompt, final_number(answer) if isinstance(answer, str) and "####" in answer else None))
-    return out
-
-
 def _check_device(device: str) -> None:
     """A clear error for a device name torch does not know, or CUDA asked for where there is none."""
-    from .api import parse_device
+    from ..api import parse_device
 
     try:
         parse_device(device)
@@ -62,22 +40,22 @@ def _evaluate_adapter(model: str, adapter: str, data: str, limit: int, chat: Opt
     from pathlib import Path
 
     try:
-        rows = _question_rows(data or _gsm8k_default("gsm8k_test_dev.jsonl"), limit, offset)
-        from .api import load
+        rows = question_rows(data or gsm8k_default("gsm8k_test_dev.jsonl"), limit, offset)
+        from ..api import load
 
         _check_device(device)
         base = load(model).to(device)
         adapted = load(model, adapter=adapter).to(device)
         prompts = [(pid, base.encode(p, chat), gold) for pid, p, gold in rows]
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task("eval", total=len(prompts))
             doc = run(base, adapted, prompts, lambda pid: bar.update(task, advance=1))
         if out:
             Path(out).write_text(json.dumps(doc, indent=1))
     except PolyverseError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        fail("interrupted", 130)
     return doc
 
 
@@ -99,8 +77,8 @@ def distill_cmd(
     """Self-distillation data: the model's own greedy answers, as training data for SPACE and CLLM fit."""
     from pathlib import Path
 
-    from .train.distill import DistillConfig, distill
-    from .train.distill_batched import distill_batched
+    from ..train.distill import DistillConfig, distill
+    from ..train.distill_batched import distill_batched
 
     try:
         cfg = DistillConfig(max_new_tokens=max_new_tokens, method=method)
@@ -110,9 +88,9 @@ def distill_cmd(
             raise ConfigError("--device needs --batch (one-at-a-time distillation decodes on the CPU)")
         if batch and backend != "transformers":
             raise ConfigError("--batch needs --backend transformers")
-        rows = _question_rows(data or _gsm8k_default("gsm8k_train.jsonl"), limit, offset)
-        from .api import load
-        from .registry import registry
+        rows = question_rows(data or gsm8k_default("gsm8k_train.jsonl"), limit, offset)
+        from ..api import load
+        from ..registry import registry
 
         _check_device(device)
         registry.get(method)  # an unknown method fails before the model loads
@@ -120,7 +98,7 @@ def distill_cmd(
         if batch:
             lm.to(device)
         questions = [(pid, p) for pid, p, _ in rows]
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task("distill", total=len(questions))
             tick = lambda pid, why: bar.update(task, advance=1, description=f"question {pid}: {why}")  # noqa: E731
             if batch:
@@ -128,9 +106,9 @@ def distill_cmd(
             else:
                 counts = distill(lm, questions, Path(out), cfg, chat, tick=tick)
     except PolyverseError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted: answers already written are kept; rerun the same command to resume", 130)
+        fail("interrupted: answers already written are kept; rerun the same command to resume", 130)
     typer.echo(f"{counts['written']} answers written ({counts['truncated']} cut by the budget, "
                f"{counts['skipped']} already there) -> {out}")
 
@@ -150,22 +128,22 @@ def cllm_collect(
     """Greedy Jacobi on each prompt, recording every state of each block and its fixed point."""
     from pathlib import Path
 
-    from .train.cllm.collect import CollectConfig, collect
+    from ..train.cllm.collect import CollectConfig, collect
 
     try:
         cfg = CollectConfig(block=block, max_new_tokens=max_new_tokens, max_run=max_run)
-        rows = _question_rows(data or _gsm8k_default("gsm8k_train.jsonl"), limit, offset)
-        from .api import load
+        rows = question_rows(data or gsm8k_default("gsm8k_train.jsonl"), limit, offset)
+        from ..api import load
 
         lm = load(model)
         prompts = [(pid, lm.encode(p, chat)) for pid, p, _ in rows]
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task("collect", total=len(prompts))
             counts = collect(lm, prompts, Path(out), cfg, tick=lambda pid, n: bar.update(task, advance=1, description=f"prompt {pid}: {n} blocks"))
     except PolyverseError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted: prompts already written are kept; rerun the same command to resume", 130)
+        fail("interrupted: prompts already written are kept; rerun the same command to resume", 130)
     typer.echo(f"{counts['prompts']} prompts collected ({counts['skipped']} already done), {counts['blocks']} blocks kept, "
                f"{counts['dropped']} degenerate dropped -> {Path(out) / 'trajectories.jsonl'}")
 
@@ -206,11 +184,11 @@ def cllm_fit(
 
     from dataclasses import asdict
 
-    from .train.cllm.collect import read_trajectories
-    from .train.cllm.fit import FitConfig, fit
-    from .train.cllm.packed import from_samples
-    from .train.common import STORE_DTYPES
-    from .train.space.data import read_samples
+    from ..train.cllm.collect import read_trajectories
+    from ..train.cllm.fit import FitConfig, fit
+    from ..train.cllm.packed import from_samples
+    from ..train.common import STORE_DTYPES
+    from ..train.space.data import read_samples
 
     try:
         cfg = FitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, ar_weight=ar_weight,
@@ -226,7 +204,7 @@ def cllm_fit(
             raise ConfigError("--data has no recorded states: it needs packed training (--groups G)")
         if limit < 0:
             raise ConfigError("--limit must be 0 (all) or more")
-        from .api import load
+        from ..api import load
 
         lm = load(model)
         if data:
@@ -239,10 +217,10 @@ def cllm_fit(
             if not groups and collected.is_file():
                 block = int(json.loads(collected.read_text()).get("block", block))
     except PolyverseError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted before training: nothing written", 130)
-    _fit_and_save(out, steps, ("ar", "consistency"),
+        fail("interrupted before training: nothing written", 130)
+    fit_and_save(out, steps, ("ar", "consistency"),
                   lambda tick: (*fit(lm.hf_model, records, Path(out), cfg, resume=resume, tick=tick), {}),
                   {"method": "cllm", "base_model": model, **source, "records": len(records),
                    "block": block, "config": asdict(cfg)}, store)
@@ -263,8 +241,8 @@ def cllm_eval(
     device: str = DEVICE_OPTION,
 ) -> None:
     """Accepted tokens per Jacobi pass and tokens/s before and after an adapter; output drift."""
-    from .methods.jacobi import trained_block
-    from .train.cllm.evaluate import evaluate
+    from ..methods.jacobi import trained_block
+    from ..train.cllm.evaluate import evaluate
 
     doc = _evaluate_adapter(model, adapter, data, limit, chat, out,
                             lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts,
@@ -312,8 +290,8 @@ def space_fit(
     from dataclasses import asdict
     from pathlib import Path
 
-    from .train.space.data import read_samples
-    from .train.space.fit import SpaceFitConfig, fit
+    from ..train.space.data import read_samples
+    from ..train.space.fit import SpaceFitConfig, fit
 
     try:
         cfg = SpaceFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, k=k, p=p, groups=groups, lora=not full,
@@ -323,21 +301,21 @@ def space_fit(
             raise ConfigError("--limit must be 0 (all) or more")
         if max_len < 2:
             raise ConfigError("--max-len must be at least 2")
-        from .api import load
+        from ..api import load
 
         lm = load(model)
-        path = Path(data or _gsm8k_default("gsm8k_train.jsonl"))
+        path = Path(data or gsm8k_default("gsm8k_train.jsonl"))
         samples = read_samples(path, lm.tokenizer, limit, max_len)
     except PolyverseError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted before training: nothing written", 130)
+        fail("interrupted before training: nothing written", 130)
 
     def train(tick):
         trained, history, mask_id = fit(lm.hf_model, lm.tokenizer, samples, Path(out), cfg, resume=resume, tick=tick)
         return trained, history, {"added_tokens": ["[MASK]"], "mask_id": mask_id, "vocab_size": mask_id + 1}
 
-    _fit_and_save(out, steps, ("ar", "mask"), train, {"method": "space", "base_model": model, "data": str(path),
+    fit_and_save(out, steps, ("ar", "mask"), train, {"method": "space", "base_model": model, "data": str(path),
                                                        "samples": len(samples), "max_len": max_len, "config": asdict(cfg)})
 
 
@@ -357,7 +335,7 @@ def space_eval(
     device: str = DEVICE_OPTION,
 ) -> None:
     """Accepted tokens per pass and tokens/s of `space` against `generate` of the original model."""
-    from .train.space.evaluate import evaluate
+    from ..train.space.evaluate import evaluate
 
     doc = _evaluate_adapter(model, adapter, data, limit, chat, out,
                             lambda base, adapted, prompts, tick: evaluate(base, adapted, prompts, k, max_new_tokens, tick, adaptive),

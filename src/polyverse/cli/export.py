@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from .cli_common import _fail, _progress
-from .errors import ConfigError, PolyverseError
+from ..errors import ConfigError, PolyverseError
+from .common import fail, progress
 
 export_app = typer.Typer(no_args_is_help=True, help="Export a model for other engines.")
 
@@ -21,8 +21,8 @@ def export_gguf_cmd(
     qtype: str = typer.Option("f16", "--type", help="f16 or q8_0 (norms stay f32)."),
 ) -> None:
     """GGUF of the model with the adapter merged, so that fine-tunes run on `--backend llamacpp`."""
-    from .export import TYPES, export_gguf
-    from .models.load import BUNDLED_NAME, bundled_gguf
+    from ..export import TYPES, export_gguf
+    from ..models.load import BUNDLED_NAME, bundled_gguf
 
     try:
         if qtype not in TYPES:
@@ -32,16 +32,16 @@ def export_gguf_cmd(
         source = bundled_gguf() if model == BUNDLED_NAME else Path(model)
         if source.suffix.lower() != ".gguf":
             raise ConfigError("export reads the tokenizer metadata from the model's GGUF: pass the bundled model or a .gguf")
-        from .api import load
+        from ..api import load
 
         lm = load(model, adapter=adapter)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         n = len(lm.hf_model.state_dict())
-        with _progress() as bar:
+        with progress() as bar:
             task = bar.add_task("export", total=n)
             export_gguf(lm, Path(out), qtype, source, tick=lambda name: bar.update(task, advance=1, description=name))
     except PolyverseError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        fail("interrupted", 130)
     typer.echo(f"wrote {out} ({Path(out).stat().st_size / 2**20:.1f} MiB, {qtype})")

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from .cli_common import _fail, _parse_value, err
-from .errors import ConfigError, PolyverseError
+from ..errors import ConfigError, PolyverseError
+from .common import err, fail, key_values
 
 
 def serve(
@@ -29,34 +29,30 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
     """Serve the model behind the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /metrics, a chat page at /."""
-    from . import registry
+    from ..registry import registry
 
     try:
-        options = {}
-        for item in option:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"--option takes KEY=VALUE, got '{item}'")
-            options[key.strip().replace("-", "_")] = _parse_value(value.strip())
-        registry.get(method).make_config(options)
+        spec = registry.get(method)
+        options = key_values(spec, option)
+        spec.make_config(options)
         if not 0 < port < 65536:
             raise ConfigError(f"--port must be in 1..65535, got {port}")
-        from .server import ServerConfig
+        from ..server import ServerConfig
 
         name = served_name or (f"{model}+{adapter}" if adapter else model)
         cfg = ServerConfig(served_name=name, method=method, options=tuple(options.items()), max_concurrent=max_concurrent,
                            max_queue=max_queue, max_body_bytes=max_body_bytes, api_key=api_key,
                            default_max_tokens=default_max_tokens, shutdown_grace=shutdown_grace)
-        from .api import load
+        from ..api import load
 
         lm = load(model, adapter=adapter)
         err.print(f"warming up '{method}' on {name} ...", highlight=False)
         lm.session().generate("Hi", method=method, options=options, max_new_tokens=2)  # lazy state: cost curve, drafts
     except PolyverseError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    from .server.run import serve as run
+        fail("interrupted", 130)
+    from ..server.run import serve as run
 
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[yellow]warning:[/] listening on {host} without --api-key", highlight=False)

@@ -1,20 +1,18 @@
-"""oneDNN-packed weights for the linear layers of the backend's own passes on CPU.
+"""oneDNN-packed weights for the prepared decode model's linear layers on CPU.
 
-torch runs a float32 ``linear`` on CPU through MKL, which takes a generic kernel on this AMD
-machine: the products of a pass grow with every fed token, while streaming the weights once
-would serve many more tokens. oneDNN (built into every x86 torch) packs a weight once into its own
-blocked layout and then multiplies with AVX-512 kernels chosen for the CPU it runs on. Measured
-here on SmolLM2-135M's 30 layers of products alone (2 threads): 1 row 14 ms packed vs 36 ms,
-16 rows 18 to 20 ms vs 40 to 66 ms; the 49152 x 576 LM head on 16 rows 6.3 ms vs 14.8 ms. A pass
-that feeds 16 tokens then costs not much more than one that feeds 1, which is the room every
-parallel method lives in.
+torch runs a float32 ``linear`` on CPU through MKL, which takes a generic kernel on AMD CPUs: the
+products of a pass grow with every fed token, while streaming the weights once would serve many
+more tokens. oneDNN (built into every x86 torch) packs a weight once into its own blocked layout
+and then multiplies with AVX-512 kernels chosen for the CPU it runs on, so that a pass feeding 16
+tokens costs not much more than one feeding 1, which is the room every parallel method lives in.
+It is the choice where the row kernel (``rows``) cannot be built.
 
-The packed copies live in a ``PackedWeights`` store owned by the backend (one per set of
-weights, shared by its forks and sessions); the backend routes only its own passes through it
-(``route.through``), so the model's other users (the transformers peers in ``polyverse bench``,
-training) run the stock path. A weight changed
-in place (its version counter moves) is packed again on its next use. Toy models (the tests'
-random ones) stay on the stock path: there a routed call's own cost outweighs the gain.
+The packed copies live in a ``PackedWeights`` store owned by the prepared decode model (one per set
+of weights, shared by its forks and sessions); only the decode view runs through it, so the
+model's other users (the transformers peers in ``polyverse bench``, training) run the stock
+modules. A weight changed in place (its version counter moves) is packed again on its next use.
+Toy models (the tests' random ones) stay on the stock path: there a store call's own cost
+outweighs the gain.
 """
 
 from __future__ import annotations
@@ -23,12 +21,12 @@ import weakref
 
 import torch
 
-from . import cpu
-from .route import ByWeight
+from . import features
+from .store import ByWeight
 
-BATCH_HINT = 16  # rows per product the packed layout is tuned for (measured: 1 to 32 all gain)
-# below this many parameters a routed call's own cost outweighs the products it speeds up (a toy
-# model of the tests decoded at half the speed with packed weights)
+BATCH_HINT = 16  # rows per product the packed layout is tuned for (1 to 32 rows all gain)
+# below this many parameters a store call's own cost outweighs the products it speeds up (a toy
+# model of the tests decodes slower with packed weights)
 MIN_PARAMS = 10_000_000
 
 
@@ -40,10 +38,10 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
 
 def worth_it(model: torch.nn.Module) -> bool:
     """Whether a model's passes should run on packed weights: it can, it is large enough to gain, and
-    torch's own products are not MKL's kernels for this CPU (``cpu.mkl_tuned``: Intel CPUs)."""
+    torch's own products are not MKL's kernels for this CPU (``features.mkl_tuned``: Intel CPUs)."""
     first = next(model.parameters())
     return (available(first.device, first.dtype) and sum(p.numel() for p in model.parameters()) >= MIN_PARAMS
-            and not cpu.mkl_tuned())
+            and not features.mkl_tuned())
 
 
 class PackedWeights(ByWeight):
@@ -69,7 +67,7 @@ class PackedWeights(ByWeight):
         """``F.linear(x, weight, bias)`` through the packed weight: x [..., in] -> [..., out].
 
         Example: x [1, 16, 576], weight [1536, 576] -> [1, 16, 1536], equal to ``F.linear`` up to
-        float rounding (about 4e-6 here).
+        float rounding.
         """
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.get(weight), bias, "none", [], "")
 

@@ -1,0 +1,288 @@
+"""`polyverse bench`: every benchmark behind one command.
+
+`polyverse bench [OPTIONS]` measures the methods against the transformers peers on data sets (the
+group's own options, so the command reads as it always did); the subcommands are the other
+benchmarks: `load` (concurrent clients against `polyverse serve`), `ar-jacobi` (ar and jacobi
+against `generate`) and `multiverse` (paths in parallel against the same tokens sequentially; also
+reachable as the hidden `polyverse bench-multiverse`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConfigError, PolyverseError
+from ..registry import registry
+from .common import err, fail, option_value, progress
+
+bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+
+def has_mask(adapter: Optional[str]) -> bool:
+    """Whether the adapter adds SPACE's [MASK] token (so `space` can run on the adapted model)."""
+    if not adapter:
+        return False
+    from ..adapters import info, resolve
+
+    return "[MASK]" in info(resolve(adapter)).get("added_tokens", [])
+
+
+@bench_app.callback()
+def bench(
+    ctx: typer.Context,
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
+    methods: str = typer.Option("", "--methods", help="Comma-separated polyverse methods (default: every method that "
+                                "needs no extra model; draft too when --draft-model is given, space with a SPACE adapter)."),
+    data: str = typer.Option("humaneval", "--data", help="Comma-separated: humaneval, gsm8k, grounded, mtbench-like, or PATH.jsonl."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Most new tokens per prompt."),
+    limit: int = typer.Option(20, "--limit", help="Prompts per data set."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (outputs checked against ar)."),
+    out: str = typer.Option("bench-out", "--out", help="Folder for results.json, report.md and the plots."),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model: adds `draft` and generate(assistant_model=)."),
+    prompt_lookup_tokens: int = typer.Option(10, "--prompt-lookup-tokens", help="prompt_lookup_num_tokens of the generate peer."),
+    peers: bool = typer.Option(True, "--peers/--no-peers", help="Include the transformers generate peers."),
+    baseline: str = typer.Option("generate", "--baseline", help="Contender the ratios are taken against."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template on every set (default: chat sets "
+                                        "when the model has one; HumanEval as plain completion)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Method option METHOD.KEY=VALUE (repeatable)."),
+    markdown: Optional[str] = typer.Option(None, "--markdown", help="Also write the report to this file (e.g. BENCHMARKS.md)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampled runs."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter applied to the model (every row)."),
+    backend: str = typer.Option("transformers", "--backend", help="Backend of the polyverse rows: transformers, or "
+                                "llamacpp (the model's GGUF; `ar` is then llama.cpp greedy, the generate peers stay transformers)."),
+) -> None:
+    """Measure methods against the transformers peers on data sets: table, results.json, report.md, plots."""
+    if ctx.invoked_subcommand is not None:  # `polyverse bench load ...`: these options are the method bench's own
+        given = [p.opts[0] for p in ctx.command.params  # typer's click reports DEFAULT for options not typed
+                 if getattr(ctx.get_parameter_source(p.name), "name", "DEFAULT") != "DEFAULT"]
+        if given:
+            fail(f"{', '.join(given)} belong to `polyverse bench` itself, not to `polyverse bench {ctx.invoked_subcommand}`")
+        return
+    from ..bench import report
+    from ..bench.contenders import Contender
+    from ..bench.data import load_set, raw_prompts
+    from ..bench.runner import REFERENCE, BenchConfig, run_bench
+
+    try:
+        cfg = BenchConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, baseline=baseline)
+        if methods.strip():
+            wanted = [m.strip() for m in methods.split(",") if m.strip()]
+        else:
+            wanted = [m.name for m in registry if (m.name != "draft" or draft_model) and (m.name != "space" or has_mask(adapter))
+                      and m.name != "multiverse"  # structured output: its own benchmark (`polyverse bench multiverse`)
+                      and (m.name != "early_exit" or backend == "transformers")]
+        per_method: dict[str, dict[str, Any]] = {m: {} for m in wanted}
+        for item in option:
+            key, sep, value = item.partition("=")
+            meth, dot, opt = key.partition(".")
+            if not sep or not dot or not opt:
+                raise ConfigError(f"--option takes METHOD.KEY=VALUE, got '{item}'")
+            if meth not in per_method:
+                raise ConfigError(f"--option '{item}' names method '{meth}', which is not benchmarked")
+            name, parsed = option_value(registry.get(meth), opt, value)
+            per_method[meth][name] = parsed
+        if "draft" in per_method and draft_model:
+            per_method["draft"].setdefault("model", draft_model)
+        for m, opts in per_method.items():
+            registry.get(m).make_config(opts)  # unknown methods and bad options fail before any loading
+        set_names = [d.strip() for d in data.split(",") if d.strip()]
+        if not set_names:
+            raise ConfigError("--data names no data set")
+        for d in set_names:
+            raw_prompts(d, limit)  # missing files and bad lines fail before the model loads
+
+        from ..api import load
+
+        lm = load(model, adapter=adapter, backend=backend)
+        contenders: list[Contender] = []
+        if peers:
+            contenders.append(Contender("generate"))
+            contenders.append(Contender(f"generate(prompt_lookup={prompt_lookup_tokens})", None,
+                                        {"prompt_lookup_num_tokens": prompt_lookup_tokens}))
+            if draft_model:
+                contenders.append(Contender("generate(assistant_model)", None, {"assistant_model": load(draft_model)}))
+        if REFERENCE not in per_method and temperature == 0:
+            per_method = {REFERENCE: {}, **per_method}  # the exactness reference
+        contenders += [Contender(m, m, opts) for m, opts in per_method.items()]
+        sets = [load_set(d, lm, limit, chat) for d in set_names]
+        total = sum(len(s.prompts) for s in sets) * len(contenders)
+        with progress() as bar:
+            task = bar.add_task("warm-up", total=total)
+            doc = run_bench(lm, contenders, sets, cfg, tick=lambda what: bar.update(task, advance=1, description=what))
+        command = "polyverse bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
+        paths = report.write(doc, Path(out), command)
+        if markdown:
+            md = Path(markdown)
+            rel = os.path.relpath(Path(out).resolve(), md.resolve().parent)  # image links from the copy's folder
+            md.write_text(report.markdown(doc, command, image_prefix=f"{Path(rel).as_posix()}/"))
+    except PolyverseError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: nothing written", 130)
+    con = Console(width=max(Console().width, 120))
+    for set_name in doc["sets"]:
+        table = Table(title=f"{set_name}: {cfg.max_new_tokens} new tokens, baseline {baseline}")
+        for i, h in enumerate(report.HEADER):
+            table.add_column(h, no_wrap=i == 0, justify="left" if i in (0, 5) else "right")
+        for r in report.table_rows(doc, set_name):
+            table.add_row(*r)
+        con.print(table)
+    con.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@bench_app.command("load")
+def bench_load(
+    clients: int = typer.Option(32, "--clients", help="Concurrent streaming clients."),
+    duration: float = typer.Option(60.0, "--duration", help="Seconds during which clients start requests."),
+    drain: float = typer.Option(120.0, "--drain", help="Seconds requests under way at the end may still take."),
+    max_tokens: int = typer.Option(32, "--max-tokens", help="max_tokens of every request."),
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
+    method: str = typer.Option("auto", "--method", help="Method the server decodes with."),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Server slots (default: --clients)."),
+    idle: float = typer.Option(5.0, "--idle", help="Seconds of idle before memory is read again."),
+    warm_clients: int = typer.Option(0, "--warm-clients", help="Concurrent warm-up requests before the start figure "
+                                     "(0: as many as --clients; 1: one)."),
+    rss_slack_mib: float = typer.Option(32.0, "--rss-slack-mib", help="How far above its start memory may stay."),
+    rounds: int = typer.Option(1, "--rounds", help="Load rounds against the same server (memory after each: a leak grows)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the figures here as JSON."),
+) -> None:
+    """Concurrent streaming clients against `polyverse serve`: throughput, latency, memory (exit 1 on a failure or a leak)."""
+    from ..bench.load import LoadConfig, passed, run
+
+    try:
+        cfg = LoadConfig(clients=clients, duration=duration, drain=drain, max_tokens=max_tokens, model=model,
+                         method=method, max_concurrent=max_concurrent, idle=idle, warm_clients=warm_clients,
+                         rss_slack_mib=rss_slack_mib, rounds=rounds)
+        registry.get(method)  # an unknown method fails before the server starts
+        with progress() as bar:
+            task = bar.add_task("starting the server", total=cfg.rounds * cfg.duration)
+            fig = run(cfg, tick=lambda done, what: bar.update(task, completed=done, description=what),
+                      log=lambda line: err.print(line, highlight=False))
+    except PolyverseError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: the server was stopped, nothing written", 130)
+    typer.echo(json.dumps(fig, indent=1))
+    if out:
+        Path(out).write_text(json.dumps(fig, indent=1) + "\n")
+    if not passed(fig):
+        raise typer.Exit(1)
+
+
+@bench_app.command("ar-jacobi")
+def bench_ar_jacobi(
+    prompts: int = typer.Option(8, "--prompts", help="GSM8K dev questions (a few fixed prompts without the shared data)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Most new tokens per prompt."),
+    blocks: str = typer.Option("4,16", "--blocks", help="Jacobi block sizes, comma-separated."),
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or HF model directory."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the per-prompt figures here as JSON."),
+) -> None:
+    """polyverse `ar` and `jacobi` against transformers `generate`, greedy, side by side; outputs compared."""
+    import time
+
+    import torch
+
+    from ..bench import ar_jacobi
+
+    try:
+        try:
+            sizes = [int(b) for b in blocks.split(",") if b.strip()]
+        except ValueError:
+            raise ConfigError(f"--blocks takes comma-separated integers, got '{blocks}'") from None
+        if not sizes or min(sizes) < 1:
+            raise ConfigError("--blocks takes positive block sizes, e.g. 4,16")
+        if prompts < 1 or max_new_tokens < 1:
+            raise ConfigError("--prompts and --max-new-tokens must be at least 1")
+        for b in sizes:
+            registry.get("jacobi").make_config({"block": b})
+        from ..api import load
+
+        t0 = time.perf_counter()
+        lm = load(model)
+        load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lm = load(model)
+        reload_s = time.perf_counter() - t0
+        typer.echo(f"load: {load_s:.2f} s, second load {reload_s:.2f} s; torch threads {torch.get_num_threads()}")
+        encoded = [lm.encode(p, chat=True) for p in ar_jacobi.prompts(prompts)]
+        with progress() as bar:
+            task = bar.add_task("warm-up", total=len(encoded))
+            rows = ar_jacobi.compare(lm, encoded, sizes, max_new_tokens,
+                                     tick=lambda line: bar.update(task, advance=1, description=line))
+    except PolyverseError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted: nothing written", 130)
+    typer.echo(f"\n{len(encoded)} GSM8K prompts, {max_new_tokens} new tokens max, greedy, fp32, "
+               f"{torch.get_num_threads()} threads")
+    typer.echo(ar_jacobi.HEADER)
+    for line in ar_jacobi.table(rows):
+        typer.echo(line)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"max_new_tokens": max_new_tokens, "blocks": sizes, "rows": rows}, indent=1))
+
+
+@bench_app.command("multiverse")
+def bench_multiverse(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or HF model directory."),
+    paths: str = typer.Option("2,4,8", "--paths", help="Comma-separated path counts."),
+    path_tokens: int = typer.Option(64, "--path-tokens", help="Tokens per path (the same in every run)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the rows as JSON here."),
+    guided: bool = typer.Option(False, "--guided", help="Instead: the training-free mode on 10 varied prompts "
+                                "(how many answers are valid structure)."),
+) -> None:
+    """Multiverse paths in parallel against the same tokens written sequentially (tokens/s, parallelism, speedup)."""
+    from dataclasses import asdict
+
+    from ..bench.multiverse import GUIDED_PROMPTS, HEADER, guided_validity, measure, table
+
+    if guided:
+        from ..api import load
+
+        lm = load(model)
+        with progress() as bar:
+            task = bar.add_task("guided", total=len(GUIDED_PROMPTS))
+            doc = guided_validity(lm, path_tokens=path_tokens, tick=lambda what: bar.update(task, advance=1, description=what))
+        t = Table("prompt", "valid", "paths", "tokens/pass", "tok/s", title="Training-free Multiverse")
+        for r in doc["rows"]:
+            t.add_row(r["prompt"][:50], "yes" if r["valid"] else "no: " + "; ".join(r["errors"])[:60], str(r["paths"]),
+                      f"{r['tokens_per_pass']:.2f}", f"{r['tokens_per_second']:.1f}")
+        Console(width=max(Console().width, 140)).print(t)
+        typer.echo(f"valid structure on {doc['valid']} of {doc['n']} prompts")
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(doc, indent=1))
+        return
+
+    try:
+        counts = [int(p) for p in paths.split(",") if p.strip()]
+        if not counts or min(counts) < 1:
+            raise ConfigError("--paths takes positive counts, e.g. 2,4,8")
+        if path_tokens < 16:
+            raise ConfigError("--path-tokens must be at least 16")
+    except PolyverseError as exc:
+        fail(str(exc))
+    except ValueError:
+        fail(f"--paths takes comma-separated integers, got '{paths}'")
+    from ..api import load
+
+    lm = load(model)
+    with progress() as bar:
+        task = bar.add_task("warm-up", total=2 * len(counts))
+        rows = measure(lm, counts, path_tokens, tick=lambda what: bar.update(task, advance=1, description=what))
+    t = Table(*HEADER, title=f"Multiverse on {model}: {path_tokens} tokens per path")
+    for r in table(rows):
+        t.add_row(*r)
+    Console(width=max(Console().width, 140)).print(t)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps([asdict(r) | {"degree": r.degree, "speedup": r.speedup} for r in rows], indent=1))

@@ -1,0 +1,191 @@
+"""`polyverse generate` and `polyverse methods`: decode one prompt with any method, list the methods.
+
+generate's per-method flags (--block, --k, --draft-model ...) are not listed here: they are made
+from the option specs of the registered methods (`OptionSpec.flag`), so a method or an option is
+added in its own file. They are built when typer builds the command, i.e. each time the app runs
+(`Generate.__signature__`), not when this module is imported: a method registered after
+``import polyverse.cli`` (a plug-in, a test) still gets its flags and its row in `polyverse methods`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import GenerationConfig, SamplingConfig
+from ..errors import ConfigError, PolyverseError
+from ..options import OptionSpec
+from ..registry import Method, registry
+from .common import fail, key_values, option_value
+
+
+@dataclass(frozen=True)
+class MethodFlag:
+    """One `polyverse generate` flag, made from the specs of every method that declares it."""
+
+    flag: str  # e.g. "--draft-model"
+    kind: type  # the value type; str where the methods sharing the flag disagree (each then parses its own)
+    help: str  # e.g. "draft/early_exit: tokens drafted per pass; space: masks per group."
+    names: tuple[tuple[str, str], ...]  # (method, the option the flag sets there), e.g. (("draft", "model"),)
+
+    @property
+    def param(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def option_name(self, method: str) -> str:
+        """The option the flag sets on ``method``; for a method without the flag, the first declaring
+        method's option name, so that ``make_config`` names it in its error ("has no option block")."""
+        return dict(self.names).get(method, self.names[0][1])
+
+
+def method_flags(methods: Iterable[Method]) -> list[MethodFlag]:
+    """The flags the methods' option specs declare, in method order. A flag several methods share is
+    one flag whose help joins theirs: --k of draft, early_exit and space ->
+    "draft/early_exit: tokens drafted per pass; space: masks per group."."""
+    users: dict[str, list[tuple[str, OptionSpec]]] = {}
+    for m in methods:
+        for spec in m.specs():
+            if spec.flag:
+                users.setdefault(spec.flag, []).append((m.name, spec))
+    flags = []
+    for flag, declared in users.items():
+        by_help: dict[str, list[str]] = {}
+        for name, spec in declared:
+            by_help.setdefault(spec.help, []).append(name)
+        text = "; ".join(f"{'/'.join(names)}: {h}" for h, names in by_help.items()) + "."
+        kinds = {spec.kind for _, spec in declared}
+        flags.append(MethodFlag(flag, kinds.pop() if len(kinds) == 1 else str, text,
+                                tuple((name, spec.name) for name, spec in declared)))
+    return flags
+
+
+def _before_flags(
+    prompt: str = typer.Argument(..., help="The prompt (a user message when --chat)."),
+    method: str = typer.Option("auto", "--method", "-m", help="Decoding method (see `polyverse methods`)."),
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Apply the chat template (default: when the model has one)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy; > 0 samples."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample from the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (1 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampling random stream."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
+) -> None:
+    """generate's own options that its help lists before the method flags."""
+
+
+def _after_flags(
+    option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text, token ids, statistics) instead."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter name (e.g. cllm-gsm8k) or folder."),
+    backend: str = typer.Option("transformers", "--backend", help="transformers, or llamacpp (the model's GGUF "
+                                "through llama.cpp; pip install 'polyverse[llamacpp]')."),
+) -> None:
+    """generate's own options that its help lists after the method flags."""
+
+
+def _flag_parameter(flag: MethodFlag, taken: set[str]) -> inspect.Parameter:
+    """The typer option of a method flag: None when not given, so only given flags reach the method."""
+    if not flag.flag.startswith("--") or not flag.param.isidentifier() or flag.param in taken or flag.flag in taken:
+        users = ", ".join(name for name, _ in flag.names)
+        raise ConfigError(f"method option flag {flag.flag} (of {users}) is not a free `polyverse generate` flag")
+    decl = f"{flag.flag}/--no-{flag.flag[2:]}" if flag.kind is bool else flag.flag
+    return inspect.Parameter(flag.param, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[flag.kind],
+                             default=typer.Option(None, decl, help=flag.help))
+
+
+class Generate:
+    """Generate text, streaming it as tokens are accepted, then one line of statistics."""
+
+    def __init__(self) -> None:
+        self.__annotations__: dict[str, Any] = {}  # typer reads every type from the signature below
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """generate's own options with the registered methods' flags between them (read by typer)."""
+        before, after = ([p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                          for p in inspect.signature(f, eval_str=True).parameters.values()]
+                         for f in (_before_flags, _after_flags))
+        taken = {p.name for p in before + after} | {name for p in before + after
+                                                    for decl in getattr(p.default, "param_decls", None) or ()
+                                                    for name in decl.split("/")}
+        return inspect.Signature(before + [_flag_parameter(f, taken) for f in method_flags(registry)] + after)
+
+    def __call__(self, **values: Any) -> None:
+        flags = {f.param: f for f in method_flags(registry)}
+        given = [(flags[name], v) for name, v in values.items() if name in flags and v is not None]
+        generate(flags=given, **{name: v for name, v in values.items() if name not in flags})
+
+
+def generate(prompt: str, method: str, model: str, chat: Optional[bool], max_new_tokens: int, temperature: float,
+             top_k: int, top_p: float, seed: Optional[int], stop: list[str], option: list[str], as_json: bool,
+             adapter: Optional[str], backend: str, flags: list[tuple[MethodFlag, Any]]) -> None:
+    """The command body: ``flags`` are the given method flags with their values."""
+    try:
+        if not prompt.strip():
+            raise ConfigError("the prompt is empty")
+        GenerationConfig(max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p), stop=tuple(stop))
+        spec = registry.get(method)
+        options: dict[str, Any] = {}
+        for flag, value in flags:  # the dedicated flags that were given, then --option KEY=VALUE
+            name = flag.option_name(method)
+            if isinstance(value, str):  # typed by the chosen method's spec (a flag whose methods disagree is a str)
+                name, value = option_value(spec, name, value)
+            options[name] = value
+        options.update(key_values(spec, option))
+        spec.make_config(options)
+
+        from ..api import load
+
+        lm = load(model, adapter=adapter, progress=not as_json, backend=backend)
+        live = None
+        if method == "multiverse" and not as_json:  # one panel per path as they grow
+            from rich.live import Live
+
+            from ..multiverse.view import render
+
+            live = Live(console=Console(), refresh_per_second=8, transient=False)
+        on_update = (lambda engine, update: live.update(render(engine))) if live else None
+        stream = lm.stream(prompt, method=method, options=options, chat=chat, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop,
+                           **({"on_update": on_update} if on_update else {}))
+        if live:
+            with live:
+                result = stream.result()
+            typer.echo(result.text)
+        else:
+            for chunk in stream:
+                if not as_json and chunk.text:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+            result = stream.result()
+    except PolyverseError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    if as_json:
+        out = result.to_dict()
+        out["model"] = model
+        out["stats"].pop("accepted_per_pass", None)
+        out["accepted_per_pass"] = result.stats.accepted_per_pass
+        typer.echo(json.dumps(out))
+    else:
+        typer.echo("")
+        typer.echo(f"[{method}] {result.stats.line()}")
+
+
+
+def list_methods() -> None:
+    """List the registered decoding methods and their options."""
+    table = Table("method", "options", "what it does")
+    for m in registry:
+        opts = ", ".join(f"{s.name}={s.default!r}" for s in m.specs()) or "-"
+        table.add_row(m.name, opts, m.summary)
+    Console().print(table)
