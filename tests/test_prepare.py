@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from polyverse.backends.cpu import attention, packed
-from polyverse.backends.cpu.prepare import DecodeModel, view
+from polyverse.backends.cpu.prepare import view
 from polyverse.backends.cpu.store import ByWeight, StoreLinear
 from polyverse.backends.transformers import TransformersBackend
 from polyverse.config import GenerationConfig
@@ -99,7 +99,8 @@ def test_the_model_as_loaded_runs_its_stock_modules_after_preparing_and_decoding
         assert theirs.keys() == own.keys() and all(theirs[k] is own[k] for k in own)
     main, *few = prepared.views()
     assert _swapped(main) is (prepared.store is not None) and all(_swapped(v) for v in few)
-    assert len(few) == (1 if "row_kernel" in options else len(few))  # the few-row view where FewRows is wanted
+    if "row_kernel" in options:
+        assert len(few) == 1 and prepared.lm(3) is few[0] and prepared.lm(5) is main  # passes of 2 to 4 tokens
     assert be.torch_model is model and be.session().decode_model is prepared
 
 
