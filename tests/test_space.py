@@ -224,7 +224,7 @@ def test_smoke_fit_lowers_the_mask_loss_and_space_stays_lossless(tmp_path):
     assert last < 0.7 * first, (first, last)
     assert (tmp_path / "out" / "checkpoints" / "step-40").is_dir()
     # the adapter as shipped: LoRA + the [MASK] row, applied to a fresh base model and tokenizer
-    from polyverse.adapters import apply
+    from polyverse.adapters import apply, info
     from polyverse.train.common import save_adapter
 
     save_adapter(trained, tmp_path / "adapter", {"method": "space", "added_tokens": ["[MASK]"], "vocab_size": mask_id + 1,
@@ -232,7 +232,7 @@ def test_smoke_fit_lowers_the_mask_loss_and_space_stays_lossless(tmp_path):
     fresh_tok = TinyTokenizer(40)
     loaded = apply(tiny_model(seed=3, vocab_size=40), str(tmp_path / "adapter"), fresh_tok)
     assert fresh_tok.get_vocab()["[MASK]"] == mask_id
-    assert trained_k(SimpleNamespace(hf_model=loaded)) == 3  # decoding defaults to the trained k
+    assert trained_k(SimpleNamespace(adapter=info(tmp_path / "adapter"))) == 3  # decoding defaults to the trained k
     merged = trained.merge_and_unload().eval()
     assert torch.allclose(loaded.get_input_embeddings().weight, merged.get_input_embeddings().weight, atol=1e-6)
     probe = torch.tensor([[1, 2, 9, mask_id, mask_id]])
