@@ -50,6 +50,20 @@ def test_bench_runs_end_to_end_and_writes_its_files(tiny_dir, data_file, tmp_pat
     assert "out/speedup.png" in md.read_text()  # image paths relative to the extra copy
 
 
+def test_a_bench_rewrites_only_its_own_section_of_a_page():
+    from polyverse.bench.report import splice
+
+    page = "# Benchmarks\n\nother machine: 12 tok/s\n"
+    once = splice(page, "benchmarks", "### polyverse bench\nrun 1")
+    assert once.startswith(page.rstrip()) and "run 1" in once
+    twice = splice(once + "\nlater notes\n", "benchmarks", "### polyverse bench\nrun 2")
+    assert "run 2" in twice and "run 1" not in twice
+    assert "other machine: 12 tok/s" in twice and twice.rstrip().endswith("later notes")
+    both = splice(twice, "benchmarks/llamacpp", "llama run")
+    assert "run 2" in both and "llama run" in both
+    assert splice("", "x", "new") == "<!-- bench:x -->\nnew\n<!-- /bench:x -->\n"
+
+
 class Broken(Contender):
     """A deliberately wrong method: ar's output with one token changed."""
 

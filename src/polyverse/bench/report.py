@@ -31,10 +31,11 @@ def table_rows(doc: dict, set_name: str) -> list[list[str]]:
 HEADER = ["contender", "tok/s (median)", "x baseline (median)", "x baseline (mean)", "tokens/pass", "equal to ar"]
 
 
-def markdown(doc: dict, command: str | None = None, image_prefix: str = "") -> str:
+def markdown(doc: dict, command: str | None = None, image_prefix: str = "", depth: int = 1) -> str:
+    """The report as Markdown; ``depth``: the heading level of its title (its sets one below)."""
     env, cfg = doc["environment"], doc["config"]
     mode = "greedy" if cfg["temperature"] == 0 else f"sampled at temperature {cfg['temperature']}"
-    lines = ["# polyverse bench", "",
+    lines = ["#" * depth + " polyverse bench", "",
              f"{env['date']} · model {env['model']} ({env['dtype']}) · {env['cpu']}, {env['threads']} threads · "
              f"torch {env['torch']}, transformers {env['transformers']}", "",
              f"{cfg['max_new_tokens']} new tokens at most, {mode}; baseline `{cfg['baseline']}`. Ratios are medians "
@@ -44,13 +45,29 @@ def markdown(doc: dict, command: str | None = None, image_prefix: str = "") -> s
         lines += ["Command:", "", "```", command, "```", ""]
     for set_name, rows in doc["sets"].items():
         n = len(next(iter(rows.values()))["prompts"])
-        lines += [f"## {set_name} ({n} prompts)", "", "| " + " | ".join(HEADER) + " |",
+        lines += ["#" * (depth + 1) + f" {set_name} ({n} prompts)", "", "| " + " | ".join(HEADER) + " |",
                   "| --- | ---: | ---: | ---: | ---: | --- |"]
         lines += ["| " + " | ".join(r) + " |" for r in table_rows(doc, set_name)]
         lines.append("")
     lines += [f"![speedup per method and data set]({image_prefix}{PLOTS['speedup']})", "",
               f"![accepted tokens per pass]({image_prefix}{PLOTS['accepted']})", ""]
     return "\n".join(lines)
+
+
+def splice(page: str, key: str, section: str) -> str:
+    """``page`` with the section it holds for ``key`` (between two marker comments) replaced by
+    ``section``, or with the section appended where it holds none: a bench run rewrites its own
+    part of a page that keeps other runs' and other machines' figures.
+
+    Example: splice("a\n<!-- bench:x -->\nold\n<!-- /bench:x -->\nb", "x", "new")
+    -> "a\n<!-- bench:x -->\nnew\n<!-- /bench:x -->\nb"; splice("a", "x", "new") -> "a\n\n<!-- bench:x -->\nnew\n<!-- /bench:x -->\n".
+    """
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    block = f"{start}\n{section.strip()}\n{end}"
+    i, j = page.find(start), page.find(end)
+    if i >= 0 and j > i:
+        return page[:i] + block + page[j + len(end):]
+    return (page.rstrip() + "\n\n" if page.strip() else "") + block + "\n"
 
 
 def plot_speedup(doc: dict, path: Path) -> None:

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from ..errors import ConfigError, PolyverseError
 from ..registry import registry
-from .common import err, fail, option_value, progress
+from .common import clean_exit, err, fail, option_value, progress
 
 bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 
@@ -53,7 +53,8 @@ def bench(
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template on every set (default: chat sets "
                                         "when the model has one; HumanEval as plain completion)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Method option METHOD.KEY=VALUE (repeatable)."),
-    markdown: Optional[str] = typer.Option(None, "--markdown", help="Also write the report to this file (e.g. BENCHMARKS.md)."),
+    markdown: Optional[str] = typer.Option(None, "--markdown", help="Also write the report into this file (e.g. BENCHMARKS.md): "
+                                          "its own section, marked by the --out folder; the rest of the file is kept."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampled runs."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter applied to the model (every row)."),
     backend: str = typer.Option("transformers", "--backend", help="Backend of the polyverse rows: transformers, or "
@@ -71,7 +72,7 @@ def bench(
     from ..bench.data import load_set, raw_prompts
     from ..bench.runner import REFERENCE, BenchConfig, run_bench
 
-    try:
+    with clean_exit("interrupted: nothing written"):
         cfg = BenchConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, baseline=baseline)
         if methods.strip():
             wanted = [m.strip() for m in methods.split(",") if m.strip()]
@@ -122,11 +123,9 @@ def bench(
         if markdown:
             md = Path(markdown)
             rel = os.path.relpath(Path(out).resolve(), md.resolve().parent)  # image links from the copy's folder
-            md.write_text(report.markdown(doc, command, image_prefix=f"{Path(rel).as_posix()}/"))
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: nothing written", 130)
+            page = md.read_text() if md.is_file() else ""  # other runs' and machines' sections are kept
+            section = report.markdown(doc, command, image_prefix=f"{Path(rel).as_posix()}/", depth=3 if page.strip() else 1)
+            md.write_text(report.splice(page, Path(rel).as_posix(), section))
     con = Console(width=max(Console().width, 120))
     for set_name in doc["sets"]:
         table = Table(title=f"{set_name}: {cfg.max_new_tokens} new tokens, baseline {baseline}")
@@ -157,7 +156,7 @@ def bench_load(
     """Concurrent streaming clients against `polyverse serve`: throughput, latency, memory (exit 1 on a failure or a leak)."""
     from ..bench.load import LoadConfig, passed, run
 
-    try:
+    with clean_exit("interrupted: the server was stopped, nothing written"):
         cfg = LoadConfig(clients=clients, duration=duration, drain=drain, max_tokens=max_tokens, model=model,
                          method=method, max_concurrent=max_concurrent, idle=idle, warm_clients=warm_clients,
                          rss_slack_mib=rss_slack_mib, rounds=rounds)
@@ -166,10 +165,6 @@ def bench_load(
             task = bar.add_task("starting the server", total=cfg.rounds * cfg.duration)
             fig = run(cfg, tick=lambda done, what: bar.update(task, completed=done, description=what),
                       log=lambda line: err.print(line, highlight=False))
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: the server was stopped, nothing written", 130)
     typer.echo(json.dumps(fig, indent=1))
     if out:
         Path(out).write_text(json.dumps(fig, indent=1) + "\n")
@@ -192,7 +187,7 @@ def bench_ar_jacobi(
 
     from ..bench import ar_jacobi
 
-    try:
+    with clean_exit("interrupted: nothing written"):
         try:
             sizes = [int(b) for b in blocks.split(",") if b.strip()]
         except ValueError:
@@ -217,10 +212,6 @@ def bench_ar_jacobi(
             task = bar.add_task("warm-up", total=len(encoded))
             rows = ar_jacobi.compare(lm, encoded, sizes, max_new_tokens,
                                      tick=lambda line: bar.update(task, advance=1, description=line))
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: nothing written", 130)
     typer.echo(f"\n{len(encoded)} GSM8K prompts, {max_new_tokens} new tokens max, greedy, fp32, "
                f"{torch.get_num_threads()} threads")
     typer.echo(ar_jacobi.HEADER)

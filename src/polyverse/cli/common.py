@@ -2,13 +2,14 @@
 fitting, and the GSM8K question files of the train and eval commands.
 
 Bad input ends with a one-line error on stderr and exit status 2, never a traceback: every command
-catches PolyverseError and calls `fail`.
+body runs under `clean_exit`.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -61,6 +62,18 @@ def progress():
                     TimeRemainingColumn(), console=err)
 
 
+@contextmanager
+def clean_exit(interrupted: str = "interrupted") -> Iterator[None]:
+    """The body of a command: bad input ends with a one-line error and exit status 2, Ctrl-C with
+    ``interrupted`` (what was kept or not) and 130; never a traceback."""
+    try:
+        yield
+    except PolyverseError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(interrupted, 130)
+
+
 def fit_and_save(out: str, steps: int, parts: tuple[str, ...], train: Callable, meta: dict, store: str = "fp32") -> None:
     """The end of every `train ... fit`: ``train(tick)`` -> (model, history, more metadata) under a
     progress bar showing the named loss parts, the adapter written to ``out`` with ``meta``, one
@@ -69,7 +82,7 @@ def fit_and_save(out: str, steps: int, parts: tuple[str, ...], train: Callable, 
 
     from ..train.common import save_adapter
 
-    try:
+    with clean_exit("interrupted: checkpoints under --out are kept; rerun with --resume to continue"):
         with progress() as bar:
             task = bar.add_task("fit", total=steps)
 
@@ -80,10 +93,6 @@ def fit_and_save(out: str, steps: int, parts: tuple[str, ...], train: Callable, 
             model, history, more = train(tick)
         save_adapter(model, Path(out), {**meta, **more, "final": history[-1] if history else None,
                                         "command": "polyverse " + " ".join(sys.argv[1:])}, store)
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: checkpoints under --out are kept; rerun with --resume to continue", 130)
     last = history[-1] if history else {}
     typer.echo(f"adapter written to {out} (step {last.get('step')}: " + ", ".join(f"{k} {last.get(k)}" for k in parts) + ")")
 

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError, PolyverseError
-from .common import fail, progress
+from ..errors import ConfigError
+from .common import clean_exit, progress
 
 export_app = typer.Typer(no_args_is_help=True, help="Export a model for other engines.")
 
@@ -24,7 +24,7 @@ def export_gguf_cmd(
     from ..export import TYPES, export_gguf
     from ..models.load import BUNDLED_NAME, bundled_gguf
 
-    try:
+    with clean_exit():
         if qtype not in TYPES:
             raise ConfigError(f"--type must be one of {', '.join(TYPES)}, got '{qtype}'")
         if not out.endswith(".gguf"):
@@ -40,8 +40,4 @@ def export_gguf_cmd(
         with progress() as bar:
             task = bar.add_task("export", total=n)
             export_gguf(lm, Path(out), qtype, source, tick=lambda name: bar.update(task, advance=1, description=name))
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
     typer.echo(f"wrote {out} ({Path(out).stat().st_size / 2**20:.1f} MiB, {qtype})")

@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import GenerationConfig, SamplingConfig
-from ..errors import ConfigError, PolyverseError
+from ..errors import ConfigError
 from ..options import OptionSpec
 from ..registry import Method, registry
-from .common import fail, key_values, option_value
+from .common import clean_exit, key_values, option_value
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def generate(prompt: str, method: str, model: str, chat: Optional[bool], max_new
              top_k: int, top_p: float, seed: Optional[int], stop: list[str], option: list[str], as_json: bool,
              adapter: Optional[str], backend: str, flags: list[tuple[MethodFlag, Any]]) -> None:
     """The command body: ``flags`` are the given method flags with their values."""
-    try:
+    with clean_exit():
         if not prompt.strip():
             raise ConfigError("the prompt is empty")
         GenerationConfig(max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p), stop=tuple(stop))
@@ -166,10 +166,6 @@ def generate(prompt: str, method: str, model: str, chat: Optional[bool], max_new
                     sys.stdout.write(chunk.text)
                     sys.stdout.flush()
             result = stream.result()
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
     if as_json:
         out = result.to_dict()
         out["model"] = model

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError, PolyverseError
-from .common import DECAY_FROM_OPTION, SCHEDULE_OPTION, fail, fit_and_save, gsm8k_default, progress, question_rows
+from ..errors import ConfigError
+from .common import DECAY_FROM_OPTION, SCHEDULE_OPTION, clean_exit, fit_and_save, gsm8k_default, progress, question_rows
 
 multiverse_app = typer.Typer(no_args_is_help=True, help="Multiverse: SFT on curated structured data, evaluate it.")
 
@@ -26,7 +26,7 @@ def curate(
     """Turn sequential chains of thought into Multiverse structure (five LLM stages, rule-based fallback)."""
     from ..multiverse.curate import curate_file, make_llm
 
-    try:
+    with clean_exit("interrupted: rows written so far are kept; rerun the same command to continue"):
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
         if limit is not None and limit < 1:
@@ -40,10 +40,6 @@ def curate(
             task = bar.add_task("curate", total=total)
             report = curate_file(inp, out, rej, model, threshold=threshold, limit=limit,
                                  progress=lambda n, rid, status: bar.update(task, completed=n, description=f"{rid}: {status}"))
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: rows written so far are kept; rerun the same command to continue", 130)
     typer.echo(report.line())
     typer.echo(f"structured rows in {out}, rejects in {rej}")
 
@@ -71,7 +67,7 @@ def multiverse_fit(
     from ..train.multiverse.data import add_tag_tokens, read_curated
     from ..train.multiverse.fit import MultiverseFitConfig, fit, meta
 
-    try:
+    with clean_exit("interrupted before training: nothing written"):
         cfg = MultiverseFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, lora=not full,
                                   lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed,
                                   precision=precision, schedule=schedule, decay_from=decay_from)
@@ -84,10 +80,6 @@ def multiverse_fit(
         lm = load(model)
         add_tag_tokens(lm.hf_model, lm.tokenizer)  # the samples are tokenised with the tags as tokens
         samples = read_curated(Path(data), lm.tokenizer, limit)
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted before training: nothing written", 130)
     fit_and_save(out, steps, ("ce", "tags"),
                   lambda tick: (*fit(lm.hf_model, lm.tokenizer, samples, Path(out), cfg, resume=resume, tick=tick)[:2], {}),
                   {"method": "multiverse", "base_model": model, **meta(lm.tokenizer, cfg, data, len(samples))})
@@ -105,7 +97,7 @@ def multiverse_eval(
     """How often the base and the adapted model write valid <Parallel> structure on held-out questions."""
     from ..train.multiverse.evaluate import rate
 
-    try:
+    with clean_exit("interrupted: nothing written"):
         rows = question_rows(data or gsm8k_default("gsm8k_test_dev.jsonl"), limit)
         from ..api import load
 
@@ -114,10 +106,6 @@ def multiverse_eval(
             task = bar.add_task("eval", total=2 * len(rows))
             for name, lm in (("base", load(model)), ("adapted", load(model, adapter=adapter))):
                 docs[name] = rate(lm, [p for _, p, _ in rows], max_new_tokens, tick=lambda q: bar.update(task, advance=1))
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: nothing written", 130)
     for name, d in docs.items():
         typer.echo(f"{name}: writes <Parallel> on {d['parallel_rate']:.0%}, valid structure on {d['valid_rate']:.0%} "
                    f"of {d['n']} held-out questions")

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError, PolyverseError
-from .common import err, fail, key_values
+from ..errors import ConfigError
+from .common import clean_exit, err, key_values
 
 
 def serve(
@@ -31,7 +31,7 @@ def serve(
     """Serve the model behind the OpenAI API: /v1/chat/completions, /v1/completions, /v1/models, /metrics, a chat page at /."""
     from ..registry import registry
 
-    try:
+    with clean_exit():
         spec = registry.get(method)
         options = key_values(spec, option)
         spec.make_config(options)
@@ -48,10 +48,6 @@ def serve(
         lm = load(model, adapter=adapter)
         err.print(f"warming up '{method}' on {name} ...", highlight=False)
         lm.session().generate("Hi", method=method, options=options, max_new_tokens=2)  # lazy state: cost curve, drafts
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
     from ..server.run import serve as run
 
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ConfigError, PolyverseError
-from .common import DECAY_FROM_OPTION, SCHEDULE_OPTION, fail, fit_and_save, gsm8k_default, progress, question_rows
+from ..errors import ConfigError
+from .common import DECAY_FROM_OPTION, SCHEDULE_OPTION, clean_exit, fit_and_save, gsm8k_default, progress, question_rows
 
 train_app = typer.Typer(no_args_is_help=True, help="Training pipelines (CLLM consistency distillation, SPACE SFT).")
 cllm_app = typer.Typer(no_args_is_help=True, help="CLLM: collect Jacobi trajectories, fit an adapter, evaluate it.")
@@ -39,7 +39,7 @@ def _evaluate_adapter(model: str, adapter: str, data: str, limit: int, chat: Opt
     questions with a progress bar, write the figures to ``out`` if given; bad input fails cleanly."""
     from pathlib import Path
 
-    try:
+    with clean_exit():
         rows = question_rows(data or gsm8k_default("gsm8k_test_dev.jsonl"), limit, offset)
         from ..api import load
 
@@ -52,10 +52,6 @@ def _evaluate_adapter(model: str, adapter: str, data: str, limit: int, chat: Opt
             doc = run(base, adapted, prompts, lambda pid: bar.update(task, advance=1))
         if out:
             Path(out).write_text(json.dumps(doc, indent=1))
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
     return doc
 
 
@@ -80,7 +76,7 @@ def distill_cmd(
     from ..train.distill import DistillConfig, distill
     from ..train.distill_batched import distill_batched
 
-    try:
+    with clean_exit("interrupted: answers already written are kept; rerun the same command to resume"):
         cfg = DistillConfig(max_new_tokens=max_new_tokens, method=method)
         if batch < 0:
             raise ConfigError(f"--batch must be 0 or more, got {batch}")
@@ -105,10 +101,6 @@ def distill_cmd(
                 counts = distill_batched(lm, questions, Path(out), cfg, batch, chat, tick=tick)
             else:
                 counts = distill(lm, questions, Path(out), cfg, chat, tick=tick)
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: answers already written are kept; rerun the same command to resume", 130)
     typer.echo(f"{counts['written']} answers written ({counts['truncated']} cut by the budget, "
                f"{counts['skipped']} already there) -> {out}")
 
@@ -130,7 +122,7 @@ def cllm_collect(
 
     from ..train.cllm.collect import CollectConfig, collect
 
-    try:
+    with clean_exit("interrupted: prompts already written are kept; rerun the same command to resume"):
         cfg = CollectConfig(block=block, max_new_tokens=max_new_tokens, max_run=max_run)
         rows = question_rows(data or gsm8k_default("gsm8k_train.jsonl"), limit, offset)
         from ..api import load
@@ -140,10 +132,6 @@ def cllm_collect(
         with progress() as bar:
             task = bar.add_task("collect", total=len(prompts))
             counts = collect(lm, prompts, Path(out), cfg, tick=lambda pid, n: bar.update(task, advance=1, description=f"prompt {pid}: {n} blocks"))
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted: prompts already written are kept; rerun the same command to resume", 130)
     typer.echo(f"{counts['prompts']} prompts collected ({counts['skipped']} already done), {counts['blocks']} blocks kept, "
                f"{counts['dropped']} degenerate dropped -> {Path(out) / 'trajectories.jsonl'}")
 
@@ -190,7 +178,7 @@ def cllm_fit(
     from ..train.common import STORE_DTYPES
     from ..train.space.data import read_samples
 
-    try:
+    with clean_exit("interrupted before training: nothing written"):
         cfg = FitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, ar_weight=ar_weight,
                         consistency_weight=consistency_weight, label_smoothing=label_smoothing, lora=not full,
                         lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed,
@@ -216,10 +204,6 @@ def cllm_fit(
             collected = Path(trajectories) / "collect.json"
             if not groups and collected.is_file():
                 block = int(json.loads(collected.read_text()).get("block", block))
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted before training: nothing written", 130)
     fit_and_save(out, steps, ("ar", "consistency"),
                   lambda tick: (*fit(lm.hf_model, records, Path(out), cfg, resume=resume, tick=tick), {}),
                   {"method": "cllm", "base_model": model, **source, "records": len(records),
@@ -293,7 +277,7 @@ def space_fit(
     from ..train.space.data import read_samples
     from ..train.space.fit import SpaceFitConfig, fit
 
-    try:
+    with clean_exit("interrupted before training: nothing written"):
         cfg = SpaceFitConfig(steps=steps, batch=batch, accumulate=accumulate, lr=lr, k=k, p=p, groups=groups, lora=not full,
                              lora_rank=lora_rank, lora_alpha=2 * lora_rank, save_every=save_every, seed=seed,
                              precision=precision, schedule=schedule, decay_from=decay_from)
@@ -306,10 +290,6 @@ def space_fit(
         lm = load(model)
         path = Path(data or gsm8k_default("gsm8k_train.jsonl"))
         samples = read_samples(path, lm.tokenizer, limit, max_len)
-    except PolyverseError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted before training: nothing written", 130)
 
     def train(tick):
         trained, history, mask_id = fit(lm.hf_model, lm.tokenizer, samples, Path(out), cfg, resume=resume, tick=tick)
