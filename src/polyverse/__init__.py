@@ -8,13 +8,13 @@ from .config import GenerationConfig, SamplingConfig
 from .draft import Draft
 from .errors import ConfigError, ModelNotFound, PolyverseError
 from .layout import Feed
-from .loop import Observation, Proposer, Step, StepStats, decode
+from .loop import Observation, Proposer, Runner, Step, StepStats, decode
 from .registry import MethodContext, registry
 from .verify import Verdict, verify
 
 __all__ = [
     "Backend", "Chunk", "ConfigError", "Draft", "Feed", "Generation", "GenerationConfig", "Model",
-    "ModelNotFound", "MethodContext", "Observation", "PolyverseError", "Proposer", "SamplingConfig",
+    "ModelNotFound", "MethodContext", "Observation", "PolyverseError", "Proposer", "Runner", "SamplingConfig",
     "Step", "StepStats", "TransformersBackend", "Verdict", "decode", "load", "registry", "verify",
 ]
 __version__ = "0.1.0"
