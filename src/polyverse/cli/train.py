@@ -29,6 +29,14 @@ def _check_device(device: str) -> None:
         raise ConfigError(f"--device: {exc}") from None
 
 
+CHAT_OPTION = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one).")
+# the options `train cllm eval` and `train space eval` share
+EVAL_MODEL_OPTION = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model.")
+EVAL_DATA_OPTION = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl).")
+EVAL_LIMIT_OPTION = typer.Option(10, "--limit", help="Prompts.")
+EVAL_OFFSET_OPTION = typer.Option(0, "--offset", help="Skip this many questions first (a fresh slice).")
+EVAL_TOKENS_OPTION = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt.")
+EVAL_OUT_OPTION = typer.Option(None, "--out", help="Write every figure to this JSON file.")
 DEVICE_OPTION = typer.Option("cpu", "--device", help="Where both models decode (cpu, cuda ...). Tokens per pass and "
                              "agreement hold anywhere; the speed ratios are the device's own.")
 
@@ -65,7 +73,7 @@ def distill_cmd(
     limit: int = typer.Option(1000, "--limit", help="Questions to answer."),
     offset: int = typer.Option(0, "--offset", help="Skip this many questions first."),
     method: str = typer.Option("auto", "--method", help="Lossless method used to decode (greedy output is the same)."),
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+    chat: Optional[bool] = CHAT_OPTION,
     batch: int = typer.Option(0, "--batch", help="0: one question at a time through --method (exactly greedy); N: N "
                               "questions per transformers `generate` call (for a GPU; greedy up to rounding)."),
     device: str = typer.Option("cpu", "--device", help="With --batch: where the model runs (cpu, cuda, cuda:1 ...)."),
@@ -115,7 +123,7 @@ def cllm_collect(
     limit: int = typer.Option(100, "--limit", help="Prompts to use."),
     offset: int = typer.Option(0, "--offset", help="Skip this many prompts first."),
     max_run: int = typer.Option(8, "--max-run", help="Drop blocks with this many equal tokens in a row."),
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+    chat: Optional[bool] = CHAT_OPTION,
 ) -> None:
     """Greedy Jacobi on each prompt, recording every state of each block and its fixed point."""
     from pathlib import Path
@@ -212,16 +220,16 @@ def cllm_fit(
 
 @cllm_app.command("eval")
 def cllm_eval(
-    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model."),
+    model: str = EVAL_MODEL_OPTION,
     adapter: str = typer.Option(..., "--adapter", help="Adapter name or folder."),
-    data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
-    limit: int = typer.Option(10, "--limit", help="Prompts."),
-    offset: int = typer.Option(0, "--offset", help="Skip this many questions first (a fresh slice)."),
+    data: str = EVAL_DATA_OPTION,
+    limit: int = EVAL_LIMIT_OPTION,
+    offset: int = EVAL_OFFSET_OPTION,
     block: Optional[int] = typer.Option(None, "--block", help="Jacobi block size, before and after (default: "
                                         "the block the adapter was trained for, else 16)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write every figure to this JSON file."),
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+    max_new_tokens: int = EVAL_TOKENS_OPTION,
+    out: Optional[str] = EVAL_OUT_OPTION,
+    chat: Optional[bool] = CHAT_OPTION,
     device: str = DEVICE_OPTION,
 ) -> None:
     """Accepted tokens per Jacobi pass and tokens/s before and after an adapter; output drift."""
@@ -301,17 +309,17 @@ def space_fit(
 
 @space_app.command("eval")
 def space_eval(
-    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Base model."),
+    model: str = EVAL_MODEL_OPTION,
     adapter: str = typer.Option(..., "--adapter", help="SPACE adapter name or folder."),
-    data: str = typer.Option("", "--data", help="JSONL of questions (default: ../shared/data/gsm8k_test_dev.jsonl)."),
-    limit: int = typer.Option(10, "--limit", help="Prompts."),
-    offset: int = typer.Option(0, "--offset", help="Skip this many questions first (a fresh slice)."),
+    data: str = EVAL_DATA_OPTION,
+    limit: int = EVAL_LIMIT_OPTION,
+    offset: int = EVAL_OFFSET_OPTION,
     k: Optional[int] = typer.Option(None, "--k", help="Masks per group at decoding (default: the k the adapter was trained with)."),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Feed only the candidates worth their pass "
                                   "cost (default), or always all of them (most tokens per pass)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Tokens per prompt."),
-    out: Optional[str] = typer.Option(None, "--out", help="Write every figure to this JSON file."),
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template (default: when the model has one)."),
+    max_new_tokens: int = EVAL_TOKENS_OPTION,
+    out: Optional[str] = EVAL_OUT_OPTION,
+    chat: Optional[bool] = CHAT_OPTION,
     device: str = DEVICE_OPTION,
 ) -> None:
     """Accepted tokens per pass and tokens/s of `space` against `generate` of the original model."""

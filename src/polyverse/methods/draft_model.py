@@ -110,9 +110,8 @@ def make_draft(config: DraftConfig, ctx) -> DraftModelProposer:
         hf_draft, tokenizer = load_pretrained(resolve(config.model, progress=False))
         if not _same_tokenizer(tokenizer, ctx.model.tokenizer):
             raise ConfigError(f"draft model '{config.model}' has another tokenizer than the target: it must share it")
-        ctx.model.resources[key] = hf_draft
-    backend = TransformersBackend(ctx.model.resources[key])
-    return DraftModelProposer(backend, config.k, ctx.sampling, ctx.generator)
+        ctx.model.resources[key] = TransformersBackend(hf_draft)  # its decode model prepared once
+    return DraftModelProposer(ctx.model.resources[key].session(), config.k, ctx.sampling, ctx.generator)
 
 
 def truncated_model(model, layers: int):
@@ -142,13 +141,13 @@ def make_early_exit(config: EarlyExitConfig, ctx) -> DraftModelProposer:
         raise ConfigError("early_exit drafts with the target's own first layers, which only the transformers "
                           "backend can run apart: use --backend transformers")
     if ctx.model is None:
-        small = truncated_model(ctx.backend.torch_model, config.layers)
+        backend = TransformersBackend(truncated_model(ctx.backend.torch_model, config.layers))
     else:
         key = f"early_exit:{config.layers}"
-        if key not in ctx.model.resources:
-            ctx.model.resources[key] = truncated_model(ctx.model.hf_model, config.layers)
-        small = ctx.model.resources[key]
-    return DraftModelProposer(TransformersBackend(small), config.k, ctx.sampling, ctx.generator)
+        if key not in ctx.model.resources:  # the draft's decode model prepared once per model
+            ctx.model.resources[key] = TransformersBackend(truncated_model(ctx.model.hf_model, config.layers))
+        backend = ctx.model.resources[key].session()
+    return DraftModelProposer(backend, config.k, ctx.sampling, ctx.generator)
 
 
 registry.register("draft", DraftConfig, make_draft, "speculative decoding with a draft model that shares the tokenizer")
