@@ -1,5 +1,6 @@
 """Every method must be lossless: greedy identical to AR greedy, sampling with the AR distribution."""
 
+import os
 from collections import Counter
 from functools import lru_cache
 
@@ -9,8 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from polyverse import registry
+from polyverse.backends.cpu import lean
+from polyverse.backends.cpu.lean import ISA
 from polyverse.backends.transformers import TransformersBackend
 from polyverse.config import GenerationConfig, SamplingConfig
+from polyverse.layout import chain_feed
 from polyverse.loop import decode
 from polyverse.methods.draft_model import DraftModelProposer
 from polyverse.models.tiny import tiny_model
@@ -45,8 +49,37 @@ def make_proposer(method, options, be, cfg, gen):
     return spec.factory(spec.make_config(options), MethodContext(be, cfg.sampling, gen))
 
 
-def run(method, options, m, prompt, cfg, seed=0):
-    be = TransformersBackend(m)
+# the lean CPU pass in each weight type (and the AVX2 build of it): lossless within each
+WEIGHTS = [None, ("fp32", "avx512"), ("bf16", "avx512"), ("int8", "avx512"), ("bf16", "avx2"), ("int8", "avx2")]
+
+
+def backend(m, weights=None):
+    """The transformers pass (weights None), or the lean pass in (weight type, instruction set)."""
+    if weights is None:
+        return TransformersBackend(m, lean=False)
+    dtype, isa = weights
+    if not lean_available(isa):
+        pytest.skip(f"the lean pass's {isa} build does not run here")
+    old = os.environ.get(ISA)
+    os.environ[ISA] = isa
+    try:
+        return TransformersBackend(m, dtype=dtype, lean=True)
+    finally:
+        if old is None:
+            os.environ.pop(ISA, None)
+        else:
+            os.environ[ISA] = old
+
+
+def lean_available(isa):
+    try:
+        return lean.extension() is not None and lean.isa(env=isa) == isa
+    except ValueError:
+        return False
+
+
+def run(method, options, m, prompt, cfg, seed=0, weights=None):
+    be = backend(m, weights)
     gen = make_generator(seed)
     proposer = make_proposer(method, options, be, cfg, gen)
     steps = list(decode(be, proposer, prompt, cfg, gen))
@@ -66,6 +99,24 @@ def test_greedy_equals_ar(seed, vocab, prompt, max_new, case):
     cfg = GenerationConfig(max_new_tokens=max_new)
     ar, _ = run("ar", {}, m, prompt, cfg)
     got, _ = run(*case, m, prompt, cfg)
+    assert got == ar
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 7),
+    vocab=st.sampled_from([8, 100]),
+    prompt=st.lists(st.integers(3, 7), min_size=1, max_size=24),
+    max_new=st.integers(1, 48),
+    case=st.sampled_from(LOSSLESS_CASES),
+    weights=st.sampled_from(WEIGHTS[1:]),
+)
+def test_greedy_equals_ar_per_weight_type(seed, vocab, prompt, max_new, case, weights):
+    """On the lean pass every method's greedy output is that weight type's own `ar` output."""
+    m = model(seed, vocab)
+    cfg = GenerationConfig(max_new_tokens=max_new)
+    ar, _ = run("ar", {}, m, prompt, cfg, weights=weights)
+    got, _ = run(*case, m, prompt, cfg, weights=weights)
     assert got == ar
 
 
@@ -111,13 +162,31 @@ def test_sampling_with_a_seed_is_reproducible(method, options):
     assert a != c
 
 
+def last_logits(m, weights):
+    """seqs [S, L] -> the logits of each one's last position [S, V], from the model itself (weights
+    None) or from the lean pass in that weight type."""
+    if weights is None:
+        return lambda seqs: m(input_ids=seqs).logits[:, -1]
+    be = backend(m, weights)
+
+    def run(seqs):
+        rows = []
+        for seq in seqs.tolist():
+            be.reset()
+            rows.append(be.forward(chain_feed(seq, 0))[len(seq) - 1])
+        be.reset()
+        return torch.stack(rows)  # [S, V]
+    return run
+
+
 @torch.no_grad()
-def exact_distribution(m, prompt, temperature, length=3):
+def exact_distribution(m, prompt, temperature, length=3, weights=None):
     """P(t1..t_length | prompt) of AR sampling, enumerated exactly over a small vocabulary."""
+    logits = last_logits(m, weights)
     seqs = torch.tensor([prompt])  # [1, L]
     probs = torch.ones(1)  # [S]
     for _ in range(length):
-        nxt = torch.softmax(m(input_ids=seqs).logits[:, -1] / temperature, -1)  # [S, V]
+        nxt = torch.softmax(logits(seqs) / temperature, -1)  # [S, V]
         vocab = nxt.shape[-1]
         probs = (probs[:, None] * nxt).reshape(-1)  # [S * V]
         seqs = torch.cat([seqs.repeat_interleave(vocab, 0), torch.arange(vocab).repeat(seqs.shape[0])[:, None]], 1)
@@ -125,9 +194,9 @@ def exact_distribution(m, prompt, temperature, length=3):
     return {tuple(s[start:].tolist()): float(p) for s, p in zip(seqs, probs)}
 
 
-def sample_runs(method, options, m, prompt, temperature, n, length=3):
+def sample_runs(method, options, m, prompt, temperature, n, length=3, weights=None):
     cfg = GenerationConfig(max_new_tokens=length, sampling=SamplingConfig(temperature))
-    be = TransformersBackend(m)
+    be = backend(m, weights)
     gen = make_generator(2024)
     counts: Counter = Counter()
     accepted = 0
@@ -158,6 +227,17 @@ def test_sampling_matches_the_ar_distribution(method, options):
     if method != "ar":
         # a good share of the tokens came from accepted draft tokens
         assert accepted > 200, accepted
+
+
+@pytest.mark.parametrize("weights", [("bf16", "avx512"), ("int8", "avx2")])
+@pytest.mark.parametrize("method,options", [("jacobi", {"block": 3}), ("auto", {})])
+def test_sampling_matches_the_ar_distribution_per_weight_type(method, options, weights):
+    """Sampling on the lean pass follows that weight type's own AR distribution."""
+    m = model(4, 8)
+    exact = exact_distribution(m, PROMPT, 1.0, weights=weights)
+    counts, accepted = sample_runs(method, options, m, PROMPT, 1.0, 3000, weights=weights)
+    assert chi_square_z(counts, exact) < Z_REJECT
+    assert accepted > 200, accepted
 
 
 def test_distribution_check_has_power():

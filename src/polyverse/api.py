@@ -213,13 +213,15 @@ class Model:
 
 
 def load(name_or_path: str = "SmolLM2-135M-Instruct", *, adapter: str | None = None, progress: bool = True,
-         backend: str = "transformers") -> Model:
+         backend: str = "transformers", dtype: str | None = None) -> Model:
     """Load the bundled model (default), a Hugging Face model directory, or a GGUF file.
 
     ``adapter``: a shipped adapter name (e.g. "cllm-gsm8k") or an adapter folder made by a
     polyverse training pipeline; its weights are merged into the model.
     ``backend="llamacpp"``: decode with llama.cpp from the GGUF file (the bundled model's, or the
     .gguf given); the tokenizer comes from the same file.
+    ``dtype``: the weight type of the transformers backend's CPU passes, "fp32", "bf16" or "int8"
+    (``backends.cpu.lean``); None = bf16 where the lean CPU pass runs, else fp32.
     """
     from .models.load import load_pretrained, resolve
 
@@ -231,7 +233,13 @@ def load(name_or_path: str = "SmolLM2-135M-Instruct", *, adapter: str | None = N
 
         resolve_adapter(adapter)  # a bad name fails before the model loads
     if backend == "llamacpp":
+        if dtype is not None:
+            raise ConfigError("--dtype applies to the transformers backend; the llama.cpp backend runs the GGUF's own types")
         return _load_llamacpp(name_or_path, adapter, progress)
+    from .backends.cpu.lean import DTYPES
+
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype '{dtype}' (choose from {', '.join(DTYPES)})")
     path = resolve(name_or_path, progress=progress)
     hf_model, tokenizer = load_pretrained(path)
     name = str(name_or_path)
@@ -240,8 +248,12 @@ def load(name_or_path: str = "SmolLM2-135M-Instruct", *, adapter: str | None = N
 
         hf_model = apply(hf_model, adapter, tokenizer)
         name = f"{name}+{adapter}"
-        return Model(hf_model, tokenizer, name, adapter=adapter_info(resolve_adapter(adapter)))
-    return Model(hf_model, tokenizer, name)
+    try:
+        decoder = TransformersBackend(hf_model, dtype=dtype)
+    except ValueError as exc:  # bf16 / int8 asked for where the lean pass cannot run
+        raise ConfigError(str(exc)) from None
+    info = adapter_info(resolve_adapter(adapter)) if adapter else None
+    return Model(hf_model, tokenizer, name, backend=decoder, adapter=info)
 
 
 def _load_llamacpp(name_or_path: str, adapter: str | None, progress: bool) -> Model:

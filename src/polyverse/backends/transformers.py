@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from ..layout import Feed, additive_mask, is_plain_chain
 from ..logits import Logits
+from .cpu.lean import LeanCache
 from .cpu.prepare import DecodeModel
 from .kv import GrowingLayer, growing_cache
 
@@ -32,10 +33,12 @@ def cache_kwarg(module) -> str:
 
 class TransformersBackend:
     def __init__(self, model: PreTrainedModel, packed_weights: bool | None = None,
-                 row_kernel: bool | None = None, *, decode_model: DecodeModel | None = None) -> None:
+                 row_kernel: bool | None = None, *, decode_model: DecodeModel | None = None,
+                 dtype: str | None = None, lean: bool | None = None) -> None:
         """``decode_model``: the model's prepared decode view to share (``session``); by default one is
-        prepared here, with ``row_kernel`` and ``packed_weights`` choosing its products
-        (``cpu.prepare.choose``: None = where they pay)."""
+        prepared here: ``dtype`` (fp32, bf16, int8) and ``lean`` choose the lean CPU pass
+        (``cpu.prepare.choose_lean``: None = where it runs and pays), else ``row_kernel`` and
+        ``packed_weights`` choose the transformers pass's products (``cpu.prepare.choose``)."""
         self.model = model
         cfg = model.config.get_text_config(decoder=True)
         self.vocab_size = int(cfg.vocab_size)
@@ -44,8 +47,11 @@ class TransformersBackend:
         self.device = next(model.parameters()).device
         if decode_model is not None and decode_model.model is not model:
             raise ValueError("the decode model was prepared for another model")
-        self.decode_model = decode_model if decode_model is not None else DecodeModel(model, packed_weights, row_kernel)
-        self.cache = growing_cache(model.config, self.max_length)
+        self.decode_model = (decode_model if decode_model is not None
+                             else DecodeModel(model, packed_weights, row_kernel, dtype=dtype, use_lean=lean))
+        self.lean = self.decode_model.lean  # the lean pass, or None: transformers' forward
+        self.weights = self.decode_model.dtype  # the weight type passes run in: fp32, bf16, int8
+        self.cache = self._empty_cache()
         self._committed = 0
         self._pending = 0
         self._cells: torch.Tensor | None = None  # [S, committed + pending] bool: cell c in sequence s; None = all in 0
@@ -62,9 +68,13 @@ class TransformersBackend:
         """The model as loaded (its stock modules; the passes run on its decode view)."""
         return self.model
 
+    def _empty_cache(self):
+        return self.lean.cache(self.max_length) if self.lean is not None else growing_cache(self.model.config, self.max_length)
+
     def cost_key(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
-        return f"transformers|{n}|{self.dtype}|{self.device}"
+        path = f"lean-{self.lean.dtype}-{self.lean.isa}" if self.lean is not None else str(self.dtype)
+        return f"transformers|{n}|{path}|{self.device}"
 
     def session(self) -> "TransformersBackend":
         """A backend with an empty cache over the same weights and the same prepared decode model."""
@@ -73,7 +83,8 @@ class TransformersBackend:
     def moved(self, device: torch.device) -> "TransformersBackend":
         """Move the model to ``device`` and return a backend for it (its decode view prepared again)."""
         self.model.to(device)
-        return TransformersBackend(self.model)
+        keep = self.weights if device.type == "cpu" and self.lean is not None else None
+        return TransformersBackend(self.model, dtype=keep)
 
     @torch.inference_mode()
     def forward(self, feed: Feed, logits_for: Sequence[int] | None = None) -> Logits:
@@ -85,6 +96,8 @@ class TransformersBackend:
         q = len(feed)
         if past + q > self.max_length:
             raise ValueError(f"context window of {self.max_length} tokens exceeded ({past} + {q})")
+        if self.lean is not None:
+            return self._lean_forward(feed, past, logits_for)
         ids = torch.tensor([feed.tokens], device=self.device)  # [1, q]
         pos = torch.tensor([feed.positions], device=self.device)  # [1, q]
         mask = None
@@ -114,6 +127,25 @@ class TransformersBackend:
         out = self.decode_model.lm(q)(**kwargs, **{self._cache_key: self.cache}, logits_to_keep=keep)
         self._pending = q
         return Logits.of(out.logits[0].float())  # [len(logits_for) or q, V]
+
+    def _lean_forward(self, feed: Feed, past: int, logits_for: Sequence[int] | None) -> Logits:
+        """The pass on the lean CPU forward: hidden rows, then the head on the rows asked for."""
+        q = len(feed)
+        ids = torch.tensor(feed.tokens, dtype=torch.long)  # [q]
+        pos = torch.tensor(feed.positions, dtype=torch.long)  # [q]
+        context = self._context(feed, past)  # [q, past] bool or None (= all visible)
+        visible = None
+        if context is not None or not is_plain_chain(feed, past):
+            visible = additive_mask(feed.parents, past, torch.float32, context)[0, 0] == 0  # [q, past + q]
+        hidden = self.lean.forward(ids, pos, visible, self.cache, past)  # [q, H]
+        self.cache.length = past + q
+        self._pending = q
+        if logits_for is None:
+            return Logits(hidden, self.lean.project, self.vocab_size)
+        rows = list(logits_for)
+        if not rows:
+            return Logits.of(torch.empty(0, self.vocab_size))
+        return Logits.of(self.lean.project(hidden[rows]))  # [len(logits_for), V]
 
     def _context(self, feed: Feed, past: int) -> torch.Tensor | None:
         """Which committed cells each fed token sees ([q, past]); records the feed's cells as pending."""
@@ -165,6 +197,11 @@ class TransformersBackend:
             if any(not 0 <= k < n for k in keep) or keep != sorted(set(keep)):
                 raise ValueError(f"commit indices must be ascending feed indices below {n}: {keep}")
             picks = torch.tensor(keep, dtype=torch.long, device=self.device)  # [len(keep)] feed indices
+            if isinstance(self.cache, LeanCache):
+                self.cache.keep(self._committed, picks)
+                self._committed += len(keep)
+                self._pending = 0
+                return
             index = None
             for layer in self.cache.layers:
                 if isinstance(layer, GrowingLayer):
@@ -196,7 +233,7 @@ class TransformersBackend:
         return other
 
     def reset(self) -> None:
-        self.cache = growing_cache(self.model.config, self.max_length)
+        self.cache = self._empty_cache()
         self._committed = 0
         self._pending = 0
         self._cells = None

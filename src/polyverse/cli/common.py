@@ -21,6 +21,8 @@ from ..registry import Method
 err = Console(stderr=True)
 
 # the learning-rate schedule options of every `train ... fit` (common.lr_at)
+DTYPE_OPTION = typer.Option(None, "--dtype", help="Weight type of the CPU pass: fp32, bf16 or int8 (default: bf16 "
+                            "where the lean CPU pass runs, else fp32; transformers backend only).")
 SCHEDULE_OPTION = typer.Option("constant", "--schedule", help="Learning rate: constant, or held until --decay-from, "
                                "then linear or cosine to 0 at the last step.")
 DECAY_FROM_OPTION = typer.Option(0, "--decay-from", help="Step where the decay starts (with --resume: branch a decay "

@@ -23,7 +23,7 @@ from ..config import GenerationConfig, SamplingConfig
 from ..errors import ConfigError
 from ..options import OptionSpec
 from ..registry import Method, registry
-from .common import clean_exit, key_values, option_value
+from .common import DTYPE_OPTION, clean_exit, key_values, option_value
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ def _after_flags(
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter name (e.g. cllm-gsm8k) or folder."),
     backend: str = typer.Option("transformers", "--backend", help="transformers, or llamacpp (the model's GGUF "
                                 "through llama.cpp; pip install 'polyverse[llamacpp]')."),
+    dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
     """generate's own options that its help lists after the method flags."""
 
@@ -126,7 +127,7 @@ class Generate:
 
 def generate(prompt: str, method: str, model: str, chat: Optional[bool], max_new_tokens: int, temperature: float,
              top_k: int, top_p: float, seed: Optional[int], stop: list[str], option: list[str], as_json: bool,
-             adapter: Optional[str], backend: str, flags: list[tuple[MethodFlag, Any]]) -> None:
+             adapter: Optional[str], backend: str, flags: list[tuple[MethodFlag, Any]], dtype: Optional[str] = None) -> None:
     """The command body: ``flags`` are the given method flags with their values."""
     with clean_exit():
         if not prompt.strip():
@@ -144,7 +145,7 @@ def generate(prompt: str, method: str, model: str, chat: Optional[bool], max_new
 
         from ..api import load
 
-        lm = load(model, adapter=adapter, progress=not as_json, backend=backend)
+        lm = load(model, adapter=adapter, progress=not as_json, backend=backend, dtype=dtype)
         live = None
         if method == "multiverse" and not as_json:  # one panel per path as they grow
             from rich.live import Live

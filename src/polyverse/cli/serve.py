@@ -8,12 +8,13 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
-from .common import clean_exit, err, key_values
+from .common import DTYPE_OPTION, clean_exit, err, key_values
 
 
 def serve(
     model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter name (e.g. cllm-gsm8k) or folder."),
+    dtype: Optional[str] = DTYPE_OPTION,
     method: str = typer.Option("auto", "--method", "-m", help="Method of requests that name none (see `polyverse methods`)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Option KEY=VALUE of that method (repeatable)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes the server)."),
@@ -45,7 +46,7 @@ def serve(
                            default_max_tokens=default_max_tokens, shutdown_grace=shutdown_grace)
         from ..api import load
 
-        lm = load(model, adapter=adapter)
+        lm = load(model, adapter=adapter, dtype=dtype)
         err.print(f"warming up '{method}' on {name} ...", highlight=False)
         lm.session().generate("Hi", method=method, options=options, max_new_tokens=2)  # lazy state: cost curve, drafts
     from ..server.run import serve as run

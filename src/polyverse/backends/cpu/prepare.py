@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from . import attention, few_rows, packed, rows
+from . import attention, few_rows, lean, packed, rows
 from .head import Projection
 from .store import Store, StoreLinear
 
@@ -99,14 +99,56 @@ def _configs(model: torch.nn.Module, device: torch.device) -> dict[int, object]:
     return out
 
 
+def choose_lean(model: torch.nn.Module, dtype: str | None = None) -> "lean.LeanModel | None":
+    """The lean pass for ``model`` in weight type ``dtype``, or None for the transformers pass.
+
+    ``dtype`` None: the lean pass where it runs and pays (a Llama-family model of 10M parameters
+    or more on a CPU with AVX2 or AVX-512, and the extension builds), in ``lean.default_dtype()``.
+    ``dtype`` named: the lean pass in that type; "fp32" falls back to the transformers pass where the
+    lean one cannot run, bf16 and int8 are a ValueError there (they exist only in the lean pass).
+    """
+    if dtype is not None and dtype not in lean.DTYPES:
+        raise ValueError(f"unknown weight type '{dtype}' (choose from {', '.join(lean.DTYPES)})")
+    first = next(model.parameters())
+    why = lean.unsupported(model)
+    if why is None and first.dtype is not torch.float32:
+        why = f"the model's weights are {first.dtype}, not float32"
+    if why is None and lean.isa() is None:
+        why = "this CPU has neither AVX2 + FMA nor AVX-512"
+    if why is None and lean.extension() is None:
+        why = "the lean CPU pass could not be built here (a C++ compiler and ninja are needed)"
+    if dtype is None:
+        big = sum(p.numel() for p in model.parameters()) >= rows.MIN_PARAMS  # counted first: toys never build
+        if why is not None or not big:
+            return None
+        dtype = lean.default_dtype()
+    if why is not None:
+        if dtype == "fp32":
+            return None
+        raise ValueError(f"{dtype} weights run only in the lean CPU pass, which cannot run here: {why}")
+    return lean.LeanModel(model, dtype)
+
+
 class DecodeModel:
     """A causal LM's decode-time views, its product store and its LM head product, prepared once
-    and shared by every backend over the same weights (forks and sessions)."""
+    and shared by every backend over the same weights (forks and sessions).
+
+    ``lean``: the lean pass (``lean.LeanModel``) when one is used (``choose_lean``); the backend then
+    runs its passes there and the views below serve nothing but prefill-free peers."""
 
     def __init__(self, model: torch.nn.Module, packed_weights: bool | None = None,
-                 row_kernel: bool | None = None) -> None:
+                 row_kernel: bool | None = None, dtype: str | None = None, use_lean: bool | None = None) -> None:
         first = next(model.parameters())
         self.model = model  # as loaded; never changed here
+        if use_lean is False and dtype not in (None, "fp32"):
+            raise ValueError(f"{dtype} weights run only in the lean CPU pass")
+        self.lean = None if use_lean is False else choose_lean(model, "fp32" if use_lean and dtype is None else dtype)
+        if use_lean and self.lean is None:
+            raise ValueError(f"the lean CPU pass cannot run this model: {lean.unsupported(model) or 'not available here'}")
+        self.dtype = self.lean.dtype if self.lean is not None else "fp32"
+        if self.lean is not None:  # its passes run there: no stores, no views
+            self.store, self._views, self.head, self._bodies = None, (model, None), None, None
+            return
         self.store = choose(model, packed_weights, row_kernel)
         configs = _configs(model, first.device)
         store = self.store

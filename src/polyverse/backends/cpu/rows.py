@@ -52,8 +52,8 @@ def extension():
     try:
         from torch.utils import cpp_extension
 
-        _clear_stale_lock()
-        if not _built():
+        clear_stale_lock(NAME)
+        if not built(NAME):
             print("polyverse: building the CPU row kernel (once per machine, about 30 s)", file=sys.stderr, flush=True)
         return cpp_extension.load(
             name=NAME, sources=[str(SOURCE)], verbose=False,
@@ -64,20 +64,21 @@ def extension():
         return None
 
 
-def _build_dir() -> Path | None:
-    """The folder of torch's extension cache the kernel is built in (None where torch does not say:
+def _build_dir(name: str) -> Path | None:
+    """The folder of torch's extension cache an extension is built in (None where torch does not say:
     the helper is private, used only for the message and the lock below)."""
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
-        return Path(_get_build_directory(NAME, False))
+        return Path(_get_build_directory(name, False))
     except Exception:
         return None
 
 
-def _clear_stale_lock(older_than: float = STALE_LOCK_SECONDS) -> None:
-    """Remove a build lock left by a build that was killed: torch's builder would wait on it forever."""
-    folder = _build_dir()
+def clear_stale_lock(name: str, older_than: float = STALE_LOCK_SECONDS) -> None:
+    """Remove a build lock of extension ``name`` left by a build that was killed: torch's builder
+    would wait on it forever."""
+    folder = _build_dir(name)
     lock = folder / "lock" if folder is not None else None
     try:
         if lock is not None and lock.exists() and time.time() - lock.stat().st_mtime > older_than:
@@ -86,11 +87,11 @@ def _clear_stale_lock(older_than: float = STALE_LOCK_SECONDS) -> None:
         pass
 
 
-def _built() -> bool:
-    """Whether torch's extension cache already holds a build of the kernel (a changed source is
-    built again all the same)."""
-    folder = _build_dir()
-    return folder is not None and any(folder.glob(f"{NAME}*.so"))
+def built(name: str) -> bool:
+    """Whether torch's extension cache already holds a build of extension ``name`` (a changed
+    source is built again all the same)."""
+    folder = _build_dir(name)
+    return folder is not None and any(folder.glob(f"{name}*.so"))
 
 
 def available(device: torch.device, dtype: torch.dtype) -> bool:

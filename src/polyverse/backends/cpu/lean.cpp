@@ -1,0 +1,408 @@
+// A lean Llama-family forward pass for CPU decoding: one call per pass, products on packed
+// fp32, bf16 or int8 weights streamed once for all rows of the pass.
+//
+// A transformers pass of a small model spends much of its time outside the products (Python,
+// module calls, cache bookkeeping); this file runs the whole decoder (embedding, RMS norms, the
+// fused q/k/v product, rotary positions, the KV cache write, attention over the cache under the
+// pass's visibility mask, the output product, the fused gate/up product, SiLU, the down product)
+// in C++, and the LM head on the rows asked for.
+//
+// Every row is computed on its own: products keep per-row accumulators and sum over k in a fixed
+// order, attention visits the cells a row sees in cache order, norms sum in order. A row's hidden
+// state and logits are the same bits whatever other rows share the pass, so a method's draft
+// tokens are verified against exactly what a 1-token pass computes.
+//
+// The instruction-set part (lean_isa.h) is compiled twice, for AVX-512 (with BF16 and VNNI) and
+// for AVX2 + FMA; the caller picks one per model (`isa`), the AVX-512 one only where the CPU has it.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+namespace lean {
+
+constexpr int64_t kPanel = 32;    // output columns per packed panel
+constexpr int64_t kAhead = 8192;  // elements prefetched ahead of the weight stream (fp32: 32 KiB)
+enum Kind { kF32 = 0, kBF16 = 1, kI8 = 2 };
+
+inline int threads() { return std::max(1, at::get_num_threads()); }
+
+inline uint16_t float_to_bf16(float f) {  // round to nearest even (NaN kept quiet)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// A packed weight [n, k]: its panels and, for int8, per-block scales and column sums.
+struct Weight {
+  int kind = kF32;
+  int64_t n = 0, k = 0;
+  torch::Tensor data, scales, sums, bias;  // kept alive; the pointers below point into them
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  const int8_t* i8 = nullptr;
+  const float* scale = nullptr;
+  const int32_t* colsum = nullptr;
+  const float* b = nullptr;  // bias [n] or null
+};
+
+// A pass's activations for one product, in the weight's kind: x [m, k] as fp32, bf16 or int8
+// with one scale per row and block of 32.
+struct Rows {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  const int8_t* i8 = nullptr;
+  const float* scale = nullptr;
+  std::vector<uint16_t> bf16_buf;
+  std::vector<int8_t> i8_buf;
+  std::vector<float> scale_buf;
+
+  void load(int kind, const float* x, int64_t m, int64_t k) {
+    f32 = x;
+    if (kind == kBF16) {
+      bf16_buf.resize(m * k);
+      for (int64_t i = 0; i < m * k; ++i) bf16_buf[i] = float_to_bf16(x[i]);
+      bf16 = bf16_buf.data();
+    } else if (kind == kI8) {
+      const int64_t blocks = k / 32;
+      i8_buf.resize(m * k);
+      scale_buf.resize(m * blocks);
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          const float* xb = x + r * k + blk * 32;
+          float top = 0.0f;
+          for (int j = 0; j < 32; ++j) top = std::max(top, std::fabs(xb[j]));
+          const float s = top / 127.0f;
+          const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+          for (int j = 0; j < 32; ++j) {
+            const float v = std::nearbyint(xb[j] * inv);
+            i8_buf[r * k + blk * 32 + j] = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, v)));
+          }
+          scale_buf[r * blocks + blk] = s;
+        }
+      }
+      i8 = i8_buf.data();
+      scale = scale_buf.data();
+    }
+  }
+};
+
+}  // namespace lean
+
+// ---- the two instruction sets ------------------------------------------------------------------
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vnni,fma,f16c")
+namespace lean::avx512 {
+#define LEAN_AVX512 1
+#include "lean_isa.h"
+#undef LEAN_AVX512
+}  // namespace lean::avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace lean::avx2 {
+#define LEAN_AVX512 0
+#include "lean_isa.h"
+#undef LEAN_AVX512
+}  // namespace lean::avx2
+#pragma GCC pop_options
+
+namespace lean {
+
+// ---- packing -------------------------------------------------------------------------------------
+
+// w [n, k] float32 -> a Weight of the given kind (bias [n] or undefined)
+Weight pack(const torch::Tensor& w_in, int kind, const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(w_in.dim() == 2, "pack wants a 2D weight");
+  const torch::Tensor w = w_in.detach().to(torch::kFloat32).contiguous();
+  const int64_t n = w.size(0), k = w.size(1);
+  TORCH_CHECK(n % kPanel == 0, "pack wants a multiple of 32 output columns, got ", n);
+  TORCH_CHECK(k % 32 == 0, "pack wants a multiple of 32 input columns, got ", k);
+  Weight W;
+  W.kind = kind;
+  W.n = n;
+  W.k = k;
+  const float* src = w.data_ptr<float>();
+  if (kind == kF32) {
+    W.data = w.reshape({n / kPanel, kPanel, k}).transpose(1, 2).contiguous();  // [n/32, k, 32]
+    W.f32 = W.data.data_ptr<float>();
+  } else if (kind == kBF16) {
+    W.data = torch::empty({n / kPanel, k / 2, kPanel, 2}, torch::kInt16);
+    uint16_t* dst = reinterpret_cast<uint16_t*>(W.data.data_ptr<int16_t>());
+    for (int64_t p = 0; p < n / kPanel; ++p)
+      for (int64_t i = 0; i < k / 2; ++i)
+        for (int64_t c = 0; c < kPanel; ++c)
+          for (int64_t t = 0; t < 2; ++t)
+            dst[((p * (k / 2) + i) * kPanel + c) * 2 + t] = float_to_bf16(src[(p * kPanel + c) * k + 2 * i + t]);
+    W.bf16 = dst;
+  } else if (kind == kI8) {
+    const int64_t blocks = k / 32;
+    W.data = torch::empty({n / kPanel, k / 4, kPanel, 4}, torch::kInt8);
+    W.scales = torch::empty({n / kPanel, blocks, kPanel}, torch::kFloat32);
+    W.sums = torch::empty({n / kPanel, blocks, kPanel}, torch::kInt32);
+    int8_t* dst = W.data.data_ptr<int8_t>();
+    float* sc = W.scales.data_ptr<float>();
+    int32_t* cs = W.sums.data_ptr<int32_t>();
+    for (int64_t p = 0; p < n / kPanel; ++p) {
+      for (int64_t c = 0; c < kPanel; ++c) {
+        const float* row = src + (p * kPanel + c) * k;
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          float top = 0.0f;
+          for (int j = 0; j < 32; ++j) top = std::max(top, std::fabs(row[blk * 32 + j]));
+          const float s = top / 127.0f;
+          const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+          int32_t total = 0;
+          for (int j = 0; j < 32; ++j) {
+            const int64_t kk = blk * 32 + j;
+            const int8_t q = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(row[kk] * inv))));
+            dst[((p * (k / 4) + kk / 4) * kPanel + c) * 4 + kk % 4] = q;
+            total += q;
+          }
+          sc[(p * blocks + blk) * kPanel + c] = s;
+          cs[(p * blocks + blk) * kPanel + c] = 128 * total;
+        }
+      }
+    }
+    W.i8 = dst;
+    W.scale = sc;
+    W.colsum = cs;
+  } else {
+    TORCH_CHECK(false, "unknown weight kind ", kind);
+  }
+  if (bias.has_value() && bias->defined()) {
+    W.bias = bias->detach().to(torch::kFloat32).contiguous();
+    TORCH_CHECK(W.bias.numel() == n, "bias does not fit the weight");
+    W.b = W.bias.data_ptr<float>();
+  }
+  return W;
+}
+
+// y [m, n] = x [m, k] @ W^T (+ bias) on the chosen instruction set
+void product(bool wide, const Weight& W, Rows& rows, const float* x, int64_t m, float* y) {
+  rows.load(W.kind, x, m, W.k);
+  if (wide) avx512::product(W, rows, m, y);
+  else avx2::product(W, rows, m, y);
+  if (W.b)
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < W.n; ++j) y[r * W.n + j] += W.b[j];
+}
+
+// ---- the model -----------------------------------------------------------------------------------
+
+struct Layer {
+  torch::Tensor norm1, norm2;  // [H]
+  Weight qkv, o, gate_up, down;
+};
+
+class Model {
+ public:
+  Model(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t inter, double eps,
+        double rope_scaling, torch::Tensor inv_freq, torch::Tensor embed, torch::Tensor final_norm, bool wide)
+      : H_(hidden), Hq_(heads), Hkv_(kv_heads), D_(head_dim), I_(inter), eps_(static_cast<float>(eps)),
+        rope_scaling_(static_cast<float>(rope_scaling)), wide_(wide) {
+    TORCH_CHECK(D_ % 16 == 0, "head_dim must be a multiple of 16");
+    TORCH_CHECK(Hq_ % Hkv_ == 0, "query heads must be a multiple of key/value heads");
+    inv_freq_ = inv_freq.detach().to(torch::kFloat32).contiguous();
+    TORCH_CHECK(inv_freq_.numel() == D_ / 2, "inv_freq must have head_dim / 2 entries");
+    embed_ = embed.detach().to(torch::kFloat32).contiguous();
+    final_norm_ = final_norm.detach().to(torch::kFloat32).contiguous();
+  }
+
+  void add_layer(torch::Tensor norm1, torch::Tensor norm2, torch::Tensor wqkv, c10::optional<torch::Tensor> bqkv,
+                 torch::Tensor wo, torch::Tensor wgu, torch::Tensor wdown, int kind) {
+    Layer L;
+    L.norm1 = norm1.detach().to(torch::kFloat32).contiguous();
+    L.norm2 = norm2.detach().to(torch::kFloat32).contiguous();
+    L.qkv = pack(wqkv, kind, bqkv);
+    L.o = pack(wo, kind, c10::nullopt);
+    L.gate_up = pack(wgu, kind, c10::nullopt);
+    L.down = pack(wdown, kind, c10::nullopt);
+    TORCH_CHECK(L.qkv.n == (Hq_ + 2 * Hkv_) * D_ && L.qkv.k == H_, "q/k/v weight does not fit the config");
+    TORCH_CHECK(L.gate_up.n == 2 * I_ && L.down.k == I_ && L.down.n == H_ && L.o.n == H_, "weights do not fit the config");
+    layers_.push_back(std::move(L));
+  }
+
+  void set_head(torch::Tensor w, int kind) { head_ = pack(w, kind, c10::nullopt); }
+
+  int64_t layers() const { return static_cast<int64_t>(layers_.size()); }
+  bool wide() const { return wide_; }
+
+  // ids [q] int64, pos [q] int64, visible [q, past + q] bool (undefined: a causal chain after the
+  // cache), kcache [L, Hkv, D, capacity] (keys transposed) and vcache [L, Hkv, capacity, D] float32
+  // with capacity >= past + q -> hidden [q, H]
+  // after the final norm; the pass's keys and values are written at cells past .. past + q - 1.
+  torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& pos, const c10::optional<torch::Tensor>& visible,
+                        torch::Tensor kcache, torch::Tensor vcache, int64_t past) {
+    TORCH_CHECK(!layers_.empty(), "the model has no layers");
+    const int64_t q = ids.numel(), cells = past + q, cap = vcache.size(2);
+    TORCH_CHECK(pos.numel() == q, "positions do not fit the ids");
+    TORCH_CHECK(kcache.scalar_type() == torch::kFloat32 && kcache.is_contiguous() && vcache.is_contiguous(), "bad cache");
+    TORCH_CHECK(kcache.size(0) == layers() && kcache.size(1) == Hkv_ && kcache.size(2) == D_ && kcache.size(3) == cap &&
+                vcache.size(0) == layers() && vcache.size(1) == Hkv_ && vcache.size(3) == D_ && cap >= cells,
+                "cache does not fit the pass");
+    const uint8_t* vis = nullptr;
+    torch::Tensor vis_t;
+    if (visible.has_value() && visible->defined()) {
+      vis_t = visible->to(torch::kBool).contiguous();
+      TORCH_CHECK(vis_t.size(0) == q && vis_t.size(1) == cells, "visibility mask must be [q, past + q]");
+      vis = reinterpret_cast<const uint8_t*>(vis_t.data_ptr<bool>());
+    }
+    const int64_t* idp = ids.data_ptr<int64_t>();
+    const int64_t* pp = pos.data_ptr<int64_t>();
+    const int64_t V = embed_.size(0), QKV = (Hq_ + 2 * Hkv_) * D_;
+    for (int64_t i = 0; i < q; ++i) TORCH_CHECK(idp[i] >= 0 && idp[i] < V, "token id out of range");
+
+    auto out = torch::empty({q, H_}, torch::kFloat32);
+    std::vector<float> h(q * H_), a(q * H_), qkv(q * QKV), att(q * Hq_ * D_), gu(q * 2 * I_), mid(q * I_);
+    const float* emb = embed_.data_ptr<float>();
+    for (int64_t i = 0; i < q; ++i) std::memcpy(&h[i * H_], emb + idp[i] * H_, H_ * sizeof(float));
+
+    // rotary cos / sin per row: [q, D / 2]
+    const int64_t half = D_ / 2;
+    std::vector<float> cs(q * half), sn(q * half);
+    const float* inv = inv_freq_.data_ptr<float>();
+    for (int64_t i = 0; i < q; ++i)
+      for (int64_t j = 0; j < half; ++j) {
+        const float f = static_cast<float>(pp[i]) * inv[j];
+        cs[i * half + j] = std::cos(f) * rope_scaling_;
+        sn[i * half + j] = std::sin(f) * rope_scaling_;
+      }
+
+    float* K = kcache.data_ptr<float>();
+    float* Vc = vcache.data_ptr<float>();
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D_));
+    const int64_t groups = Hq_ / Hkv_;
+    Rows rows;
+    for (int64_t l = 0; l < layers(); ++l) {
+      const Layer& L = layers_[l];
+      norm(h.data(), L.norm1.data_ptr<float>(), q, a.data());
+      product(wide_, L.qkv, rows, a.data(), q, qkv.data());
+      float* Kl = K + l * Hkv_ * cap * D_;
+      float* Vl = Vc + l * Hkv_ * cap * D_;
+      for (int64_t i = 0; i < q; ++i) {
+        float* row = &qkv[i * QKV];
+        for (int64_t hh = 0; hh < Hq_ + Hkv_; ++hh) rope(row + hh * D_, &cs[i * half], &sn[i * half]);
+        for (int64_t g = 0; g < Hkv_; ++g) {
+          const float* key = row + (Hq_ + g) * D_;
+          for (int64_t t = 0; t < D_; ++t) Kl[(g * D_ + t) * cap + past + i] = key[t];  // keys transposed
+          std::memcpy(Vl + (g * cap + past + i) * D_, row + (Hq_ + Hkv_ + g) * D_, D_ * sizeof(float));
+        }
+      }
+      const int64_t work = q * Hq_;
+#pragma omp parallel num_threads(threads())
+      {
+        std::vector<float> scratch(2 * (cells + 16));
+        std::vector<int32_t> index(cells);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < work; ++t) {
+          const int64_t i = t / Hq_, hh = t % Hq_, g = hh / groups;
+          const uint8_t* seen = vis ? vis + i * cells : nullptr;
+          const int64_t upto = vis ? cells : past + i + 1;
+          const float* qi = &qkv[i * QKV + hh * D_];
+          float* o = &att[(i * Hq_ + hh) * D_];
+          if (wide_) avx512::attend(qi, Kl + g * D_ * cap, cap, Vl + g * cap * D_, D_, seen, upto, scale, scratch.data(), index.data(), o);
+          else avx2::attend(qi, Kl + g * D_ * cap, cap, Vl + g * cap * D_, D_, seen, upto, scale, scratch.data(), index.data(), o);
+        }
+      }
+      product(wide_, L.o, rows, att.data(), q, a.data());
+      for (int64_t i = 0; i < q * H_; ++i) h[i] += a[i];
+      norm(h.data(), L.norm2.data_ptr<float>(), q, a.data());
+      product(wide_, L.gate_up, rows, a.data(), q, gu.data());
+      for (int64_t i = 0; i < q; ++i)
+        for (int64_t j = 0; j < I_; ++j) {
+          const float g = gu[i * 2 * I_ + j], u = gu[i * 2 * I_ + I_ + j];
+          mid[i * I_ + j] = g / (1.0f + std::exp(-g)) * u;
+        }
+      product(wide_, L.down, rows, mid.data(), q, a.data());
+      for (int64_t i = 0; i < q * H_; ++i) h[i] += a[i];
+    }
+    norm(h.data(), final_norm_.data_ptr<float>(), q, out.data_ptr<float>());
+    return out;
+  }
+
+  // hidden [m, H] -> logits [m, V] through the packed LM head
+  torch::Tensor project(const torch::Tensor& hidden_in) {
+    TORCH_CHECK(head_.n > 0, "no LM head set");
+    const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
+    TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == head_.k, "hidden rows do not fit the head");
+    const int64_t m = hidden.size(0);
+    auto out = torch::empty({m, head_.n}, torch::kFloat32);
+    if (m == 0) return out;
+    Rows rows;
+    product(wide_, head_, rows, hidden.data_ptr<float>(), m, out.data_ptr<float>());
+    return out;
+  }
+
+ private:
+  void norm(const float* x, const float* w, int64_t q, float* y) const {
+    for (int64_t i = 0; i < q; ++i) {
+      const float* xi = x + i * H_;
+      float ss = 0.0f;
+      for (int64_t j = 0; j < H_; ++j) ss += xi[j] * xi[j];
+      const float r = 1.0f / std::sqrt(ss / static_cast<float>(H_) + eps_);
+      for (int64_t j = 0; j < H_; ++j) y[i * H_ + j] = w[j] * (xi[j] * r);
+    }
+  }
+
+  void rope(float* x, const float* c, const float* s) const {
+    const int64_t half = D_ / 2;
+    for (int64_t j = 0; j < half; ++j) {
+      const float a = x[j], b = x[j + half];
+      x[j] = a * c[j] - b * s[j];
+      x[j + half] = b * c[j] + a * s[j];
+    }
+  }
+
+  int64_t H_, Hq_, Hkv_, D_, I_;
+  float eps_, rope_scaling_;
+  bool wide_;
+  torch::Tensor inv_freq_, embed_, final_norm_;
+  std::vector<Layer> layers_;
+  Weight head_;
+};
+
+// x [m, k] @ w [n, k]^T through a packed weight of the given kind, for tests of the products alone
+torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& w, int kind, bool wide) {
+  const torch::Tensor x = x_in.to(torch::kFloat32).contiguous();
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == w.size(1), "x must be [m, k] with the weight's k");
+  Weight W = pack(w, kind, c10::nullopt);
+  auto y = torch::empty({x.size(0), W.n}, torch::kFloat32);
+  Rows rows;
+  if (x.size(0)) product(wide, W, rows, x.data_ptr<float>(), x.size(0), y.data_ptr<float>());
+  return y;
+}
+
+}  // namespace lean
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  namespace py = pybind11;
+  py::class_<lean::Model>(module, "Model")
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, double, torch::Tensor, torch::Tensor,
+                    torch::Tensor, bool>())
+      .def("add_layer", &lean::Model::add_layer)
+      .def("set_head", &lean::Model::set_head)
+      .def("layers", &lean::Model::layers)
+      .def("wide", &lean::Model::wide)
+      .def("forward", &lean::Model::forward, py::call_guard<py::gil_scoped_release>())
+      .def("project", &lean::Model::project, py::call_guard<py::gil_scoped_release>());
+  module.def("linear", &lean::linear, "x [m, k] @ w [n, k]^T on packed weights of a kind (0 fp32, 1 bf16, 2 int8)");
+}

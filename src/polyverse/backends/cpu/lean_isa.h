@@ -1,0 +1,336 @@
+// The instruction-set-specific half of lean.cpp: products, dot products and row sweeps.
+//
+// Included twice by lean.cpp, once per target (AVX-512 with BF16 and VNNI; AVX2 with FMA), each
+// time inside a namespace of its own and a `#pragma GCC target` region, with LEAN_AVX512 set to 1
+// or 0. Everything here is written so that a row's result never depends on the other rows of the
+// same call: each row keeps its own accumulators and sums over k in one fixed order.
+//
+// Weight formats (packed by lean.cpp, the same bytes for both targets):
+//   fp32  [n / 32, k, 32]            float
+//   bf16  [n / 32, k / 2, 32, 2]     bf16 pairs along k (vdpbf16ps's operand order)
+//   int8  [n / 32, k / 4, 32, 4]     int8 quads along k (vpdpbusd's), with scales [n / 32, k / 32, 32]
+//         float per block of 32 k and output column, and column sums [n / 32, k / 32, 32] int32
+//         (times 128: vpdpbusd takes unsigned activations, stored as x + 128).
+// The int8 product sums each block of 32 k exactly in integers on both targets and folds it into
+// float in the same order, so AVX-512 and AVX2 give the same bits there.
+
+#if LEAN_AVX512
+constexpr int kRows = 12;  // rows per sweep: 24 accumulators of 16 floats fit the 32 registers
+#else
+constexpr int kRows = 6;   // 12 accumulators of 8 floats fit the 16 registers
+#endif
+
+// ---- fp32 weights ------------------------------------------------------------------------------
+
+template <int M>
+void panel_f32(const float* x, int64_t k, const float* w, float* y, int64_t n) {
+#if LEAN_AVX512
+  __m512 lo[M], hi[M];
+  for (int r = 0; r < M; ++r) { lo[r] = _mm512_setzero_ps(); hi[r] = _mm512_setzero_ps(); }
+  for (int64_t i = 0; i < k; ++i) {
+    const float* wi = w + i * kPanel;
+    _mm_prefetch(reinterpret_cast<const char*>(wi + kAhead), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(wi + kAhead + 16), _MM_HINT_T1);
+    const __m512 w0 = _mm512_loadu_ps(wi), w1 = _mm512_loadu_ps(wi + 16);
+    for (int r = 0; r < M; ++r) {
+      const __m512 b = _mm512_set1_ps(x[r * k + i]);
+      lo[r] = _mm512_fmadd_ps(b, w0, lo[r]);
+      hi[r] = _mm512_fmadd_ps(b, w1, hi[r]);
+    }
+  }
+  for (int r = 0; r < M; ++r) { _mm512_storeu_ps(y + r * n, lo[r]); _mm512_storeu_ps(y + r * n + 16, hi[r]); }
+#else
+  for (int half = 0; half < 2; ++half) {  // 16 of the panel's 32 columns at a time
+    __m256 a[M], b[M];
+    for (int r = 0; r < M; ++r) { a[r] = _mm256_setzero_ps(); b[r] = _mm256_setzero_ps(); }
+    for (int64_t i = 0; i < k; ++i) {
+      const float* wi = w + i * kPanel + half * 16;
+      const __m256 w0 = _mm256_loadu_ps(wi), w1 = _mm256_loadu_ps(wi + 8);
+      for (int r = 0; r < M; ++r) {
+        const __m256 xb = _mm256_set1_ps(x[r * k + i]);
+        a[r] = _mm256_fmadd_ps(xb, w0, a[r]);
+        b[r] = _mm256_fmadd_ps(xb, w1, b[r]);
+      }
+    }
+    for (int r = 0; r < M; ++r) {
+      _mm256_storeu_ps(y + r * n + half * 16, a[r]);
+      _mm256_storeu_ps(y + r * n + half * 16 + 8, b[r]);
+    }
+  }
+#endif
+}
+
+// ---- bf16 weights: x rounded to bf16 per row, products summed in float ------------------------
+
+template <int M>
+void panel_bf16(const uint16_t* x, int64_t k, const uint16_t* w, float* y, int64_t n) {
+  const int64_t k2 = k / 2;
+#if LEAN_AVX512
+  __m512 lo[M], hi[M];
+  for (int r = 0; r < M; ++r) { lo[r] = _mm512_setzero_ps(); hi[r] = _mm512_setzero_ps(); }
+  const uint32_t* xp = reinterpret_cast<const uint32_t*>(x);  // [M, k / 2] bf16 pairs
+  for (int64_t i = 0; i < k2; ++i) {
+    const uint16_t* wi = w + i * 2 * kPanel;
+    _mm_prefetch(reinterpret_cast<const char*>(wi + 2 * kAhead), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(wi + 2 * kAhead + 32), _MM_HINT_T1);
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wi);
+    const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wi + 32);
+    for (int r = 0; r < M; ++r) {
+      const __m512bh b = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[r * k2 + i]));
+      lo[r] = _mm512_dpbf16_ps(lo[r], b, w0);
+      hi[r] = _mm512_dpbf16_ps(hi[r], b, w1);
+    }
+  }
+  for (int r = 0; r < M; ++r) { _mm512_storeu_ps(y + r * n, lo[r]); _mm512_storeu_ps(y + r * n + 16, hi[r]); }
+#else
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int half = 0; half < 2; ++half) {
+    __m256 a[M], b[M];
+    for (int r = 0; r < M; ++r) { a[r] = _mm256_setzero_ps(); b[r] = _mm256_setzero_ps(); }
+    for (int64_t i = 0; i < k2; ++i) {
+      const uint16_t* wi = w + i * 2 * kPanel + half * 32;  // 16 columns x 2
+      const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wi));
+      const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wi + 16));
+      const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(p0, 16)), o0 = _mm256_castsi256_ps(_mm256_and_si256(p0, high));
+      const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(p1, 16)), o1 = _mm256_castsi256_ps(_mm256_and_si256(p1, high));
+      for (int r = 0; r < M; ++r) {
+        const uint16_t* xr = x + r * k + 2 * i;
+        const __m256 xe = _mm256_set1_ps(bf16_to_float(xr[0])), xo = _mm256_set1_ps(bf16_to_float(xr[1]));
+        a[r] = _mm256_fmadd_ps(xo, o0, _mm256_fmadd_ps(xe, e0, a[r]));
+        b[r] = _mm256_fmadd_ps(xo, o1, _mm256_fmadd_ps(xe, e1, b[r]));
+      }
+    }
+    for (int r = 0; r < M; ++r) {
+      _mm256_storeu_ps(y + r * n + half * 16, a[r]);
+      _mm256_storeu_ps(y + r * n + half * 16 + 8, b[r]);
+    }
+  }
+#endif
+}
+
+// ---- int8 weights: x quantized per row and block of 32, exact integer sums per block ------------
+
+template <int M>
+void panel_i8(const int8_t* x, const float* xs, int64_t k, const int8_t* w, const float* ws, const int32_t* wsum,
+              float* y, int64_t n) {
+  const int64_t blocks = k / 32;
+  alignas(64) float acc[M][kPanel];
+  for (int r = 0; r < M; ++r) for (int c = 0; c < kPanel; ++c) acc[r][c] = 0.0f;
+#if LEAN_AVX512
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));  // x + 128 as unsigned: flip the sign bit
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    __m512i lo[M], hi[M];
+    for (int r = 0; r < M; ++r) { lo[r] = _mm512_setzero_si512(); hi[r] = _mm512_setzero_si512(); }
+    for (int64_t s = 0; s < 8; ++s) {
+      const int64_t i = blk * 8 + s;  // quad index along k
+      const int8_t* wi = w + i * 4 * kPanel;
+      _mm_prefetch(reinterpret_cast<const char*>(wi + 4 * kAhead), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(wi + 4 * kAhead + 64), _MM_HINT_T1);
+      const __m512i w0 = _mm512_loadu_si512(wi), w1 = _mm512_loadu_si512(wi + 64);
+      for (int r = 0; r < M; ++r) {
+        int32_t quad;
+        std::memcpy(&quad, x + r * k + 4 * i, 4);
+        const __m512i b = _mm512_xor_si512(_mm512_set1_epi32(quad), bias);
+        lo[r] = _mm512_dpbusd_epi32(lo[r], b, w0);
+        hi[r] = _mm512_dpbusd_epi32(hi[r], b, w1);
+      }
+    }
+    const __m512i c0 = _mm512_loadu_si512(wsum + blk * kPanel), c1 = _mm512_loadu_si512(wsum + blk * kPanel + 16);
+    const __m512 s0 = _mm512_loadu_ps(ws + blk * kPanel), s1 = _mm512_loadu_ps(ws + blk * kPanel + 16);
+    for (int r = 0; r < M; ++r) {
+      const __m512 sx = _mm512_set1_ps(xs[r * blocks + blk]);
+      const __m512 f0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo[r], c0));
+      const __m512 f1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi[r], c1));
+      _mm512_store_ps(acc[r], _mm512_fmadd_ps(f0, _mm512_mul_ps(s0, sx), _mm512_load_ps(acc[r])));
+      _mm512_store_ps(acc[r] + 16, _mm512_fmadd_ps(f1, _mm512_mul_ps(s1, sx), _mm512_load_ps(acc[r] + 16)));
+    }
+  }
+#else
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    for (int q = 0; q < 4; ++q) {  // 8 of the panel's 32 columns at a time
+      __m256i s[M];
+      for (int r = 0; r < M; ++r) s[r] = _mm256_setzero_si256();
+      for (int64_t t = 0; t < 8; ++t) {
+        const int64_t i = blk * 8 + t;
+        const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i * 4 * kPanel + q * 32));
+        for (int r = 0; r < M; ++r) {
+          int32_t quad;
+          std::memcpy(&quad, x + r * k + 4 * i, 4);
+          const __m256i xb = _mm256_set1_epi32(quad);
+          // |x| * (w * sign x): at most 127 * 127 * 2 per pair, no int16 saturation; exact sums
+          const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(xb, xb), _mm256_sign_epi8(wq, xb));
+          s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(p, ones));
+        }
+      }
+      const __m256 sc = _mm256_loadu_ps(ws + blk * kPanel + q * 8);
+      for (int r = 0; r < M; ++r) {
+        const __m256 sx = _mm256_set1_ps(xs[r * blocks + blk]);
+        const __m256 f = _mm256_cvtepi32_ps(s[r]);
+        _mm256_storeu_ps(acc[r] + q * 8, _mm256_fmadd_ps(f, _mm256_mul_ps(sc, sx), _mm256_loadu_ps(acc[r] + q * 8)));
+      }
+    }
+  }
+  (void)wsum;
+#endif
+  for (int r = 0; r < M; ++r) std::memcpy(y + r * n, acc[r], kPanel * sizeof(float));
+}
+
+// ---- sweeps: every panel of a weight for M rows, split between threads --------------------------
+
+template <int M>
+void sweep(const Weight& W, const Rows& x, int64_t row0, float* y) {
+  const int64_t k = W.k, n = W.n, panels = n / kPanel;
+#pragma omp parallel for schedule(static) num_threads(threads())
+  for (int64_t p = 0; p < panels; ++p) {
+    float* yp = y + row0 * n + p * kPanel;
+    if (W.kind == kF32) {
+      panel_f32<M>(x.f32 + row0 * k, k, W.f32 + p * k * kPanel, yp, n);
+    } else if (W.kind == kBF16) {
+      panel_bf16<M>(x.bf16 + row0 * k, k, W.bf16 + p * k * kPanel, yp, n);
+    } else {
+      const int64_t blocks = k / 32;
+      panel_i8<M>(x.i8 + row0 * k, x.scale + row0 * blocks, k, W.i8 + p * k * kPanel, W.scale + p * blocks * kPanel,
+                  W.colsum + p * blocks * kPanel, yp, n);
+    }
+  }
+}
+
+template <int... Ms>
+constexpr std::array<void (*)(const Weight&, const Rows&, int64_t, float*), sizeof...(Ms)> sweeps(std::integer_sequence<int, Ms...>) {
+  return {sweep<Ms + 1>...};
+}
+
+// y [m, n] = x [m, k] @ W^T: sweeps of nearly equal size (17 rows at 12 -> 8 + 9)
+void product(const Weight& W, const Rows& x, int64_t m, float* y) {
+  static constexpr auto table = sweeps(std::make_integer_sequence<int, kRows>{});
+  const int64_t count = (m + kRows - 1) / kRows;
+  for (int64_t s = 0, done = 0; s < count; ++s) {
+    const int64_t rows = (m - done) / (count - s);
+    table[rows - 1](W, x, done, y);
+    done += rows;
+  }
+}
+
+// ---- attention ---------------------------------------------------------------------------------
+
+#if LEAN_AVX512
+constexpr int64_t kLanes = 16;
+using vf = __m512;
+inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
+inline vf vset(float a) { return _mm512_set1_ps(a); }
+inline vf vzero() { return _mm512_setzero_ps(); }
+inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
+inline vf vexp(vf x) {  // e^x for x <= 0, about 1 ulp; below -87 clamped (a weight of about 1.6e-38)
+  x = _mm512_max_ps(x, vset(-87.0f));
+  const vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, vset(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vf r = vfma(n, vset(-0.693359375f), x);
+  r = vfma(n, vset(2.12194440e-4f), r);
+  vf p = vset(1.0f / 720);
+  p = vfma(p, r, vset(1.0f / 120));
+  p = vfma(p, r, vset(1.0f / 24));
+  p = vfma(p, r, vset(1.0f / 6));
+  p = vfma(p, r, vset(0.5f));
+  p = vfma(p, r, vset(1.0f));
+  p = vfma(p, r, vset(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+#else
+constexpr int64_t kLanes = 8;
+using vf = __m256;
+inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
+inline vf vset(float a) { return _mm256_set1_ps(a); }
+inline vf vzero() { return _mm256_setzero_ps(); }
+inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline float vsum(vf v) {
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+}
+inline vf vexp(vf x) {
+  x = _mm256_max_ps(x, vset(-87.0f));
+  const vf n = _mm256_round_ps(_mm256_mul_ps(x, vset(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  vf r = vfma(n, vset(-0.693359375f), x);
+  r = vfma(n, vset(2.12194440e-4f), r);
+  vf p = vset(1.0f / 720);
+  p = vfma(p, r, vset(1.0f / 120));
+  p = vfma(p, r, vset(1.0f / 24));
+  p = vfma(p, r, vset(1.0f / 6));
+  p = vfma(p, r, vset(0.5f));
+  p = vfma(p, r, vset(1.0f));
+  p = vfma(p, r, vset(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
+
+// One query row of one head: out [d] = softmax(q.K / sqrt d) V over the cells the row sees.
+// Kt [d, cap] holds the head's keys transposed, V [cap, d] its values. Scores are computed a vector
+// of cells at a time (each cell's dot product summed over d in order, the same in every lane);
+// the cells the row sees are then packed densely in cache order, and the softmax sums and the
+// weighted sum of values run over that dense list: the same list, in the same order, as a pass in
+// which the row sees every cell (plain decoding) gives, so the row's output is the same bits.
+// scratch: at least 2 * (cells + kLanes) floats and cells ints.
+void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_t d, const uint8_t* visible,
+            int64_t cells, float scale, float* scratch, int32_t* index, float* out) {
+  float* scores = scratch;                  // [cells rounded up]
+  float* dense = scratch + cells + kLanes;  // [seen rounded up]
+  const int64_t whole = cells / kLanes * kLanes;
+  for (int64_t j = 0; j < whole; j += kLanes) {
+    vf acc = vzero();
+    for (int64_t t = 0; t < d; ++t) acc = vfma(vset(q[t]), vload(Kt + t * cap + j), acc);
+    vstore(scores + j, acc);
+  }
+  for (int64_t j = whole; j < cells; ++j) {  // the same fused multiply-adds, one cell at a time
+    float acc = 0.0f;
+    for (int64_t t = 0; t < d; ++t) acc = std::fma(q[t], Kt[t * cap + j], acc);
+    scores[j] = acc;
+  }
+  int64_t seen = 0;
+  float top = -INFINITY;
+  for (int64_t j = 0; j < cells; ++j) {
+    if (visible && !visible[j]) continue;
+    const float s = scores[j] * scale;
+    dense[seen] = s;
+    index[seen++] = static_cast<int32_t>(j);
+    top = std::max(top, s);
+  }
+  const int64_t blocks = (seen + kLanes - 1) / kLanes;
+  for (int64_t j = seen; j < blocks * kLanes; ++j) dense[j] = -INFINITY;
+  vf total = vzero();
+  const vf shift = vset(top);
+  for (int64_t b = 0; b < blocks; ++b) {
+    vf e = vexp(vsub(vload(dense + b * kLanes), shift));
+    vstore(dense + b * kLanes, e);
+  }
+  for (int64_t j = seen; j < blocks * kLanes; ++j) dense[j] = 0.0f;  // padding: no weight
+  for (int64_t b = 0; b < blocks; ++b) total = vadd(total, vload(dense + b * kLanes));
+  const vf inv = vset(1.0f / vsum(total));
+  for (int64_t c = 0; c < d; c += 4 * kLanes) {  // 4 vectors of the head's values at a time
+    const int64_t width = std::min<int64_t>(4, (d - c) / kLanes);
+    vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+    for (int64_t t = 0; t < seen; ++t) {
+      const float* v = V + static_cast<int64_t>(index[t]) * d + c;
+      const vf p = vset(dense[t]);
+      a0 = vfma(p, vload(v), a0);
+      if (width > 1) a1 = vfma(p, vload(v + kLanes), a1);
+      if (width > 2) a2 = vfma(p, vload(v + 2 * kLanes), a2);
+      if (width > 3) a3 = vfma(p, vload(v + 3 * kLanes), a3);
+    }
+    vstore(out + c, vmul(a0, inv));
+    if (width > 1) vstore(out + c + kLanes, vmul(a1, inv));
+    if (width > 2) vstore(out + c + 2 * kLanes, vmul(a2, inv));
+    if (width > 3) vstore(out + c + 3 * kLanes, vmul(a3, inv));
+  }
+}
