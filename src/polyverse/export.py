@@ -21,7 +21,8 @@ import torch
 
 from .errors import ConfigError
 
-TYPES = ("f16", "q8_0")
+TYPES = ("f16", "q8_0", "q4_1")
+_QUANT = {"q8_0": "Q8_0", "q4_1": "Q4_1"}  # gguf-py quantizes these itself (blocks of 32)
 ADAPTER_KEY = "polyverse.adapter"
 _SKIP = {ADAPTER_KEY, "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.file_type",
          "general.quantization_version", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "llama.vocab_size"}
@@ -89,7 +90,8 @@ def export_gguf(model, out: Path, qtype: str = "f16", source: Path | None = None
     writer.add_token_list(tokens)
     writer.add_token_types(kinds)
     writer.add_vocab_size(vocab)
-    ftype = gguf.LlamaFileType.MOSTLY_F16 if qtype == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
+    ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+             "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[qtype]
     writer.add_file_type(int(ftype))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     meta = model.adapter
@@ -112,8 +114,9 @@ def export_gguf(model, out: Path, qtype: str = "f16", source: Path | None = None
             elif qtype == "f16":
                 writer.add_tensor(target, w.astype(np.float16))
             else:
-                q = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
-                writer.add_tensor(target, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                kind = gguf.GGMLQuantizationType[_QUANT[qtype]]
+                q = gguf.quants.quantize(w, kind)
+                writer.add_tensor(target, q, raw_shape=q.shape, raw_dtype=kind)
             if tick:
                 tick(target)
     writer.write_header_to_file()

@@ -18,7 +18,7 @@ def export_gguf_cmd(
     out: str = typer.Option(..., "--out", help="The .gguf file to write."),
     model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or a .gguf file."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter merged into the weights (e.g. multiverse-gsm8k)."),
-    qtype: str = typer.Option("f16", "--type", help="f16 or q8_0 (norms stay f32)."),
+    qtype: str = typer.Option("f16", "--type", help="f16, q8_0 or q4_1 (norms stay f32)."),
 ) -> None:
     """GGUF of the model with the adapter merged, so that fine-tunes run on `--backend llamacpp`."""
     from ..export import TYPES, export_gguf

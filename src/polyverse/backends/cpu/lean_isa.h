@@ -179,21 +179,24 @@ void panel_i8(const int8_t* x, const float* xs, int64_t k, const int8_t* w, cons
 // ---- sweeps: every panel of a weight for M rows, split between threads --------------------------
 
 template <int M>
-void sweep(const Weight& W, const Rows& x, int64_t row0, float* y) {
-  const int64_t k = W.k, n = W.n, panels = n / kPanel;
-#pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t p = 0; p < panels; ++p) {
-    float* yp = y + row0 * n + p * kPanel;
-    if (W.kind == kF32) {
-      panel_f32<M>(x.f32 + row0 * k, k, W.f32 + p * k * kPanel, yp, n);
-    } else if (W.kind == kBF16) {
-      panel_bf16<M>(x.bf16 + row0 * k, k, W.bf16 + p * k * kPanel, yp, n);
-    } else {
-      const int64_t blocks = k / 32;
-      panel_i8<M>(x.i8 + row0 * k, x.scale + row0 * blocks, k, W.i8 + p * k * kPanel, W.scale + p * blocks * kPanel,
-                  W.colsum + p * blocks * kPanel, yp, n);
-    }
+inline void one_panel(const Weight& W, const Rows& x, int64_t row0, int64_t p, float* y) {
+  const int64_t k = W.k, n = W.n, blocks = k / 32;
+  float* yp = y + row0 * n + p * kPanel;
+  if (W.kind == kF32) {
+    panel_f32<M>(x.f32 + row0 * k, k, W.f32 + p * k * kPanel, yp, n);
+  } else if (W.kind == kBF16) {
+    panel_bf16<M>(x.bf16 + row0 * k, k, W.bf16 + p * k * kPanel, yp, n);
+  } else {
+    panel_i8<M>(x.i8 + row0 * k, x.scale + row0 * blocks, k, W.i8 + p * k * kPanel, W.scale + p * blocks * kPanel,
+                W.colsum + p * blocks * kPanel, yp, n);
   }
+}
+
+template <int M>
+void sweep(const Weight& W, const Rows& x, int64_t row0, float* y) {
+  const int64_t panels = W.n / kPanel;
+#pragma omp parallel for schedule(static) num_threads(threads())
+  for (int64_t p = 0; p < panels; ++p) one_panel<M>(W, x, row0, p, y);
 }
 
 template <int... Ms>
