@@ -74,34 +74,7 @@ struct Rows {
   std::vector<int8_t> i8_buf;
   std::vector<float> scale_buf;
 
-  void load(int kind, const float* x, int64_t m, int64_t k) {
-    f32 = x;
-    if (kind == kBF16) {
-      bf16_buf.resize(m * k);
-      for (int64_t i = 0; i < m * k; ++i) bf16_buf[i] = float_to_bf16(x[i]);
-      bf16 = bf16_buf.data();
-    } else if (kind == kI8) {
-      const int64_t blocks = k / 32;
-      i8_buf.resize(m * k);
-      scale_buf.resize(m * blocks);
-      for (int64_t r = 0; r < m; ++r) {
-        for (int64_t blk = 0; blk < blocks; ++blk) {
-          const float* xb = x + r * k + blk * 32;
-          float top = 0.0f;
-          for (int j = 0; j < 32; ++j) top = std::max(top, std::fabs(xb[j]));
-          const float s = top / 127.0f;
-          const float inv = s > 0.0f ? 1.0f / s : 0.0f;
-          for (int j = 0; j < 32; ++j) {
-            const float v = std::nearbyint(xb[j] * inv);
-            i8_buf[r * k + blk * 32 + j] = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, v)));
-          }
-          scale_buf[r * blocks + blk] = s;
-        }
-      }
-      i8 = i8_buf.data();
-      scale = scale_buf.data();
-    }
-  }
+  void load(int kind, const float* x, int64_t m, int64_t k, bool wide);
 };
 
 }  // namespace lean
@@ -127,6 +100,28 @@ namespace lean::avx2 {
 #pragma GCC pop_options
 
 namespace lean {
+
+void Rows::load(int kind, const float* x, int64_t m, int64_t k, bool wide) {
+  f32 = x;
+  if (kind == kBF16) {
+    bf16_buf.resize(m * k);
+    if (wide) avx512::to_bf16(x, m * k, bf16_buf.data());
+    else avx2::to_bf16(x, m * k, bf16_buf.data());
+    bf16 = bf16_buf.data();
+  } else if (kind == kI8) {
+    const int64_t blocks = k / 32;
+    i8_buf.resize(m * k);
+    scale_buf.resize(m * blocks);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const float* xb = x + r * k + blk * 32;
+        int8_t* out = i8_buf.data() + r * k + blk * 32;
+        scale_buf[r * blocks + blk] = wide ? avx512::quantize32(xb, out) : avx2::quantize32(xb, out);
+      }
+    i8 = i8_buf.data();
+    scale = scale_buf.data();
+  }
+}
 
 // ---- packing -------------------------------------------------------------------------------------
 
@@ -198,7 +193,7 @@ Weight pack(const torch::Tensor& w_in, int kind, const c10::optional<torch::Tens
 
 // y [m, n] = x [m, k] @ W^T (+ bias) on the chosen instruction set
 void product(bool wide, const Weight& W, Rows& rows, const float* x, int64_t m, float* y) {
-  rows.load(W.kind, x, m, W.k);
+  rows.load(W.kind, x, m, W.k, wide);
   if (wide) avx512::product(W, rows, m, y);
   else avx2::product(W, rows, m, y);
   if (W.b)
@@ -314,7 +309,9 @@ class Model {
         std::vector<int32_t> index(cells);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < work; ++t) {
-          const int64_t i = t / Hq_, hh = t % Hq_, g = hh / groups;
+          // key/value head major: a head's keys and values stay in cache while every row and query
+          // head of its group reads them
+          const int64_t g = t / (q * groups), rest = t % (q * groups), i = rest / groups, hh = g * groups + rest % groups;
           const uint8_t* seen = vis ? vis + i * cells : nullptr;
           const int64_t upto = vis ? cells : past + i + 1;
           const float* qi = &qkv[i * QKV + hh * D_];
@@ -327,11 +324,8 @@ class Model {
       for (int64_t i = 0; i < q * H_; ++i) h[i] += a[i];
       norm(h.data(), L.norm2.data_ptr<float>(), q, a.data());
       product(wide_, L.gate_up, rows, a.data(), q, gu.data());
-      for (int64_t i = 0; i < q; ++i)
-        for (int64_t j = 0; j < I_; ++j) {
-          const float g = gu[i * 2 * I_ + j], u = gu[i * 2 * I_ + I_ + j];
-          mid[i * I_ + j] = g / (1.0f + std::exp(-g)) * u;
-        }
+      if (wide_) avx512::silu_mul(gu.data(), q, I_, mid.data());
+      else avx2::silu_mul(gu.data(), q, I_, mid.data());
       product(wide_, L.down, rows, mid.data(), q, a.data());
       for (int64_t i = 0; i < q * H_; ++i) h[i] += a[i];
     }

@@ -231,7 +231,7 @@ inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
 inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
 inline vf vexp(vf x) {  // e^x for x <= 0, about 1 ulp; below -87 clamped (a weight of about 1.6e-38)
-  x = _mm512_max_ps(x, vset(-87.0f));
+  x = _mm512_min_ps(_mm512_max_ps(x, vset(-87.0f)), vset(88.0f));
   const vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, vset(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   vf r = vfma(n, vset(-0.693359375f), x);
   r = vfma(n, vset(2.12194440e-4f), r);
@@ -262,7 +262,7 @@ inline float vsum(vf v) {
   return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
 }
 inline vf vexp(vf x) {
-  x = _mm256_max_ps(x, vset(-87.0f));
+  x = _mm256_min_ps(_mm256_max_ps(x, vset(-87.0f)), vset(88.0f));
   const vf n = _mm256_round_ps(_mm256_mul_ps(x, vset(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   vf r = vfma(n, vset(-0.693359375f), x);
   r = vfma(n, vset(2.12194440e-4f), r);
@@ -290,7 +290,23 @@ void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_
   float* scores = scratch;                  // [cells rounded up]
   float* dense = scratch + cells + kLanes;  // [seen rounded up]
   const int64_t whole = cells / kLanes * kLanes;
-  for (int64_t j = 0; j < whole; j += kLanes) {
+  int64_t j0 = 0;
+  for (; j0 + 4 * kLanes <= whole; j0 += 4 * kLanes) {  // four vectors of cells at once: independent chains
+    vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+    for (int64_t t = 0; t < d; ++t) {
+      const vf qt = vset(q[t]);
+      const float* kt = Kt + t * cap + j0;
+      a0 = vfma(qt, vload(kt), a0);
+      a1 = vfma(qt, vload(kt + kLanes), a1);
+      a2 = vfma(qt, vload(kt + 2 * kLanes), a2);
+      a3 = vfma(qt, vload(kt + 3 * kLanes), a3);
+    }
+    vstore(scores + j0, a0);
+    vstore(scores + j0 + kLanes, a1);
+    vstore(scores + j0 + 2 * kLanes, a2);
+    vstore(scores + j0 + 3 * kLanes, a3);
+  }
+  for (int64_t j = j0; j < whole; j += kLanes) {
     vf acc = vzero();
     for (int64_t t = 0; t < d; ++t) acc = vfma(vset(q[t]), vload(Kt + t * cap + j), acc);
     vstore(scores + j, acc);
@@ -336,4 +352,74 @@ void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_
     if (width > 2) vstore(out + c + 2 * kLanes, vmul(a2, inv));
     if (width > 3) vstore(out + c + 3 * kLanes, vmul(a3, inv));
   }
+}
+
+// ---- per-row elementwise work, vectorized (each element on its own: rows stay independent) ------
+
+// mid [q, I] = silu(gate) * up from gu [q, 2 I] (gate columns first)
+void silu_mul(const float* gu, int64_t q, int64_t inter, float* mid) {
+  const vf one = vset(1.0f);
+  for (int64_t i = 0; i < q; ++i) {
+    const float* g = gu + i * 2 * inter;
+    const float* u = g + inter;
+    float* o = mid + i * inter;
+    int64_t j = 0;
+    for (; j + kLanes <= inter; j += kLanes) {
+      const vf gv = vload(g + j);
+      const vf e = vexp(vsub(vzero(), gv));
+#if LEAN_AVX512
+      vstore(o + j, vmul(_mm512_div_ps(gv, vadd(one, e)), vload(u + j)));
+#else
+      vstore(o + j, vmul(_mm256_div_ps(gv, vadd(one, e)), vload(u + j)));
+#endif
+    }
+    for (; j < inter; ++j) o[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+  }
+}
+
+// x [n] float -> bf16, round to nearest even (the scalar float_to_bf16's bits for finite x)
+void to_bf16(const float* x, int64_t n, uint16_t* out) {
+  int64_t i = 0;
+#if LEAN_AVX512
+  for (; i + 16 <= n; i += 16) {
+    const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(x + i));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd), 16);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm512_cvtepi32_epi16(r));
+  }
+#else
+  for (; i + 8 <= n; i += 8) {
+    const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x + i));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), packed);
+  }
+#endif
+  for (; i < n; ++i) out[i] = float_to_bf16(x[i]);
+}
+
+// x [32] -> int8 [32] and its scale: max |x| / 127, each value rounded to nearest even of x / scale
+float quantize32(const float* x, int8_t* out) {
+  vf top = vzero();
+  for (int j = 0; j < 32; j += kLanes) {
+    const vf v = vload(x + j);
+    top = vmax(top, vmax(v, vsub(vzero(), v)));
+  }
+  alignas(64) float lanes[kLanes];
+  vstore(lanes, top);
+  float t = 0.0f;
+  for (int j = 0; j < kLanes; ++j) t = std::max(t, lanes[j]);
+  const float s = t / 127.0f;
+  const vf inv = vset(s > 0.0f ? 1.0f / s : 0.0f);
+  alignas(64) float scaled[32];
+  for (int j = 0; j < 32; j += kLanes) {
+#if LEAN_AVX512
+    vstore(scaled + j, _mm512_roundscale_ps(vmul(vload(x + j), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+    vstore(scaled + j, _mm256_round_ps(vmul(vload(x + j), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  }
+  for (int j = 0; j < 32; ++j) out[j] = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, scaled[j])));
+  return s;
 }
