@@ -32,15 +32,18 @@ test: $(STAMP) $(LLAMA_STAMP)
 	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
-# every method against the transformers peers on HumanEval and input-grounded edits (~50 min here;
-# add gsm8k or mtbench-like to --data for more sets)
-BENCH_ARGS ?= --data humaneval,grounded --limit 20 --max-new-tokens 128
-bench: $(STAMP)
+# every method against llama.cpp greedy (F16 export) and the transformers peers on four sets (~25 min
+# here; needs the llama.cpp engine: make .venv/.llamacpp)
+BENCH_ARGS ?= --data mtbench-like,gsm8k,grounded,humaneval --limit 10 --max-new-tokens 128 --baseline llamacpp
+bench: $(STAMP) $(LLAMA_STAMP)
 	$(BIN)/polyverse bench $(BENCH_ARGS) --out bench-out
 
-# regenerate BENCHMARKS.md and its plots (benchmarks/) from one real run
-benchmarks: $(STAMP)
-	$(BIN)/polyverse bench $(BENCH_ARGS) --out benchmarks --markdown BENCHMARKS.md
+# regenerate BENCHMARKS.md's section of this run, and its plots (benchmarks/lean-bf16/); then the pass
+# costs and the weight types' departures from fp32 greedy (their tables are pasted by hand)
+benchmarks: $(STAMP) $(LLAMA_STAMP)
+	$(BIN)/polyverse bench $(BENCH_ARGS) --dtype bf16 --out benchmarks/lean-bf16 --markdown BENCHMARKS.md
+	$(BIN)/polyverse bench passes --out benchmarks/lean-bf16/passes.json
+	$(BIN)/polyverse bench dtypes --out benchmarks/lean-bf16/dtypes.json
 
 # the shipped CLLM adapter: the bundled model's own greedy answers to GSM8K train questions (the
 # self-distilled data of space-data), then a packed consistency LoRA fine-tune in two phases:

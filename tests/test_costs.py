@@ -37,3 +37,66 @@ def test_measure_gives_a_positive_curve_and_leaves_the_backend_empty():
     c = measure(be, context_len=16, reps=2, sizes=(1, 4, 8))
     assert c.sizes == (1, 4, 8) and all(s > 0 for s in c.seconds)
     assert be.length == 0
+
+
+# relative pass costs of a curve like llama.cpp's: its one-row path is a faster kernel than its batched one
+STEEP = CostCurve((1, 2, 3, 4, 6, 8, 12, 16, 24, 32), (1.0, 1.66, 1.77, 1.92, 2.25, 2.82, 3.56, 4.26, 6.18, 7.8))
+FLAT = CostCurve((1, 32), (1.0, 1.1))
+
+
+def test_a_steep_curve_needs_high_acceptance_to_draft():
+    assert best_length(0.5, 24, STEEP) == 0  # at most 2 tokens expected, never worth what a draft pass costs
+    assert best_length(0.9, 10, STEEP) >= 4
+    assert best_length(0.6, 10, FLAT) >= 1
+
+
+def test_probes_are_spaced_by_what_a_failed_probe_costs():
+    from polyverse.methods.auto import probe_gap
+
+    assert probe_gap(FLAT, 5, 8) == 8
+    assert probe_gap(STEEP, 5, 8) == 55  # c(5) = 2.085: 1.085 passes lost per failed probe, at most 2% of the gap
+    assert probe_gap(STEEP, 5, 100) == 100 and probe_gap(FLAT, 1, 0) == 0
+
+
+def simulate(curve, accept: bool, steps: int = 400) -> tuple[float, int]:
+    """Drive `auto`'s proposer over periodic text (a match always exists) where every draft is
+    accepted or every one rejected; returns (passes' cost beyond plain decoding, in passes; steps
+    that drafted)."""
+    from polyverse.draft import Draft
+    from polyverse.loop import Observation
+    from polyverse.methods.auto import AutoConfig, AutoProposer
+    from polyverse.verify import Verdict
+
+    text = [1, 2, 3, 4, 5, 6, 7] * 4
+    prop = AutoProposer(AutoConfig(), curve)
+    prop.start(tuple(text))
+    extra, drafting = 0.0, 0
+    for _ in range(steps):
+        draft = prop.propose(tuple(text))
+        extra += curve.relative(1 + len(draft)) - 1
+        drafting += bool(len(draft))
+        n = len(draft) if accept else 0
+        for _ in range(n + 1):
+            text.append(text[-7])
+        prop.observe(Observation(draft, Verdict(tuple(range(n)), tuple(text[-(n + 1):])), None, tuple(text)))
+    return extra, drafting
+
+
+def test_auto_falls_back_to_one_token_passes_where_drafts_fail_on_a_steep_curve():
+    extra, drafting = simulate(STEEP, accept=False)
+    assert extra <= 0.03 * 400  # a few passes to learn, then probes at most 2% of the passes
+    assert drafting <= 0.03 * 400
+
+
+def test_auto_drafts_long_where_drafts_succeed():
+    _, drafting = simulate(STEEP, accept=True, steps=50)
+    assert drafting >= 45
+    _, drafting = simulate(FLAT, accept=False, steps=80)
+    assert drafting >= 8  # a flat curve affords probing every probe_every steps
+
+
+def test_kept_costs_give_the_same_choice():
+    for alpha in (0.0, 0.4, 0.7, 0.95):
+        for width in (1, 3):
+            kept = [STEEP(1 + width * k) for k in range(25)]
+            assert best_length(alpha, 10, STEEP, width, kept) == best_length(alpha, 10, STEEP, width)

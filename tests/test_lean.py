@@ -181,3 +181,33 @@ def test_other_architectures_keep_the_transformers_pass():
     assert prepare.choose_lean(tiny_model(), None) is None  # a toy model: not worth a build by default
     be = TransformersBackend(gpt2, dtype="fp32")
     assert be.lean is None and be.weights == "fp32"
+
+
+@pytest.mark.parametrize("dtype", lean.DTYPES)
+def test_a_merge_reads_cells_in_position_order_whatever_the_schedule(dtype):
+    """Two paths decoded in the same passes (cells interleaved) or one after the other (cells
+    apart): a token that sees both after the merge gets the same bits either way."""
+    model = tiny_model(seed=8, vocab_size=100)
+
+    def conclusion(parallel):
+        be = make(model, dtype, ISAS[0])
+        be.forward(chain_feed([3, 4, 5], 0), logits_for=[])
+        be.commit(range(3))
+        be.copy_seq(0, 1)
+        be.copy_seq(0, 2)
+        paths = {1: [20, 21, 22], 2: [30, 31, 32]}
+        if parallel:
+            for step in range(3):
+                be.forward(Feed((paths[1][step], paths[2][step]), (3 + step, 3 + step), (-1, -1), ((1,), (2,))),
+                           logits_for=[])
+                be.commit([0, 1])
+        else:
+            for seq, toks in paths.items():
+                for step, tok in enumerate(toks):
+                    be.forward(Feed((tok,), (3 + step,), (-1,), ((seq,),)), logits_for=[])
+                    be.commit([0])
+        be.copy_seq(1, 0)
+        be.copy_seq(2, 0)
+        return be.forward(Feed((40,), (6,), (-1,), ((0,),)))[0]
+
+    assert torch.equal(conclusion(True), conclusion(False))

@@ -97,10 +97,9 @@ def compare(model, prompt, ref: Sequence[int], got: Sequence[int]) -> tuple[bool
     return False, info
 
 
-def environment(model) -> dict:
-    import transformers
-
-    import polyverse
+def cpu_name() -> str:
+    """The CPU's model name and the instruction set the lean pass runs on, e.g. "AMD EPYC (avx512)"."""
+    from ..backends.cpu import lean
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -108,16 +107,37 @@ def environment(model) -> dict:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
+    try:
+        isa = lean.isa()
+    except ValueError:
+        isa = None
+    return f"{cpu} ({isa or 'no AVX2'})"
+
+
+def weight_type(model) -> str:
+    """What the polyverse rows run: "bf16 (lean pass)", "fp32 (transformers)", or the hf dtype."""
+    lean_model = getattr(model.backend, "lean", None)
+    if lean_model is not None:
+        return f"{lean_model.dtype} (lean pass, {lean_model.isa})"
+    weights = getattr(model.backend, "weights", None)
+    return f"{weights} (transformers)" if weights else str(next(model.hf_model.parameters()).dtype)
+
+
+def environment(model) -> dict:
+    import transformers
+
+    import polyverse
+
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "model": model.name,
-        "dtype": str(next(model.hf_model.parameters()).dtype),
+        "dtype": weight_type(model),
         "polyverse": getattr(polyverse, "__version__", "?"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "platform": platform.platform(),
     }
 

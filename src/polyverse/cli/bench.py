@@ -1,9 +1,11 @@
 """`polyverse bench`: every benchmark behind one command.
 
-`polyverse bench [OPTIONS]` measures the methods against the transformers peers on data sets (the
+`polyverse bench [OPTIONS]` measures the methods against the peers (transformers `generate`, llama.cpp
+greedy) on data sets (the
 group's own options, so the command reads as it always did); the subcommands are the other
 benchmarks: `load` (concurrent clients against `polyverse serve`), `ar-jacobi` (ar and jacobi
-against `generate`) and `multiverse` (paths in parallel against the same tokens sequentially; also
+against `generate`), `llamacpp-batch` (whether llama.cpp's greedy argmax depends on the tokens per
+pass) and `multiverse` (paths in parallel against the same tokens sequentially; also
 reachable as the hidden `polyverse bench-multiverse`).
 """
 
@@ -21,7 +23,7 @@ from rich.table import Table
 
 from ..errors import ConfigError, PolyverseError
 from ..registry import registry
-from .common import clean_exit, err, fail, option_value, progress
+from .common import DTYPE_OPTION, clean_exit, err, fail, option_value, progress
 
 bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 
@@ -33,6 +35,64 @@ def has_mask(adapter: Optional[str]) -> bool:
     from ..adapters import info, resolve
 
     return "[MASK]" in info(resolve(adapter)).get("added_tokens", [])
+
+
+def peer_choice(peers: str, no_peers: bool, model: str, peer_gguf: Optional[str],
+                temperature: float) -> tuple[bool, Optional[Path]]:
+    """(include the generate peers, the GGUF the llama.cpp peer starts from or None), from the options;
+    a peer asked for by name that cannot run is an error, a default one that cannot is left out with a note."""
+    from ..bench.llamacpp_peer import PEER, available, source_gguf
+
+    if no_peers and peers.strip():
+        raise ConfigError("--peers and --no-peers exclude each other")
+    names = {p.strip() for p in peers.split(",") if p.strip()}
+    unknown = names - {"generate", PEER, "none"}
+    if unknown:
+        raise ConfigError(f"unknown peer '{sorted(unknown)[0]}' (generate, {PEER}, none)")
+    if "none" in names and len(names) > 1:
+        raise ConfigError("--peers none names no other peer")
+    if no_peers or names == {"none"}:
+        return False, None
+    explicit = PEER in names or peer_gguf is not None
+    names = names or {"generate", PEER}
+    if PEER not in names:
+        if peer_gguf:
+            raise ConfigError("--peer-gguf is the llama.cpp peer's file, and --peers leaves that peer out")
+        return "generate" in names, None
+    source = Path(peer_gguf) if peer_gguf else source_gguf(model)
+    why = None
+    if not available():
+        why = "it needs llama-cpp-python: pip install 'polyverse[llamacpp]'"
+    elif temperature > 0:
+        why = "it decodes greedily (--temperature 0)"
+    elif source is None:
+        why = "the model has no GGUF to export from: pass --peer-gguf FILE"
+    elif not source.is_file() or source.suffix.lower() != ".gguf":
+        why = f"no GGUF file {source}"
+    if why and explicit:
+        raise ConfigError(f"the llama.cpp peer cannot run: {why}")
+    if why:
+        err.print(f"no llama.cpp peer: {why}", highlight=False)
+        source = None
+    return "generate" in names, source
+
+
+def llamacpp_contender(lm, source: Path, adapter: Optional[str], exported: bool):
+    """The llama.cpp greedy row: on the model's F16 GGUF (exported once with a progress bar, then
+    cached), or on ``source`` as given (``exported`` False: --peer-gguf)."""
+    from ..bench.llamacpp_peer import f16_gguf, peer
+
+    if exported:
+        with progress() as bar:
+            def start(n: int):
+                task = bar.add_task("llama.cpp peer: exporting the F16 GGUF (once)", total=n)
+                return lambda name: bar.update(task, advance=1)
+
+            path = f16_gguf(lm, source, adapter, start=start)
+        err.print(f"llama.cpp peer: {path}", highlight=False)
+    else:
+        path = source
+    return peer(path)
 
 
 @bench_app.callback()
@@ -48,8 +108,16 @@ def bench(
     out: str = typer.Option("bench-out", "--out", help="Folder for results.json, report.md and the plots."),
     draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model: adds `draft` and generate(assistant_model=)."),
     prompt_lookup_tokens: int = typer.Option(10, "--prompt-lookup-tokens", help="prompt_lookup_num_tokens of the generate peer."),
-    peers: bool = typer.Option(True, "--peers/--no-peers", help="Include the transformers generate peers."),
-    baseline: str = typer.Option("generate", "--baseline", help="Contender the ratios are taken against."),
+    peers: str = typer.Option("", "--peers", help="Comma-separated peer rows: generate (transformers generate, with "
+                              "prompt lookup, and assisted with --draft-model), llamacpp (llama.cpp greedy on the "
+                              "model's F16 GGUF, exported once and cached). Default: generate, plus llamacpp when "
+                              "llama-cpp-python is installed, the run is greedy and the model has a GGUF (the bundled "
+                              "model, a .gguf, or --peer-gguf)."),
+    no_peers: bool = typer.Option(False, "--no-peers", help="No peer rows (polyverse methods only)."),
+    peer_gguf: Optional[str] = typer.Option(None, "--peer-gguf", help="GGUF file of the llama.cpp peer instead of the "
+                                            "model's F16 export (e.g. a quantised file, or for an HF directory model)."),
+    baseline: str = typer.Option("generate", "--baseline", help="Contender the ratios are taken against: a row name, "
+                                 "or llamacpp for the llama.cpp greedy row."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Chat template on every set (default: chat sets "
                                         "when the model has one; HumanEval as plain completion)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Method option METHOD.KEY=VALUE (repeatable)."),
@@ -59,8 +127,9 @@ def bench(
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter applied to the model (every row)."),
     backend: str = typer.Option("transformers", "--backend", help="Backend of the polyverse rows: transformers, or "
                                 "llamacpp (the model's GGUF; `ar` is then llama.cpp greedy, the generate peers stay transformers)."),
+    dtype: Optional[str] = DTYPE_OPTION,
 ) -> None:
-    """Measure methods against the transformers peers on data sets: table, results.json, report.md, plots."""
+    """Measure methods against the peers (transformers generate, llama.cpp greedy) on data sets: table, results.json, report.md, plots."""
     if ctx.invoked_subcommand is not None:  # `polyverse bench load ...`: these options are the method bench's own
         given = [p.opts[0] for p in ctx.command.params  # typer's click reports DEFAULT for options not typed
                  if getattr(ctx.get_parameter_source(p.name), "name", "DEFAULT") != "DEFAULT"]
@@ -70,9 +139,15 @@ def bench(
     from ..bench import report
     from ..bench.contenders import Contender
     from ..bench.data import load_set, raw_prompts
+    from ..bench.llamacpp_peer import F16_ROW, PEER, row_name
     from ..bench.runner import REFERENCE, BenchConfig, run_bench
 
     with clean_exit("interrupted: nothing written"):
+        want_generate, llama_source = peer_choice(peers, no_peers, model, peer_gguf, temperature)
+        if baseline in (PEER, "llama.cpp"):
+            if llama_source is None:
+                raise ConfigError(f"--baseline {baseline} names the llama.cpp peer, which is not in this run")
+            baseline = row_name(llama_source) if peer_gguf else F16_ROW
         cfg = BenchConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, baseline=baseline)
         if methods.strip():
             wanted = [m.strip() for m in methods.split(",") if m.strip()]
@@ -102,14 +177,16 @@ def bench(
 
         from ..api import load
 
-        lm = load(model, adapter=adapter, backend=backend)
+        lm = load(model, adapter=adapter, backend=backend, dtype=dtype)
         contenders: list[Contender] = []
-        if peers:
+        if want_generate:
             contenders.append(Contender("generate"))
             contenders.append(Contender(f"generate(prompt_lookup={prompt_lookup_tokens})", None,
                                         {"prompt_lookup_num_tokens": prompt_lookup_tokens}))
             if draft_model:
                 contenders.append(Contender("generate(assistant_model)", None, {"assistant_model": load(draft_model)}))
+        if llama_source is not None:
+            contenders.append(llamacpp_contender(lm, llama_source, adapter, exported=peer_gguf is None))
         if REFERENCE not in per_method and temperature == 0:
             per_method = {REFERENCE: {}, **per_method}  # the exactness reference
         contenders += [Contender(m, m, opts) for m, opts in per_method.items()]
@@ -135,6 +212,72 @@ def bench(
             table.add_row(*r)
         con.print(table)
     con.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@bench_app.command("passes")
+def bench_passes(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or HF model directory."),
+    context: int = typer.Option(250, "--context", help="Cached tokens before each timed pass."),
+    reps: int = typer.Option(7, "--reps", help="Timed passes per size (the fastest is kept)."),
+    llama: bool = typer.Option(True, "--llamacpp/--no-llamacpp", help="Include llama.cpp on F16, Q8_0 and Q4_1 exports."),
+    out: str = typer.Option("bench-out/passes.json", "--out", help="JSON file of the figures."),
+) -> None:
+    """What one pass costs by tokens fed: the lean pass per weight type and instruction set, transformers, llama.cpp."""
+    from ..bench import passes
+
+    with clean_exit("interrupted: nothing written"):
+        if context < 1 or reps < 1:
+            raise ConfigError("--context and --reps must be at least 1")
+        from ..api import load
+
+        lm = load(model, dtype="fp32")
+        rows = passes.engines(lm, llama)
+        with progress() as bar:
+            task = bar.add_task("passes", total=len(rows))
+            doc = passes.measure_all(lm, context, reps, llama=llama,
+                                     tick=lambda name: bar.update(task, advance=1, description=name))
+        from ..bench.runner import cpu_name
+
+        doc["cpu"] = cpu_name()
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(doc, indent=1))
+    Console(width=max(Console().width, 120)).print(passes.markdown(doc, doc["cpu"]))
+
+
+@bench_app.command("dtypes")
+def bench_dtypes(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or HF model directory."),
+    data: str = typer.Option("mtbench-like,gsm8k,grounded,humaneval", "--data", help="Comma-separated data sets (as `polyverse bench`)."),
+    limit: int = typer.Option(10, "--limit", help="Prompts per data set."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Most new tokens per prompt."),
+    out: str = typer.Option("bench-out/dtypes.json", "--out", help="JSON file of the per-prompt figures."),
+) -> None:
+    """How often greedy `ar` in bf16 and int8 departs from fp32 greedy: first differing token, fp32 margin."""
+    from dataclasses import asdict
+
+    from ..backends.cpu.lean import DTYPES
+    from ..bench import dtypes
+    from ..bench.data import load_set, raw_prompts
+    from ..bench.runner import cpu_name
+
+    with clean_exit("interrupted: nothing written"):
+        names = [d.strip() for d in data.split(",") if d.strip()]
+        if not names:
+            raise ConfigError("--data names no data set")
+        for d in names:
+            raw_prompts(d, limit)
+        from ..api import load
+
+        models = {d: load(model, dtype=d, progress=False) for d in DTYPES}
+        sets = [load_set(d, models["fp32"], limit) for d in names]
+        with progress() as bar:
+            task = bar.add_task("dtypes", total=sum(len(s.prompts) for s in sets) * len(models))
+            rows = dtypes.compare(models, sets, max_new_tokens,
+                                  tick=lambda what: bar.update(task, advance=1, description=what))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"cpu": cpu_name(), "max_new_tokens": max_new_tokens,
+                                         "rows": [asdict(r) for r in rows]}, indent=1))
+    Console(width=max(Console().width, 120)).print(dtypes.markdown(rows, cpu_name(), max_new_tokens))
 
 
 @bench_app.command("load")
@@ -220,6 +363,65 @@ def bench_ar_jacobi(
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps({"max_new_tokens": max_new_tokens, "blocks": sizes, "rows": rows}, indent=1))
+
+
+@bench_app.command("llamacpp-batch")
+def bench_llamacpp_batch(
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or .gguf file."),
+    gguf: Optional[str] = typer.Option(None, "--gguf", help="GGUF llama.cpp runs (default: the model's F16 export, "
+                                       "cached, as the bench's llama.cpp peer runs it)."),
+    data: str = typer.Option("mtbench-like", "--data", help="Data set: humaneval, gsm8k, grounded, mtbench-like, or PATH.jsonl."),
+    limit: int = typer.Option(10, "--limit", help="Prompts."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", help="Greedy tokens per prompt."),
+    ks: str = typer.Option("2,4,8,16", "--ks", help="Tokens per pass compared with one, comma-separated."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the figures here as JSON."),
+) -> None:
+    """Whether llama.cpp's greedy argmax changes when a pass feeds k tokens instead of one (teacher forced)."""
+    from ..bench.data import load_set, raw_prompts
+    from ..bench.llamacpp_batch import BatchConfig, header, measure, table
+    from ..bench.llamacpp_peer import available, f16_gguf, source_gguf
+
+    with clean_exit("interrupted: nothing written"):
+        try:
+            sizes = tuple(int(k) for k in ks.split(",") if k.strip())
+        except ValueError:
+            raise ConfigError(f"--ks takes comma-separated integers, got '{ks}'") from None
+        cfg = BatchConfig(max_new_tokens=max_new_tokens, ks=sizes)
+        raw_prompts(data, limit)
+        if not available():
+            raise ConfigError("llama-cpp-python is not installed: pip install 'polyverse[llamacpp]'")
+        source = Path(gguf) if gguf else source_gguf(model)
+        if source is None or not source.is_file():
+            raise ConfigError(f"no GGUF to run: {gguf or model} (pass the bundled model, a .gguf, or --gguf FILE)")
+        from ..api import Model, load
+        from ..backends.llamacpp import LlamaCppBackend
+
+        lm = load(model)
+        if not gguf:
+            with progress() as bar:
+                def start(n: int):
+                    task = bar.add_task("exporting the F16 GGUF (once)", total=n)
+                    return lambda name: bar.update(task, advance=1)
+
+                source = f16_gguf(lm, source, start=start)
+        llm = Model(lm.hf_model, lm.tokenizer, f"{source.name}@llamacpp", backend=LlamaCppBackend(source))
+        prompts = [p.ids for p in load_set(data, llm, limit).prompts]
+        with progress() as bar:
+            task = bar.add_task("prompts", total=len(prompts))
+            doc = measure(llm.backend, prompts, cfg, llm.eos_token_ids,
+                          tick=lambda what: bar.update(task, advance=1, description=what))
+    doc["gguf"] = str(source)
+    typer.echo(f"{source.name}: {len(prompts)} prompts of {data}, {max_new_tokens} greedy tokens each, "
+               "teacher forced k tokens per pass against one per pass")
+    typer.echo(header(doc))
+    for line in table(doc):
+        typer.echo(line)
+    w = doc["whole_prompt"]
+    typer.echo(f"whole prompt in one pass (not its last token alone): first token differs on "
+               f"{w['prompts_first_token_differs']}/{w['prompts']} prompts, max |logit diff| {w['max_abs_logit_diff']}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(doc, indent=1))
 
 
 @bench_app.command("multiverse")

@@ -243,10 +243,11 @@ class Model {
 
   // ids [q] int64, pos [q] int64, visible [q, past + q] bool (undefined: a causal chain after the
   // cache), kcache [L, Hkv, D, capacity] (keys transposed) and vcache [L, Hkv, capacity, D] float32
-  // with capacity >= past + q -> hidden [q, H]
+  // with capacity >= past + q, cell_pos [capacity] int64 (each cell's position; the pass writes its
+  // own) -> hidden [q, H]
   // after the final norm; the pass's keys and values are written at cells past .. past + q - 1.
   torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& pos, const c10::optional<torch::Tensor>& visible,
-                        torch::Tensor kcache, torch::Tensor vcache, int64_t past) {
+                        torch::Tensor kcache, torch::Tensor vcache, torch::Tensor cell_pos, int64_t past) {
     TORCH_CHECK(!layers_.empty(), "the model has no layers");
     const int64_t q = ids.numel(), cells = past + q, cap = vcache.size(2);
     TORCH_CHECK(pos.numel() == q, "positions do not fit the ids");
@@ -263,6 +264,10 @@ class Model {
     }
     const int64_t* idp = ids.data_ptr<int64_t>();
     const int64_t* pp = pos.data_ptr<int64_t>();
+    TORCH_CHECK(cell_pos.scalar_type() == torch::kLong && cell_pos.is_contiguous() && cell_pos.numel() >= cells,
+                "cell positions must be int64 [capacity]");
+    int64_t* cp = cell_pos.data_ptr<int64_t>();
+    for (int64_t i = 0; i < q; ++i) cp[past + i] = pp[i];  // the pass's cells, for attention's order
     const int64_t V = embed_.size(0), QKV = (Hq_ + 2 * Hkv_) * D_;
     for (int64_t i = 0; i < q; ++i) TORCH_CHECK(idp[i] >= 0 && idp[i] < V, "token id out of range");
 
@@ -316,8 +321,8 @@ class Model {
           const int64_t upto = vis ? cells : past + i + 1;
           const float* qi = &qkv[i * QKV + hh * D_];
           float* o = &att[(i * Hq_ + hh) * D_];
-          if (wide_) avx512::attend(qi, Kl + g * D_ * cap, cap, Vl + g * cap * D_, D_, seen, upto, scale, scratch.data(), index.data(), o);
-          else avx2::attend(qi, Kl + g * D_ * cap, cap, Vl + g * cap * D_, D_, seen, upto, scale, scratch.data(), index.data(), o);
+          if (wide_) avx512::attend(qi, Kl + g * D_ * cap, cap, Vl + g * cap * D_, D_, seen, cp, upto, scale, scratch.data(), index.data(), o);
+          else avx2::attend(qi, Kl + g * D_ * cap, cap, Vl + g * cap * D_, D_, seen, cp, upto, scale, scratch.data(), index.data(), o);
         }
       }
       product(wide_, L.o, rows, att.data(), q, a.data());

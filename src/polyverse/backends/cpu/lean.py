@@ -193,7 +193,7 @@ class LeanModel:
         """ids, positions [q] int64; visible [q, past + q] bool or None (a causal chain after the
         cache) -> hidden [q, H]; the pass's keys and values go to cells past .. past + q - 1."""
         cache.reserve(past + len(ids))
-        return self._model.forward(ids, positions, visible, cache.k, cache.v, past)
+        return self._model.forward(ids, positions, visible, cache.k, cache.v, cache.pos, past)
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [m, H] -> logits [m, V] float32 through the packed LM head."""
@@ -218,6 +218,7 @@ class LeanCache:
         self.least = least
         self.k = torch.empty(layers, kv_heads, head_dim, 0)
         self.v = torch.empty(layers, kv_heads, 0, head_dim)
+        self.pos = torch.empty(0, dtype=torch.long)  # [capacity]: each cell's position (attention's order)
         self.length = 0
 
     @property
@@ -235,7 +236,9 @@ class LeanCache:
         k, v = torch.empty(layers, heads, dim, cap), torch.empty(layers, heads, cap, dim)
         k[..., : self.length] = self.k[..., : self.length]
         v[:, :, : self.length] = self.v[:, :, : self.length]
-        self.k, self.v = k, v
+        pos = torch.empty(cap, dtype=torch.long)
+        pos[: self.length] = self.pos[: self.length]
+        self.k, self.v, self.pos = k, v, pos
 
     def get_seq_length(self) -> int:
         return self.length
@@ -254,6 +257,7 @@ class LeanCache:
 
     def _keep(self, start: int, rows: torch.Tensor, n: int) -> None:
         self.k[..., start : start + n] = self.k.index_select(3, rows)
+        self.pos[start : start + n] = self.pos.index_select(0, rows)
         self.v[:, :, start : start + n] = self.v.index_select(2, rows)
         self.length = start + n
 
@@ -264,7 +268,7 @@ class LeanCache:
         return other
 
     def _copy_from(self, other: "LeanCache") -> None:
-        self.k, self.v = torch.empty_like(other.k), torch.empty_like(other.v)
+        self.k, self.v, self.pos = torch.empty_like(other.k), torch.empty_like(other.v), other.pos.clone()
         self.k[..., : other.length] = other.k[..., : other.length]
         self.v[:, :, : other.length] = other.v[:, :, : other.length]
 

@@ -286,7 +286,7 @@ inline vf vexp(vf x) {
 // which the row sees every cell (plain decoding) gives, so the row's output is the same bits.
 // scratch: at least 2 * (cells + kLanes) floats and cells ints.
 void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_t d, const uint8_t* visible,
-            int64_t cells, float scale, float* scratch, int32_t* index, float* out) {
+            const int64_t* positions, int64_t cells, float scale, float* scratch, int32_t* index, float* out) {
   float* scores = scratch;                  // [cells rounded up]
   float* dense = scratch + cells + kLanes;  // [seen rounded up]
   const int64_t whole = cells / kLanes * kLanes;
@@ -324,6 +324,18 @@ void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_
     dense[seen] = s;
     index[seen++] = static_cast<int32_t>(j);
     top = std::max(top, s);
+  }
+  // The seen cells in position order (ties in cache order). Cache order already is position order
+  // except after a Multiverse merge, where paths run in parallel interleave their cells and paths
+  // run one after another do not: ordered by position, the Conclusion sums the same list either way.
+  bool ordered = true;
+  for (int64_t t = 1; t < seen && ordered; ++t) ordered = positions[index[t - 1]] <= positions[index[t]];
+  if (!ordered) {
+    std::vector<int32_t> order(index, index + seen);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return positions[a] < positions[b]; });
+    std::vector<float> raw(seen);
+    for (int64_t t = 0; t < seen; ++t) raw[t] = scores[order[t]] * scale;
+    for (int64_t t = 0; t < seen; ++t) { index[t] = order[t]; dense[t] = raw[t]; }
   }
   const int64_t blocks = (seen + kLanes - 1) / kLanes;
   for (int64_t j = seen; j < blocks * kLanes; ++j) dense[j] = -INFINITY;
