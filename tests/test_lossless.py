@@ -86,14 +86,18 @@ def run(method, options, m, prompt, cfg, seed=0, weights=None):
     return [t for s in steps for t in s.tokens], steps
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+# a tiny model, a prompt, a budget and a method case: what the greedy suites draw
+GREEDY_RUNS = dict(
     seed=st.integers(0, 7),
     vocab=st.sampled_from([8, 100]),
     prompt=st.lists(st.integers(3, 7), min_size=1, max_size=24),
     max_new=st.integers(1, 48),
     case=st.sampled_from(LOSSLESS_CASES),
 )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**GREEDY_RUNS)
 def test_greedy_equals_ar(seed, vocab, prompt, max_new, case):
     m = model(seed, vocab)
     cfg = GenerationConfig(max_new_tokens=max_new)
@@ -103,14 +107,7 @@ def test_greedy_equals_ar(seed, vocab, prompt, max_new, case):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 7),
-    vocab=st.sampled_from([8, 100]),
-    prompt=st.lists(st.integers(3, 7), min_size=1, max_size=24),
-    max_new=st.integers(1, 48),
-    case=st.sampled_from(LOSSLESS_CASES),
-    weights=st.sampled_from(WEIGHTS[1:]),
-)
+@given(**GREEDY_RUNS, weights=st.sampled_from(WEIGHTS[1:]))
 def test_greedy_equals_ar_per_weight_type(seed, vocab, prompt, max_new, case, weights):
     """On the lean pass every method's greedy output is that weight type's own `ar` output."""
     m = model(seed, vocab)

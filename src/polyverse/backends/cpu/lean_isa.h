@@ -230,20 +230,9 @@ inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
 inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
-inline vf vexp(vf x) {  // e^x for x <= 0, about 1 ulp; below -87 clamped (a weight of about 1.6e-38)
-  x = _mm512_min_ps(_mm512_max_ps(x, vset(-87.0f)), vset(88.0f));
-  const vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, vset(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  vf r = vfma(n, vset(-0.693359375f), x);
-  r = vfma(n, vset(2.12194440e-4f), r);
-  vf p = vset(1.0f / 720);
-  p = vfma(p, r, vset(1.0f / 120));
-  p = vfma(p, r, vset(1.0f / 24));
-  p = vfma(p, r, vset(1.0f / 6));
-  p = vfma(p, r, vset(0.5f));
-  p = vfma(p, r, vset(1.0f));
-  p = vfma(p, r, vset(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
+inline vf vclamp(vf x, float lo, float hi) { return _mm512_min_ps(_mm512_max_ps(x, vset(lo)), vset(hi)); }
+inline vf vround(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline vf vpow2(vf p, vf n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
 #else
 constexpr int64_t kLanes = 8;
 using vf = __m256;
@@ -261,22 +250,24 @@ inline float vsum(vf v) {
   const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
   return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
 }
-inline vf vexp(vf x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, vset(-87.0f)), vset(88.0f));
-  const vf n = _mm256_round_ps(_mm256_mul_ps(x, vset(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  vf r = vfma(n, vset(-0.693359375f), x);
-  r = vfma(n, vset(2.12194440e-4f), r);
-  vf p = vset(1.0f / 720);
-  p = vfma(p, r, vset(1.0f / 120));
-  p = vfma(p, r, vset(1.0f / 24));
-  p = vfma(p, r, vset(1.0f / 6));
-  p = vfma(p, r, vset(0.5f));
-  p = vfma(p, r, vset(1.0f));
-  p = vfma(p, r, vset(1.0f));
+inline vf vclamp(vf x, float lo, float hi) { return _mm256_min_ps(_mm256_max_ps(x, vset(lo)), vset(hi)); }
+inline vf vround(vf x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline vf vpow2(vf p, vf n) {  // p * 2^n, n an integer in [-126, 127]
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 #endif
+
+// e^x, about 1 ulp; x clamped to [-87, 88] (below: a weight of about 1.6e-38)
+inline vf vexp(vf x) {
+  x = vclamp(x, -87.0f, 88.0f);
+  const vf n = vround(vmul(x, vset(1.44269504088896341f)));
+  vf r = vfma(n, vset(-0.693359375f), x);  // x - n ln 2 in two steps
+  r = vfma(n, vset(2.12194440e-4f), r);
+  vf p = vset(1.0f / 720);
+  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = vfma(p, r, vset(c));
+  return vpow2(p, n);
+}
 
 // One query row of one head: out [d] = softmax(q.K / sqrt d) V over the cells the row sees.
 // Kt [d, cap] holds the head's keys transposed, V [cap, d] its values. Scores are computed a vector
