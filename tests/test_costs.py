@@ -39,6 +39,13 @@ def test_measure_gives_a_positive_curve_and_leaves_the_backend_empty():
     assert be.length == 0
 
 
+def test_measure_over_several_context_lengths():
+    be = TransformersBackend(tiny_model(seed=0))
+    c = measure(be, context_len=(8, 24, 10_000), reps=1, sizes=(1, 4, 64))  # the longest is cut to fit
+    assert c.sizes == (1, 4, 64) and all(s > 0 for s in c.seconds)
+    assert be.length == 0
+
+
 # relative pass costs of a curve like llama.cpp's: its one-row path is a faster kernel than its batched one
 STEEP = CostCurve((1, 2, 3, 4, 6, 8, 12, 16, 24, 32), (1.0, 1.66, 1.77, 1.92, 2.25, 2.82, 3.56, 4.26, 6.18, 7.8))
 FLAT = CostCurve((1, 32), (1.0, 1.1))
