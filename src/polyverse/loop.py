@@ -17,7 +17,7 @@ from .backends.base import Backend
 from .config import GenerationConfig
 from .draft import Draft
 from .errors import ConfigError
-from .layout import chain_feed, draft_feed
+from .layout import Feed, chain_feed, draft_feed
 from .sampling import make_generator
 from .verify import Verdict, verify
 
@@ -107,6 +107,101 @@ def prefill(backend: Backend, prompt: Sequence[int]) -> list[int]:
     return context
 
 
+class Decoding:
+    """One request's decoding between passes: the feed its next pass carries, and what that pass's
+    logits make of it. ``decode`` drives one request alone; ``batching.Batch`` drives several through
+    shared passes (one forward over every request's feed), with the same steps.
+
+    A request first prefills its prompt (every token but the last, in chunks of at most ``limit``
+    tokens per pass when the driver asks), then decodes: ``propose`` drafts, ``feed`` lays out the
+    pass (the driver may have cut the draft to its budget), ``finish`` verifies, commits and gives the
+    Step. ``backend`` is the request's own (a session); it is emptied here.
+
+    Example: prompt [5, 6, 7], AR proposer: feed() -> (5, 6) at positions (0, 1), no logits read;
+    finish() -> None; then propose() -> empty draft, feed() -> (7) at 2, finish() -> Step((t,), ...).
+    """
+
+    def __init__(self, backend: Backend, proposer: Proposer, prompt: Sequence[int], config: GenerationConfig,
+                 generator: torch.Generator | None = None) -> None:
+        self.backend = backend
+        self.proposer = proposer
+        self.config = config
+        self.generator = generator if generator is not None else make_generator(config.seed)
+        self.eos = set(config.eos_token_ids)
+        self.context = [int(t) for t in prompt]
+        check_prompt(self.context, backend.max_length)
+        backend.reset()
+        self.prompt_length = len(self.context)
+        self.prefilled = 0  # prompt tokens committed
+        self.produced = 0
+        self.finished: str | None = None
+        self._started = False
+        self._chunk = 0  # prompt tokens in the pass under way (0: a decoding pass)
+        self._draft: Draft | None = None
+        self._t0 = 0.0
+
+    @property
+    def prefilling(self) -> bool:
+        """True while prompt tokens other than the pending one are still to be fed."""
+        return self.prefilled < self.prompt_length - 1
+
+    @property
+    def room(self) -> int:
+        """Output tokens this request may still write (its budget and the context window)."""
+        return min(self.config.max_new_tokens - self.produced, self.backend.max_length - len(self.context))
+
+    def propose(self) -> Draft:
+        """The proposer's draft for the next pass, cut to the room left (decoding only)."""
+        if not self._started:
+            self.proposer.start(tuple(self.context))
+            self._started = True
+        self._t0 = time.perf_counter()
+        draft = self.proposer.propose(tuple(self.context))
+        if draft and max(draft.depths()) > self.room - 1:
+            draft = draft.pruned(self.room - 1)
+        return draft
+
+    def feed(self, draft: Draft | None = None, limit: int | None = None) -> tuple[Feed, Sequence[int] | None]:
+        """(the next pass's feed, the logits rows to read: None = as verification reads them).
+        Prefilling: the next prompt chunk (at most ``limit`` tokens); decoding: ``draft`` below the
+        pending token (``propose``'s, or a part of it)."""
+        if self.prefilling:
+            n = self.prompt_length - 1 - self.prefilled
+            self._chunk = n if limit is None else max(1, min(n, limit))
+            return chain_feed(self.context[self.prefilled: self.prefilled + self._chunk], self.prefilled), []
+        self._draft = draft if draft is not None else Draft.empty()
+        every = range(len(self._draft) + 1) if self.proposer.reads_every_row else None
+        return draft_feed(self.context[-1], len(self.context) - 1, self._draft), every
+
+    def finish(self, logits) -> Step | None:
+        """Take the pass's logits: a prompt chunk is committed (None); a decoding pass is verified,
+        its accepted path committed, and its Step returned."""
+        if self._chunk:
+            self.backend.commit(range(self._chunk))
+            self.prefilled += self._chunk
+            self._chunk = 0
+            return None
+        draft = self._draft
+        verdict = verify(draft, logits, self.config.sampling, self.generator)
+        self.backend.commit([0] + [i + 1 for i in verdict.accepted])
+        tokens = list(verdict.tokens)
+        room = self.room
+        finish = None
+        cut = next((i for i, t in enumerate(tokens) if t in self.eos), None)
+        if cut is not None:
+            tokens, finish = tokens[: cut + 1], "eos"
+        if len(tokens) >= room:
+            tokens = tokens[:room]
+            finish = finish or "length"
+        self.context.extend(tokens)
+        self.produced += len(tokens)
+        if finish is None:
+            self.proposer.observe(Observation(draft, verdict, logits, tuple(self.context)))
+        self.finished = finish
+        stats = StepStats(len(draft) + 1, len(draft), len(tokens), time.perf_counter() - self._t0)
+        return Step(tuple(tokens), stats, finish)
+
+
 def decode(
     backend: Backend,
     proposer: Proposer,
@@ -118,35 +213,12 @@ def decode(
 
     Example: with the AR proposer (empty drafts) each step feeds 1 token and yields 1 token.
     """
-    gen = generator if generator is not None else make_generator(config.seed)
-    eos = set(config.eos_token_ids)
-    context = prefill(backend, prompt)
-    proposer.start(tuple(context))
-    produced = 0
+    state = Decoding(backend, proposer, prompt, config, generator)
+    while state.prefilling:
+        state.finish(backend.forward(*state.feed()))
     while True:
-        t0 = time.perf_counter()
-        pos = len(context) - 1  # position of the pending token
-        room = min(config.max_new_tokens - produced, backend.max_length - 1 - pos)
-        draft = proposer.propose(tuple(context))
-        if draft and max(draft.depths()) > room - 1:
-            draft = draft.pruned(room - 1)
-        every = range(len(draft) + 1) if proposer.reads_every_row else None
-        logits = backend.forward(draft_feed(context[-1], pos, draft), logits_for=every)  # [1 + n, V]
-        verdict = verify(draft, logits, config.sampling, gen)
-        backend.commit([0] + [i + 1 for i in verdict.accepted])
-        tokens = list(verdict.tokens)
-        finish = None
-        cut = next((i for i, t in enumerate(tokens) if t in eos), None)
-        if cut is not None:
-            tokens, finish = tokens[: cut + 1], "eos"
-        if len(tokens) >= room:
-            tokens = tokens[:room]
-            finish = finish or "length"
-        context.extend(tokens)
-        produced += len(tokens)
-        if finish is None:
-            proposer.observe(Observation(draft, verdict, logits, tuple(context)))
-        stats = StepStats(len(draft) + 1, len(draft), len(tokens), time.perf_counter() - t0)
-        yield Step(tuple(tokens), stats, finish)
-        if finish is not None:
+        feed, rows = state.feed(state.propose())
+        step = state.finish(backend.forward(feed, logits_for=rows))
+        yield step
+        if step.finish_reason is not None:
             return

@@ -66,6 +66,27 @@ class Backend(Protocol):
         """Move the weights to ``device`` and return a backend that decodes there; a ConfigError
         where this backend cannot move."""
 
+    # optional: ``forward_many(parts)``, a static method: one pass over several sessions of the same
+    # weights, parts of (session, feed, logits_for) -> one Logits per part (``forward_many`` below)
+
     def cost_key(self) -> str:
         """What identifies this backend's pass costs apart from the model's name: its kind, weights
         and where they run (e.g. "transformers|134515008|torch.float32|cpu")."""
+
+
+def forward_many(parts: Sequence[tuple[Backend, Feed, Sequence[int] | None]]) -> list[Logits]:
+    """One pass over several requests: each part is (a session backend, its feed, the logits rows it
+    reads), as ``Backend.forward`` takes them; returns one ``Logits`` per part. Each part's rows see
+    only its own session's cells, and their logits are those a pass of its own would give (the
+    backend's products sum each row alone). Backends that can batch sessions of the same weights
+    define ``forward_many`` as a static method; the others run a pass per part.
+
+    Example: parts [(a, feed of 3 tokens, None), (b, feed of 1 token, [0])] -> [Logits 3 x V, Logits 1 x V].
+    """
+    if not parts:
+        return []
+    kind = type(parts[0][0])
+    many = getattr(kind, "forward_many", None)
+    if many is not None and all(type(b) is kind for b, _, _ in parts):
+        return many(parts)
+    return [b.forward(feed, rows) for b, feed, rows in parts]

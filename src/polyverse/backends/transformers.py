@@ -130,22 +130,70 @@ class TransformersBackend:
 
     def _lean_forward(self, feed: Feed, past: int, logits_for: Sequence[int] | None) -> Logits:
         """The pass on the lean CPU forward: hidden rows, then the head on the rows asked for."""
-        q = len(feed)
-        ids = torch.tensor(feed.tokens, dtype=torch.long)  # [q]
-        pos = torch.tensor(feed.positions, dtype=torch.long)  # [q]
-        context = self._context(feed, past)  # [q, past] bool or None (= all visible)
-        visible = None
-        if context is not None or not is_plain_chain(feed, past):
-            visible = additive_mask(feed.parents, past, torch.float32, context)[0, 0] == 0  # [q, past + q]
+        ids, pos, visible = self._lean_inputs(feed, past)
         hidden = self.lean.forward(ids, pos, visible, self.cache, past)  # [q, H]
-        self.cache.length = past + q
-        self._pending = q
+        self.cache.length = past + len(feed)
+        self._pending = len(feed)
         if logits_for is None:
             return Logits(hidden, self.lean.project, self.vocab_size)
         rows = list(logits_for)
         if not rows:
             return Logits.of(torch.empty(0, self.vocab_size))
         return Logits.of(self.lean.project(hidden[rows]))  # [len(logits_for), V]
+
+    def _lean_inputs(self, feed: Feed, past: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """ids [q], positions [q] and visibility [q, past + q] (None: a causal chain) of a lean pass;
+        records the feed's cells as pending."""
+        ids = torch.tensor(feed.tokens, dtype=torch.long)  # [q]
+        pos = torch.tensor(feed.positions, dtype=torch.long)  # [q]
+        context = self._context(feed, past)  # [q, past] bool or None (= all visible)
+        visible = None
+        if context is not None or not is_plain_chain(feed, past):
+            visible = additive_mask(feed.parents, past, torch.float32, context)[0, 0] == 0  # [q, past + q]
+        return ids, pos, visible
+
+    @staticmethod
+    @torch.inference_mode()
+    def forward_many(parts: "Sequence[tuple[TransformersBackend, Feed, Sequence[int] | None]]") -> list[Logits]:
+        """One pass over several sessions' feeds (``backends.base.forward_many``): on the lean CPU pass,
+        every part's rows through the products together and each part's attention over its own cache,
+        then one LM-head product for the rows every part reads first; elsewhere a pass per part."""
+        lean = parts[0][0].lean if parts else None
+        if lean is None or any(b.lean is not lean for b, _, _ in parts) or len({id(b) for b, _, _ in parts}) < len(parts):
+            return [b.forward(f, lf) for b, f, lf in parts]
+        inputs = []
+        for b, feed, _ in parts:
+            if b._pending:
+                raise RuntimeError("forward called with pending entries: commit first")
+            past = b._committed
+            if past + len(feed) > b.max_length:
+                raise ValueError(f"context window of {b.max_length} tokens exceeded ({past} + {len(feed)})")
+            inputs.append((*b._lean_inputs(feed, past), b.cache, past))
+        hidden = lean.forward_many(inputs)  # [Q, H]
+        out: list[Logits] = []
+        first, start = [], 0
+        for (b, feed, logits_for), (_, _, _, _, past) in zip(parts, inputs):
+            q = len(feed)
+            b.cache.length = past + q
+            b._pending = q
+            rows = list(range(min(q, 2))) if logits_for is None else list(logits_for)
+            first.append([start + r for r in rows])
+            start += q
+        flat = [r for rows in first for r in rows]
+        projected = lean.project(hidden[flat]) if flat else torch.empty(0, lean.vocab)  # [len(flat), V]
+        start = taken = 0
+        for (b, feed, logits_for), rows in zip(parts, first):
+            q = len(feed)
+            mine = projected[taken: taken + len(rows)]  # [len(rows), V]
+            taken += len(rows)
+            if logits_for is not None:
+                out.append(Logits.of(mine) if rows else Logits.of(torch.empty(0, b.vocab_size)))
+            else:  # the first rows now, the others as verification reads them (as a pass of its own would)
+                logits = Logits(hidden[start: start + q], lean.project, b.vocab_size)
+                logits.rows.update({r - start: row for r, row in zip(rows, mine)})
+                out.append(logits)
+            start += q
+        return out
 
     def _context(self, feed: Feed, past: int) -> torch.Tensor | None:
         """Which committed cells each fed token sees ([q, past]); records the feed's cells as pending."""

@@ -203,6 +203,15 @@ void product(bool wide, const Weight& W, Rows& rows, const float* x, int64_t m, 
 
 // ---- the model -----------------------------------------------------------------------------------
 
+// one request's part of a pass: its rows and its own cache
+struct Segment {
+  int64_t first = 0, q = 0, past = 0, cap = 0;  // rows [first, first + q); cells 0 .. past + q - 1
+  float* K = nullptr;  // [L, Hkv, D, cap]
+  float* V = nullptr;  // [L, Hkv, cap, D]
+  int64_t* cp = nullptr;  // [cap] each cell's position
+  const uint8_t* vis = nullptr;  // [q, past + q] or null: a causal chain after the cache
+};
+
 struct Layer {
   torch::Tensor norm1, norm2;  // [H]
   Weight qkv, o, gate_up, down;
@@ -248,30 +257,68 @@ class Model {
   // after the final norm; the pass's keys and values are written at cells past .. past + q - 1.
   torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& pos, const c10::optional<torch::Tensor>& visible,
                         torch::Tensor kcache, torch::Tensor vcache, torch::Tensor cell_pos, int64_t past) {
+    return forward_many(ids, pos, {visible}, {kcache}, {vcache}, {cell_pos}, {past}, {ids.numel()});
+  }
+
+  // Several requests in one pass: segment s holds rows [sum of counts before s, + counts[s]) of ids
+  // and pos, reads and writes its own cache (visible[s], kcache[s], vcache[s], cell_pos[s], past[s]
+  // as in forward). The products stream each weight once for the rows of every segment; a row's
+  // arithmetic is the same whatever its batch mates (products sum each row alone, attention reads
+  // its own segment's cells only). -> hidden [sum of counts, H]
+  torch::Tensor forward_many(const torch::Tensor& ids, const torch::Tensor& pos,
+                             const std::vector<c10::optional<torch::Tensor>>& visible,
+                             const std::vector<torch::Tensor>& kcache, const std::vector<torch::Tensor>& vcache,
+                             const std::vector<torch::Tensor>& cell_pos, const std::vector<int64_t>& past,
+                             const std::vector<int64_t>& counts) {
     TORCH_CHECK(!layers_.empty(), "the model has no layers");
-    const int64_t q = ids.numel(), cells = past + q, cap = vcache.size(2);
+    const int64_t S = static_cast<int64_t>(counts.size());
+    TORCH_CHECK(S > 0 && static_cast<int64_t>(visible.size()) == S && static_cast<int64_t>(kcache.size()) == S &&
+                static_cast<int64_t>(vcache.size()) == S && static_cast<int64_t>(cell_pos.size()) == S &&
+                static_cast<int64_t>(past.size()) == S, "one visibility, cache, positions and past per segment");
+    const int64_t q = ids.numel();
     TORCH_CHECK(pos.numel() == q, "positions do not fit the ids");
-    TORCH_CHECK(kcache.scalar_type() == torch::kFloat32 && kcache.is_contiguous() && vcache.is_contiguous(), "bad cache");
-    TORCH_CHECK(kcache.size(0) == layers() && kcache.size(1) == Hkv_ && kcache.size(2) == D_ && kcache.size(3) == cap &&
-                vcache.size(0) == layers() && vcache.size(1) == Hkv_ && vcache.size(3) == D_ && cap >= cells,
-                "cache does not fit the pass");
-    const uint8_t* vis = nullptr;
-    torch::Tensor vis_t;
-    if (visible.has_value() && visible->defined()) {
-      vis_t = visible->to(torch::kBool).contiguous();
-      TORCH_CHECK(vis_t.size(0) == q && vis_t.size(1) == cells, "visibility mask must be [q, past + q]");
-      vis = reinterpret_cast<const uint8_t*>(vis_t.data_ptr<bool>());
-    }
+    TORCH_CHECK(ids.scalar_type() == torch::kLong && pos.scalar_type() == torch::kLong, "ids and positions are int64");
     const int64_t* idp = ids.data_ptr<int64_t>();
     const int64_t* pp = pos.data_ptr<int64_t>();
-    TORCH_CHECK(cell_pos.scalar_type() == torch::kLong && cell_pos.is_contiguous() && cell_pos.numel() >= cells,
-                "cell positions must be int64 [capacity]");
-    int64_t* cp = cell_pos.data_ptr<int64_t>();
-    for (int64_t i = 0; i < q; ++i) cp[past + i] = pp[i];  // the pass's cells, for attention's order
     const int64_t V = embed_.size(0), QKV = (Hq_ + 2 * Hkv_) * D_;
     for (int64_t i = 0; i < q; ++i) TORCH_CHECK(idp[i] >= 0 && idp[i] < V, "token id out of range");
 
+    std::vector<Segment> seg(S);
+    std::vector<torch::Tensor> vis_keep(S);
+    int64_t row = 0, most = 0;
+    for (int64_t s = 0; s < S; ++s) {
+      Segment& g = seg[s];
+      g.first = row;
+      g.q = counts[s];
+      g.past = past[s];
+      row += g.q;
+      const int64_t cells = g.past + g.q;
+      const torch::Tensor& k = kcache[s];
+      const torch::Tensor& v = vcache[s];
+      g.cap = v.size(2);
+      TORCH_CHECK(g.q >= 0 && g.past >= 0, "negative segment size");
+      TORCH_CHECK(k.scalar_type() == torch::kFloat32 && v.scalar_type() == torch::kFloat32 && k.is_contiguous() &&
+                  v.is_contiguous(), "bad cache");
+      TORCH_CHECK(k.size(0) == layers() && k.size(1) == Hkv_ && k.size(2) == D_ && k.size(3) == g.cap &&
+                  v.size(0) == layers() && v.size(1) == Hkv_ && v.size(3) == D_ && g.cap >= cells,
+                  "cache does not fit the pass");
+      TORCH_CHECK(cell_pos[s].scalar_type() == torch::kLong && cell_pos[s].is_contiguous() && cell_pos[s].numel() >= cells,
+                  "cell positions must be int64 [capacity]");
+      g.K = k.data_ptr<float>();
+      g.V = v.data_ptr<float>();
+      g.cp = cell_pos[s].data_ptr<int64_t>();
+      if (visible[s].has_value() && visible[s]->defined()) {
+        vis_keep[s] = visible[s]->to(torch::kBool).contiguous();
+        TORCH_CHECK(vis_keep[s].size(0) == g.q && vis_keep[s].size(1) == cells, "visibility mask must be [q, past + q]");
+        g.vis = reinterpret_cast<const uint8_t*>(vis_keep[s].data_ptr<bool>());
+      }
+      for (int64_t i = 0; i < g.q; ++i) g.cp[g.past + i] = pp[g.first + i];  // the pass's cells, for attention's order
+      most = std::max(most, cells);
+    }
+    TORCH_CHECK(row == q, "segment sizes do not add up to the ids");
+
     auto out = torch::empty({q, H_}, torch::kFloat32);
+    if (q == 0) return out;
     std::vector<float> h(q * H_), a(q * H_), qkv(q * QKV), att(q * Hq_ * D_), gu(q * 2 * I_), mid(q * I_);
     const float* emb = embed_.data_ptr<float>();
     for (int64_t i = 0; i < q; ++i) std::memcpy(&h[i * H_], emb + idp[i] * H_, H_ * sizeof(float));
@@ -287,42 +334,52 @@ class Model {
         sn[i * half + j] = std::sin(f) * rope_scaling_;
       }
 
-    float* K = kcache.data_ptr<float>();
-    float* Vc = vcache.data_ptr<float>();
-    const float scale = 1.0f / std::sqrt(static_cast<float>(D_));
+    // attention work items, segment by segment, key/value head major within a segment: a head's keys
+    // and values stay in cache while every row and query head of its group reads them
     const int64_t groups = Hq_ / Hkv_;
+    std::vector<int64_t> work_start(S);  // the first work item of each segment
+    for (int64_t s = 0, t = 0; s < S; t += seg[s].q * Hq_, ++s) work_start[s] = t;
+    const int64_t work = q * Hq_;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D_));
     Rows rows;
     for (int64_t l = 0; l < layers(); ++l) {
       const Layer& L = layers_[l];
       norm(h.data(), L.norm1.data_ptr<float>(), q, a.data());
       product(wide_, L.qkv, rows, a.data(), q, qkv.data());
-      float* Kl = K + l * Hkv_ * cap * D_;
-      float* Vl = Vc + l * Hkv_ * cap * D_;
-      for (int64_t i = 0; i < q; ++i) {
-        float* row = &qkv[i * QKV];
-        for (int64_t hh = 0; hh < Hq_ + Hkv_; ++hh) rope(row + hh * D_, &cs[i * half], &sn[i * half]);
-        for (int64_t g = 0; g < Hkv_; ++g) {
-          const float* key = row + (Hq_ + g) * D_;
-          for (int64_t t = 0; t < D_; ++t) Kl[(g * D_ + t) * cap + past + i] = key[t];  // keys transposed
-          std::memcpy(Vl + (g * cap + past + i) * D_, row + (Hq_ + Hkv_ + g) * D_, D_ * sizeof(float));
+      for (int64_t s = 0; s < S; ++s) {
+        const Segment& g = seg[s];
+        float* Kl = g.K + l * Hkv_ * g.cap * D_;
+        float* Vl = g.V + l * Hkv_ * g.cap * D_;
+        for (int64_t i = 0; i < g.q; ++i) {
+          float* r = &qkv[(g.first + i) * QKV];
+          for (int64_t hh = 0; hh < Hq_ + Hkv_; ++hh) rope(r + hh * D_, &cs[(g.first + i) * half], &sn[(g.first + i) * half]);
+          for (int64_t kv = 0; kv < Hkv_; ++kv) {
+            const float* key = r + (Hq_ + kv) * D_;
+            for (int64_t t = 0; t < D_; ++t) Kl[(kv * D_ + t) * g.cap + g.past + i] = key[t];  // keys transposed
+            std::memcpy(Vl + (kv * g.cap + g.past + i) * D_, r + (Hq_ + Hkv_ + kv) * D_, D_ * sizeof(float));
+          }
         }
       }
-      const int64_t work = q * Hq_;
 #pragma omp parallel num_threads(threads())
       {
-        std::vector<float> scratch(2 * (cells + 16));
-        std::vector<int32_t> index(cells);
+        std::vector<float> scratch(2 * (most + 16));
+        std::vector<int32_t> index(most);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < work; ++t) {
-          // key/value head major: a head's keys and values stay in cache while every row and query
-          // head of its group reads them
-          const int64_t g = t / (q * groups), rest = t % (q * groups), i = rest / groups, hh = g * groups + rest % groups;
-          const uint8_t* seen = vis ? vis + i * cells : nullptr;
-          const int64_t upto = vis ? cells : past + i + 1;
-          const float* qi = &qkv[i * QKV + hh * D_];
-          float* o = &att[(i * Hq_ + hh) * D_];
-          if (wide_) avx512::attend(qi, Kl + g * D_ * cap, cap, Vl + g * cap * D_, D_, seen, cp, upto, scale, scratch.data(), index.data(), o);
-          else avx2::attend(qi, Kl + g * D_ * cap, cap, Vl + g * cap * D_, D_, seen, cp, upto, scale, scratch.data(), index.data(), o);
+          const int64_t s = static_cast<int64_t>(std::upper_bound(work_start.begin(), work_start.end(), t) -
+                                                 work_start.begin()) - 1;
+          const Segment& g = seg[s];
+          const int64_t u = t - work_start[s];
+          const int64_t kv = u / (g.q * groups), rest = u % (g.q * groups), i = rest / groups, hh = kv * groups + rest % groups;
+          const int64_t cells = g.past + g.q;
+          const uint8_t* seen = g.vis ? g.vis + i * cells : nullptr;
+          const int64_t upto = g.vis ? cells : g.past + i + 1;
+          const float* qi = &qkv[(g.first + i) * QKV + hh * D_];
+          float* o = &att[((g.first + i) * Hq_ + hh) * D_];
+          const float* Kh = g.K + (l * Hkv_ + kv) * D_ * g.cap;
+          const float* Vh = g.V + (l * Hkv_ + kv) * g.cap * D_;
+          if (wide_) avx512::attend(qi, Kh, g.cap, Vh, D_, seen, g.cp, upto, scale, scratch.data(), index.data(), o);
+          else avx2::attend(qi, Kh, g.cap, Vh, D_, seen, g.cp, upto, scale, scratch.data(), index.data(), o);
         }
       }
       product(wide_, L.o, rows, att.data(), q, a.data());
@@ -402,6 +459,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       .def("layers", &lean::Model::layers)
       .def("wide", &lean::Model::wide)
       .def("forward", &lean::Model::forward, py::call_guard<py::gil_scoped_release>())
+      .def("forward_many", &lean::Model::forward_many, py::call_guard<py::gil_scoped_release>())
       .def("project", &lean::Model::project, py::call_guard<py::gil_scoped_release>());
   module.def("linear", &lean::linear, "x [m, k] @ w [n, k]^T on packed weights of a kind (0 fp32, 1 bf16, 2 int8)");
 }
