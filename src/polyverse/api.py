@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -17,7 +18,7 @@ from .backends.base import Backend
 from .backends.transformers import TransformersBackend
 from .config import GenerationConfig, SamplingConfig
 from .errors import ConfigError
-from .loop import Runner, StepStats, check_prompt
+from .loop import Runner, Step, StepStats, check_prompt
 from .registry import MethodContext, registry
 from .sampling import make_generator
 from .stats import Stats
@@ -64,6 +65,74 @@ class Stream:
         for _ in self._chunks:
             pass
         return self._holder["generation"]
+
+
+class Request:
+    """One request of a batch: its session, its decoding or its runner's steps, and the text and
+    statistics built from the steps the batch hands back (``push``), as ``Model.stream`` builds them."""
+
+    def __init__(self, session: "Model", ids: list[int], runner: Runner, gen_cfg: GenerationConfig, generator,
+                 method: str) -> None:
+        from .loop import Decoding
+        from .registry import ProposerRunner
+
+        self.session, self.ids, self.method = session, ids, method
+        self.decoding = None
+        self.steps = None
+        if isinstance(runner, ProposerRunner):  # the one decode loop: its passes can be shared
+            self.decoding = Decoding(session.backend, runner.proposer, ids, gen_cfg, generator)
+        else:
+            self.steps = runner.run(ids)
+        self._mailbox: deque = deque()
+        self._holder: dict = {}
+        self._chunks = session._run(ids, _Mailbox(self._mailbox), gen_cfg, method, self._holder)
+        self.done = False
+        self.last: Chunk | None = None
+
+    def join(self, batch, key) -> None:
+        """Enter ``batch`` under ``key``."""
+        if self.decoding is not None:
+            batch.add(key, self.decoding)
+        else:
+            batch.add_steps(key, self.steps)
+
+    def push(self, step: Step | None) -> bool:
+        """Take the request's next step from the batch (None: its runner ended); True when the
+        request is done (``result()`` then holds it). ``last`` is the step's Chunk."""
+        if self.done:
+            return True
+        if step is None:
+            self._mailbox.append(None)
+        else:
+            self._mailbox.append(step)
+        chunk = next(self._chunks, None)
+        self.last = chunk
+        if chunk is None or chunk.finish_reason is not None:
+            for _ in self._chunks:  # lets the text stream close and the Generation be written
+                pass
+            self.done = True
+        return self.done
+
+    def result(self) -> Generation:
+        if not self.done:
+            raise RuntimeError("the request is still running")
+        return self._holder["generation"]
+
+
+class _Mailbox:
+    """A Runner whose steps are handed in from outside (the batch) one at a time."""
+
+    def __init__(self, box: deque) -> None:
+        self.box = box
+
+    def run(self, prompt):
+        while self.box:
+            step = self.box.popleft()
+            if step is None:
+                return
+            yield step
+            if step.finish_reason is not None:
+                return
 
 
 def parse_device(device: "str | torch.device") -> "torch.device":
@@ -164,6 +233,15 @@ class Model:
         paths as they grow). A method may rewrite a text prompt before the chat template is
         applied (Multiverse's guided mode asks for a plan).
         """
+        ids, runner, gen_cfg, _ = self._prepare(prompt, method, options, chat, max_new_tokens, temperature, top_k,
+                                                top_p, seed, stop, generator, on_update)
+        holder: dict = {}
+        return Stream(self._run(ids, runner, gen_cfg, method, holder), holder)
+
+    def _prepare(self, prompt, method, options, chat, max_new_tokens, temperature, top_k, top_p, seed, stop,
+                 generator, on_update):
+        """(prompt ids, the method's runner on this model's backend, the request config, its generator);
+        bad options, sampling values or prompts raise here."""
         spec = registry.get(method)
         method_cfg = spec.make_config(options)
         if spec.rewrite is not None and isinstance(prompt, str) and chat is not False and self.has_chat_template:
@@ -182,9 +260,87 @@ class Model:
             ids = self.encode(prompt, chat)
         gen = generator if generator is not None else make_generator(seed)
         ctx = MethodContext(self.backend, gen_cfg.sampling, gen, self, gen_cfg, on_update)
-        runner = spec.build(method_cfg, ctx)
-        holder: dict = {}
-        return Stream(self._run(ids, runner, gen_cfg, method, holder), holder)
+        return ids, spec.build(method_cfg, ctx), gen_cfg, gen
+
+    def request(
+        self,
+        prompt: str | Sequence[dict] | Sequence[int],
+        *,
+        method: str = "ar",
+        options: dict[str, Any] | None = None,
+        chat: bool | None = None,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        generator=None,
+        on_update=None,
+    ) -> "Request":
+        """One request to run in a ``Batch`` with others (arguments as ``stream``), on a session of its
+        own: the batch drives its decoding (``request.decoding``) or its runner's steps
+        (``request.steps``); ``request.push(step)`` turns each of its steps into a Chunk."""
+        session = self.session()
+        ids, runner, gen_cfg, gen = session._prepare(prompt, method, options, chat, max_new_tokens, temperature,
+                                                     top_k, top_p, seed, stop, generator, on_update)
+        return Request(session, ids, runner, gen_cfg, gen, method)
+
+    def generate_many(self, prompts: Sequence, *, concurrency: int = 16, batch: "BatchConfig | None" = None,
+                      **kwargs) -> Iterator[tuple[int, "Generation"]]:
+        """Generate for every prompt, ``concurrency`` requests sharing each pass (arguments as
+        ``generate``, the same for every prompt; ``kwargs["seed"]`` seeds prompt i with seed + i).
+        Yields (index, Generation) as requests finish, not in order. A prompt that fails (too long
+        for the context, ...) raises before any is decoded."""
+        from .batching import Batch
+
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
+        seed = kwargs.pop("seed", None)
+        make = lambda i: self.request(prompts[i], seed=None if seed is None else seed + i, **kwargs)  # noqa: E731
+        made = [make(i) for i in range(min(concurrency, len(prompts)))]
+        for i in range(len(made), len(prompts)):  # the rest are checked now, built when a slot frees
+            self._check(prompts[i], kwargs)
+        engine = Batch(self.pass_costs() if (batch is None or batch.budget) else None, batch)
+        running: dict[int, Request] = {}
+        nxt = 0
+        for r in made:
+            running[nxt] = r
+            r.join(engine, nxt)
+            nxt += 1
+        while running:
+            events, _ = engine.round()
+            for ev in events:
+                req = running[ev.key]
+                if ev.error is not None:
+                    raise ev.error
+                if req.push(ev.step):
+                    del running[ev.key]
+                    yield ev.key, req.result()
+                    if nxt < len(prompts):
+                        running[nxt] = self.request(prompts[nxt], seed=None if seed is None else seed + nxt, **kwargs)
+                        running[nxt].join(engine, nxt)
+                        nxt += 1
+
+    def generate_batch(self, prompts: Sequence, **kwargs) -> list["Generation"]:
+        """Every prompt's Generation, in order (see ``generate_many``)."""
+        out: list = [None] * len(prompts)
+        for i, g in self.generate_many(prompts, **kwargs):
+            out[i] = g
+        return out
+
+    def _check(self, prompt, kwargs) -> None:
+        """Fail now on a prompt that cannot be decoded (empty, too long for the context)."""
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, int) for t in prompt):
+            check_prompt(list(prompt), self.max_length)
+        else:
+            self.encode(prompt, kwargs.get("chat"))
+
+    def pass_costs(self):
+        """This model's measured pass costs (``costs.cost_curve``: measured once, cached)."""
+        from .costs import cost_curve
+
+        return cost_curve(self, self.backend)
 
     def _run(self, ids, runner: Runner, gen_cfg: GenerationConfig, method: str, holder: dict) -> Iterator[Chunk]:
         """Steps -> Chunks of text safe to show, statistics, and the Generation at the end."""

@@ -68,6 +68,11 @@ class Proposer:
     def observe(self, obs: Observation) -> None:
         """Update proposer state from the step's outcome."""
 
+    def acceptance(self) -> float | None:
+        """The chance that each token of the last proposed draft is accepted, where the method keeps
+        an estimate (None: the batch measures it per request). A shared pass's row budget reads it."""
+        return None
+
 
 @runtime_checkable
 class Runner(Protocol):
@@ -138,6 +143,8 @@ class Decoding:
         self._started = False
         self._chunk = 0  # prompt tokens in the pass under way (0: a decoding pass)
         self._draft: Draft | None = None
+        self.last_draft: Draft = Draft.empty()  # what the last decoding pass fed and verified
+        self.last_verdict: Verdict | None = None
         self._t0 = 0.0
 
     @property
@@ -183,6 +190,7 @@ class Decoding:
             return None
         draft = self._draft
         verdict = verify(draft, logits, self.config.sampling, self.generator)
+        self.last_draft, self.last_verdict = draft, verdict
         self.backend.commit([0] + [i + 1 for i in verdict.accepted])
         tokens = list(verdict.tokens)
         room = self.room

@@ -151,6 +151,10 @@ class AutoProposer(Proposer):
         self.last_bucket = n
         return Draft.tree([c[:k] for c in conts])
 
+    def acceptance(self) -> float | None:
+        """Alpha of the match length the last draft came from (None when it drafted nothing)."""
+        return self.stats[self.last_bucket].alpha if self.last_bucket else None
+
     def observe(self, obs: Observation) -> None:
         if self.last_bucket and len(obs.draft):
             self.stats[self.last_bucket].update(len(obs.verdict.accepted), max(obs.draft.depths()))

@@ -1,0 +1,215 @@
+"""Continuous batching: the requests running at one time share each forward pass.
+
+Requests join and leave between passes. Each round, every request that decodes through the one
+decode loop (a ``loop.Decoding``) puts its rows into one shared pass (``backends.base.forward_many``):
+a request still reading its prompt puts a chunk of it (at most ``prefill_chunk`` prompt tokens per
+pass over all such requests, so a long prompt does not stall the others), a decoding request its
+pending token and its draft, cut to the pass's row budget (``budget.allocate``) when it decodes
+greedily. Requests of methods that schedule their own passes (a ``Runner``, e.g. Multiverse, whose
+paths already share its passes) run one step each per round, in their own passes.
+
+What each request gets does not depend on its batch mates: the backend gives every row the bits a
+pass of its own would, greedy verification accepts the same tokens whatever the draft was cut to,
+and a sampling request's draft is never cut (its random draws, from its own generator, then follow
+its own history alone).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Hashable, Iterator
+
+from ..backends.base import forward_many
+from ..costs import CostCurve
+from ..loop import Decoding, Step
+from .budget import Acceptance, allocate
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """max_rows: the most rows a shared pass gives drafts and prompt chunks beyond every decoding
+    request's own row; prefill_chunk: prompt tokens per pass over all requests reading their prompts
+    (0: whole prompts at once); budget: cut greedy drafts to the pass's row budget (False: every
+    draft as proposed)."""
+
+    max_rows: int = 64
+    prefill_chunk: int = 64
+    budget: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {self.max_rows}")
+        if self.prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be 0 (whole prompts) or more, got {self.prefill_chunk}")
+
+
+@dataclass(frozen=True)
+class PassStats:
+    """One shared pass: requests with rows in it, rows fed (prompt chunks, roots and drafts), draft
+    tokens fed and accepted, and its wall time (proposing and verifying included)."""
+
+    requests: int
+    rows: int
+    prompt_rows: int
+    drafted: int
+    accepted: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a round did for one request: a Step; or ``error`` (the request is dropped); or neither
+    when a runner ended without a last Step."""
+
+    key: Hashable
+    step: Step | None = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Shared:
+    decoding: Decoding
+    acceptance: Acceptance
+
+
+class Batch:
+    """The running requests and the passes they share. ``curve``: the backend's pass costs (the row
+    budget needs it; None = drafts are never cut)."""
+
+    def __init__(self, curve: CostCurve | None = None, config: BatchConfig | None = None) -> None:
+        self.curve = curve
+        self.config = config or BatchConfig()
+        self._shared: dict[Hashable, _Shared] = {}
+        self._own: dict[Hashable, Iterator[Step]] = {}
+
+    def __len__(self) -> int:
+        return len(self._shared) + len(self._own)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._shared or key in self._own
+
+    def add(self, key: Hashable, decoding: Decoding) -> None:
+        """A request that decodes through the shared passes, from the next round on."""
+        self._check_new(key)
+        self._shared[key] = _Shared(decoding, Acceptance())
+
+    def add_steps(self, key: Hashable, steps: Iterator[Step]) -> None:
+        """A request that runs its own passes (a Runner's steps): one step per round."""
+        self._check_new(key)
+        self._own[key] = steps
+
+    def _check_new(self, key: Hashable) -> None:
+        if key in self:
+            raise ValueError(f"request {key!r} is already in the batch")
+
+    def remove(self, key: Hashable) -> None:
+        """Drop a request (finished, failed or cancelled): its cache goes with it, now."""
+        self._shared.pop(key, None)
+        steps = self._own.pop(key, None)
+        if steps is not None and hasattr(steps, "close"):
+            steps.close()
+
+    def round(self) -> tuple[list[Event], PassStats | None]:
+        """One step of every request: the shared pass, then one step of each own-pass request.
+        Finished and failed requests leave the batch. Returns the events and the shared pass's stats."""
+        events, stats = self._shared_pass()
+        for key, steps in list(self._own.items()):
+            try:
+                step = next(steps, None)
+            except Exception as exc:  # noqa: BLE001 - handed to the request's owner
+                events.append(Event(key, error=exc))
+                self.remove(key)
+                continue
+            events.append(Event(key, step))
+            if step is None or step.finish_reason is not None:
+                self.remove(key)
+        return events, stats
+
+    def _shared_pass(self) -> tuple[list[Event], PassStats | None]:
+        if not self._shared:
+            return [], None
+        t0 = time.perf_counter()
+        events: list[Event] = []
+        cfg = self.config
+        parts, owners, drafts = [], [], []
+        # prompt chunks, oldest request first
+        left = cfg.prefill_chunk if cfg.prefill_chunk else None
+        prompt_rows = 0
+        for key, s in list(self._shared.items()):
+            if not s.decoding.prefilling or (left is not None and left <= 0):
+                continue
+            try:
+                feed, rows = s.decoding.feed(limit=left)
+            except Exception as exc:  # noqa: BLE001
+                events.append(Event(key, error=exc))
+                self.remove(key)
+                continue
+            parts.append((s.decoding.backend, feed, rows))
+            owners.append(key)
+            prompt_rows += len(feed)
+            if left is not None:
+                left -= len(feed)
+        # decoding requests: their drafts, cut to the budget where they decode greedily
+        proposed: list[tuple[Hashable, _Shared, object]] = []
+        for key, s in list(self._shared.items()):
+            if s.decoding.prefilling:
+                continue
+            try:
+                proposed.append((key, s, s.decoding.propose()))
+            except Exception as exc:  # noqa: BLE001
+                events.append(Event(key, error=exc))
+                self.remove(key)
+        cut = [i for i, (_, s, _) in enumerate(proposed) if s.decoding.config.sampling.greedy]
+        depths = {}
+        if cfg.budget and self.curve is not None and cut:
+            fixed = [i for i in range(len(proposed)) if i not in set(cut)]
+            base_rows = prompt_rows + len(proposed) + sum(len(proposed[i][2]) for i in fixed)
+            alphas = [self._alpha(proposed[i][1]) for i in cut]
+            got = allocate([proposed[i][2] for i in cut], alphas, base_rows, self.curve,
+                           max_rows=base_rows + cfg.max_rows, base_tokens=len(proposed))
+            depths = dict(zip(cut, got))
+        for i, (key, s, draft) in enumerate(proposed):
+            if i in depths and draft:
+                draft = draft.pruned(depths[i])
+            elif len(draft) > cfg.max_rows:
+                draft = draft.pruned(cfg.max_rows)
+            drafts.append(draft)
+            parts.append((s.decoding.backend, *s.decoding.feed(draft)))
+            owners.append(key)
+        if not parts:
+            return events, None
+        try:
+            logits = forward_many(parts)
+        except Exception as exc:  # noqa: BLE001 - every request of the pass fails with it
+            for key in owners:
+                events.append(Event(key, error=exc))
+                self.remove(key)
+            return events, None
+        drafted = accepted = 0
+        for key, out in zip(owners, logits):
+            s = self._shared[key]
+            try:
+                step = s.decoding.finish(out)
+            except Exception as exc:  # noqa: BLE001
+                events.append(Event(key, error=exc))
+                self.remove(key)
+                continue
+            if step is None:  # a prompt chunk
+                continue
+            verdict = s.decoding.last_verdict
+            depth = step.stats.drafted and max(s.decoding.last_draft.depths())
+            s.acceptance.update(len(verdict.accepted), depth)
+            drafted += step.stats.drafted
+            accepted += len(verdict.accepted)
+            events.append(Event(key, step))
+            if step.finish_reason is not None:
+                self.remove(key)
+        rows = sum(len(p[1]) for p in parts)
+        return events, PassStats(len(parts), rows, prompt_rows, drafted, accepted, time.perf_counter() - t0)
+
+    @staticmethod
+    def _alpha(s: _Shared) -> float:
+        """The request's chance per draft token: its proposer's own estimate where it keeps one."""
+        own = s.decoding.proposer.acceptance()
+        return s.acceptance.alpha if own is None else own
