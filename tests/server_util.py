@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from collections import deque
 
 from polyverse.api import Stream
 from polyverse.server import ServerConfig
@@ -65,6 +66,31 @@ class Wrapped:
     def stream(self, *args, **kwargs) -> Stream:
         inner = self._model.stream(*args, **kwargs)
         return Stream(self._wrap(iter(inner)), inner._holder)
+
+    def request(self, *args, **kwargs) -> "WrappedRequest":
+        return WrappedRequest(self._model.request(*args, **kwargs), self._wrap)
+
+
+class WrappedRequest:
+    """A batch request whose chunks pass through ``wrap`` as the server takes them."""
+
+    def __init__(self, request, wrap) -> None:
+        self._request, self._fed = request, deque()
+        self._out = wrap(self._chunks())
+        self.last = None
+
+    def _chunks(self):
+        while self._fed:
+            yield self._fed.popleft()
+
+    def __getattr__(self, name):
+        return getattr(self._request, name)
+
+    def push(self, step) -> bool:
+        done = self._request.push(step)
+        self._fed.append(self._request.last)
+        self.last = next(self._out)
+        return done
 
 
 def slowed(delay: float):

@@ -137,7 +137,9 @@ class Decoding:
         check_prompt(self.context, backend.max_length)
         backend.reset()
         self.prompt_length = len(self.context)
-        self.prefilled = 0  # prompt tokens committed
+        # prompt tokens committed: a backend that keeps earlier requests' prompt cells may hand over some
+        restore = getattr(backend, "restore_prefix", None)
+        self.prefilled = restore(self.context[:-1]) if restore is not None and len(self.context) > 1 else 0
         self.produced = 0
         self.finished: str | None = None
         self._started = False
@@ -187,6 +189,9 @@ class Decoding:
             self.backend.commit(range(self._chunk))
             self.prefilled += self._chunk
             self._chunk = 0
+            store = getattr(self.backend, "store_prefix", None)
+            if not self.prefilling and store is not None:
+                store(self.context[: self.prefilled])
             return None
         draft = self._draft
         verdict = verify(draft, logits, self.config.sampling, self.generator)

@@ -195,6 +195,23 @@ class TransformersBackend:
             start += q
         return out
 
+    def restore_prefix(self, tokens: Sequence[int]) -> int:
+        """On an empty backend: commit the cells of the longest leading run of ``tokens`` that another
+        session of these weights computed (``cpu.prefix``); returns how many (0: none)."""
+        prefixes = self.decode_model.prefixes
+        if prefixes is None or self._committed or self._pending or self._cells is not None:
+            return 0
+        n = prefixes.restore(tokens, self.cache)
+        self._committed = n
+        return n
+
+    def store_prefix(self, tokens: Sequence[int]) -> None:
+        """Offer the committed cells of ``tokens`` (the first committed tokens, a plain chain) to
+        later sessions."""
+        prefixes = self.decode_model.prefixes
+        if prefixes is not None and self._cells is None and not self._pending and self._committed >= len(tokens):
+            prefixes.put(tokens, self.cache)
+
     def _context(self, feed: Feed, past: int) -> torch.Tensor | None:
         """Which committed cells each fed token sees ([q, past]); records the feed's cells as pending."""
         if self._cells is None and (feed.seqs is None or all(s == (0,) for s in feed.seqs)):

@@ -21,7 +21,9 @@ def serve(
     port: int = typer.Option(8000, "--port", help="TCP port."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="POLYVERSE_API_KEY",
                                           help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics."),
-    max_concurrent: int = typer.Option(16, "--max-concurrent", help="Requests decoded at once (interleaved pass by pass)."),
+    max_concurrent: int = typer.Option(16, "--max-concurrent", help="Requests decoded at once (sharing each forward pass)."),
+    prefill_chunk: int = typer.Option(64, "--prefill-chunk", help="Prompt tokens per pass over all requests reading "
+                                      "their prompts, so long prompts do not stall running requests (0: whole prompts)."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait for a slot; beyond that: 429."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
     default_max_tokens: int = typer.Option(256, "--default-max-tokens", help="max_tokens of requests that give none."),
@@ -42,13 +44,14 @@ def serve(
 
         name = served_name or (f"{model}+{adapter}" if adapter else model)
         cfg = ServerConfig(served_name=name, method=method, options=tuple(options.items()), max_concurrent=max_concurrent,
-                           max_queue=max_queue, max_body_bytes=max_body_bytes, api_key=api_key,
+                           max_queue=max_queue, prefill_chunk=prefill_chunk, max_body_bytes=max_body_bytes, api_key=api_key,
                            default_max_tokens=default_max_tokens, shutdown_grace=shutdown_grace)
         from ..api import load
 
         lm = load(model, adapter=adapter, dtype=dtype)
         err.print(f"warming up '{method}' on {name} ...", highlight=False)
         lm.session().generate("Hi", method=method, options=options, max_new_tokens=2)  # lazy state: cost curve, drafts
+        lm.pass_costs()  # the shared passes' row budget
     from ..server.run import serve as run
 
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

@@ -31,6 +31,7 @@ from .errors import APIError, error_body, invalid, validation_message
 from .metrics import CONTENT_TYPE, Metrics
 from .plan import plan
 from .responses import Reply, sse
+from ..batching import BatchConfig
 from .scheduler import Job, Scheduler
 from .schemas import ChatRequest, CompletionRequest
 
@@ -135,7 +136,8 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     """An ASGI app serving ``model`` (a polyverse Model); run it with uvicorn (see ``run.serve``)."""
     config = config or ServerConfig(served_name=model.name)
     metrics = Metrics()
-    scheduler = Scheduler(model, config.max_concurrent, config.max_queue, metrics)
+    scheduler = Scheduler(model, config.max_concurrent, config.max_queue, metrics,
+                          BatchConfig(prefill_chunk=config.prefill_chunk))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -12,8 +12,9 @@ class ServerConfig:
     """How the server runs.
 
     method: the decoding method of requests that name none; options: its options.
-    max_concurrent: requests decoded at once (interleaved pass by pass); max_queue: requests that
-    may wait for a slot beyond those (one more is answered 429). max_body_bytes: larger bodies get
+    max_concurrent: requests decoded at once (sharing each forward pass); max_queue: requests that
+    may wait for a slot beyond those (one more is answered 429). prefill_chunk: prompt tokens fed
+    per pass over all requests reading their prompts (0: whole prompts). max_body_bytes: larger bodies get
     413. api_key: when set, /v1/* and /metrics need ``Authorization: Bearer <api_key>``.
     default_max_tokens: completion length of requests that give no max_tokens (cut to the context).
     shutdown_grace: seconds in-flight requests get to finish on shutdown before they are cancelled.
@@ -25,6 +26,7 @@ class ServerConfig:
     options: tuple[tuple[str, object], ...] = ()
     max_concurrent: int = 16
     max_queue: int = 64
+    prefill_chunk: int = 64
     max_body_bytes: int = 1 << 20
     api_key: str | None = None
     default_max_tokens: int = 256
@@ -35,6 +37,8 @@ class ServerConfig:
             raise ConfigError(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
         if self.max_queue < 0:
             raise ConfigError(f"--max-queue must be >= 0, got {self.max_queue}")
+        if self.prefill_chunk < 0:
+            raise ConfigError(f"--prefill-chunk must be >= 0, got {self.prefill_chunk}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"--max-body-bytes must be >= 1024, got {self.max_body_bytes}")
         if self.default_max_tokens < 1:

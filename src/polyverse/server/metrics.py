@@ -1,7 +1,8 @@
 """Prometheus series of the server, in a registry of its own (one per app), served at /metrics.
 
 Per method: requests by outcome, prompt and completion tokens, forward passes, time to first
-token, request latency, decode speed (tokens/s) and accepted tokens per forward pass (histogram);
+token, request latency, decode speed (tokens/s), and per request and pass the tokens drafted, the
+draft tokens accepted and the new tokens (histograms); per shared pass its rows and its requests;
 plus the queue: requests waiting and decoding now, and requests refused because it was full.
 """
 
@@ -12,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 PER_PASS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)
+ROWS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 SPEED = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 disable_created_metrics()  # no *_created series: they double the exposition and say little here
@@ -35,6 +37,14 @@ class Metrics:
                                ["method"], buckets=SPEED, registry=r)
         self.accepted = Histogram("polyverse_accepted_tokens_per_pass", "New tokens accepted by one forward pass",
                                   ["method"], buckets=PER_PASS, registry=r)
+        self.drafted = Histogram("polyverse_drafted_tokens_per_pass", "Draft tokens a request fed in one pass "
+                                 "(after the pass's row budget)", ["method"], buckets=(0,) + PER_PASS, registry=r)
+        self.accepted_draft = Histogram("polyverse_accepted_draft_tokens_per_pass", "Draft tokens of a request "
+                                        "accepted by one pass", ["method"], buckets=(0,) + PER_PASS, registry=r)
+        self.pass_rows = Histogram("polyverse_pass_rows", "Rows (tokens) of one shared forward pass: prompt chunks, "
+                                   "pending tokens and drafts of every request in it", buckets=ROWS, registry=r)
+        self.pass_requests = Histogram("polyverse_pass_requests", "Requests with rows in one shared forward pass",
+                                       buckets=PER_PASS, registry=r)
         self.waiting = Gauge("polyverse_requests_waiting", "Requests queued for a decoding slot", registry=r)
         self.active = Gauge("polyverse_requests_active", "Requests holding a decoding slot", registry=r)
         self.rejected = Counter("polyverse_requests_rejected", "Requests refused with 429 because the queue was full",

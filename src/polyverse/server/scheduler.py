@@ -1,13 +1,15 @@
-"""One worker thread decodes every request, one forward pass per request per round.
+"""One worker thread decodes every request; the requests holding a slot share each forward pass.
 
 Requests hold a *slot* (at most ``max_concurrent``) or wait in a bounded queue (``max_queue``;
-one more is refused with 429). Each round the worker runs one step (one forward pass, or the
-prompt's prefill and first pass) of every request holding a slot, in arrival order, so a long
-request never stalls the others and torch runs on one thread only. Each request gets its own
-backend (KV cache) over the shared weights (``Model.session()``). The worker hands results to the
-request's asyncio queue on the event loop: ``("started", None)``, ``("chunk", Chunk)`` per pass,
-then ``("done", Generation)`` or ``("error", APIError)``. A cancelled request (its client went
-away) leaves its slot at once and the worker drops it before its next pass.
+one more is refused with 429). The worker keeps every request holding a slot in one continuous
+batch (``batching.Batch``): each round is one shared pass in which every request reading its prompt
+feeds a chunk of it and every decoding request its pending token and its draft, cut to the pass's
+row budget, so a request joining never stalls the others and torch runs on one thread only.
+Requests of methods that run their own passes (Multiverse) take one step each per round. Each
+request gets its own KV cache over the shared weights (``Model.request``). The worker hands results
+to the request's asyncio queue on the event loop: ``("started", None)``, ``("chunk", Chunk)`` per
+pass, then ``("done", Generation)`` or ``("error", APIError)``. A cancelled request (its client went
+away) leaves its slot at once and the worker drops it, and its cache, before the next pass.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..batching import Batch, BatchConfig
 from ..errors import PolyverseError
 from .errors import APIError
 from .metrics import Metrics
@@ -51,8 +54,7 @@ class Job:
     started: float | None = None
     first_token: float | None = None
     passes: int = 0
-    stream: Any = None
-    chunks: Any = None
+    request: Any = None  # the api Request while it decodes
 
     def post(self, kind: str, payload: Any = None) -> None:
         try:
@@ -62,8 +64,10 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, model, max_concurrent: int, max_queue: int, metrics: Metrics) -> None:
+    def __init__(self, model, max_concurrent: int, max_queue: int, metrics: Metrics,
+                 batch: BatchConfig | None = None) -> None:
         self.model = model
+        self.batch_config = batch or BatchConfig()
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
         self.metrics = metrics
         self._cond = threading.Condition()
@@ -151,6 +155,9 @@ class Scheduler:
         self.metrics.waiting.set(len(self._waiting))
 
     def _work(self) -> None:
+        curve = self.model.pass_costs() if self.batch_config.budget else None
+        batch = Batch(curve, self.batch_config)
+        running: set[Job] = set()
         trimmed = True
         while True:
             with self._cond:
@@ -163,40 +170,76 @@ class Scheduler:
                     self._cond.wait()
                 if self._stopped:
                     return
-                batch = list(self._active)
+                active = list(self._active)
             trimmed = False
-            for job in batch:
-                if not job.cancelled:
-                    self._step(job)
-                if job.cancelled:
-                    job.stream = job.chunks = None  # frees its KV cache now
+            for job in list(running):  # cancelled or finished since the last pass: out, cache freed
+                if job.cancelled or job.finished:
+                    batch.remove(job)
+                    running.discard(job)
+                    job.request = None
+            for job in active:
+                if job not in running and not job.cancelled and not job.finished:
+                    if self._join(job, batch):
+                        running.add(job)
+            if not len(batch):
+                continue
+            events, stats = batch.round()
+            if stats is not None:
+                self.metrics.pass_rows.observe(stats.rows)
+                self.metrics.pass_requests.observe(stats.requests)
+            for ev in events:
+                job = ev.key
+                if ev.error is not None:
+                    running.discard(job)
+                    self._error(job, ev.error)
+                elif not job.cancelled:
+                    self._chunk(job, ev.step)
+                if job.finished or job.cancelled:
+                    batch.remove(job)
+                    running.discard(job)
+                    job.request = None
 
-    def _step(self, job: Job) -> None:
+    def _join(self, job: Job, batch: Batch) -> bool:
+        """Start a request (its prompt is tokenized and checked here) and add it to the batch."""
         p = job.plan
         try:
-            if job.chunks is None:
-                job.started = time.perf_counter()
-                self.metrics.queue_wait.labels(p.method).observe(job.started - job.arrived)
-                session = self.model.session()
-                job.stream = session.stream(p.prompt, method=p.method, options=p.options, chat=p.chat,
-                                            max_new_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k,
-                                            top_p=p.top_p, seed=p.seed, stop=p.stop)
-                job.chunks = iter(job.stream)
-                job.post("started")
-            chunk = next(job.chunks, None)
-            if chunk is not None:
-                job.passes += 1
-                self.metrics.accepted.labels(p.method).observe(chunk.step.accepted)
-                if job.first_token is None and chunk.tokens:
-                    job.first_token = time.perf_counter()
-                    self.metrics.ttft.labels(p.method).observe(job.first_token - job.arrived)
-                job.post("chunk", chunk)
-            if chunk is None or chunk.finish_reason is not None:
-                self._done(job, job.stream.result())
-        except PolyverseError as exc:
+            job.started = time.perf_counter()
+            self.metrics.queue_wait.labels(p.method).observe(job.started - job.arrived)
+            job.request = self.model.request(p.prompt, method=p.method, options=p.options, chat=p.chat,
+                                             max_new_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k,
+                                             top_p=p.top_p, seed=p.seed, stop=p.stop)
+            job.request.join(batch, job)
+        except Exception as exc:  # noqa: BLE001
+            self._error(job, exc)
+            return False
+        job.post("started")
+        return True
+
+    def _chunk(self, job: Job, step) -> None:
+        p, m = job.plan, self.metrics
+        try:
+            done = job.request.push(step)
+        except Exception as exc:  # noqa: BLE001
+            self._error(job, exc)
+            return
+        chunk = job.request.last
+        if chunk is not None:
+            job.passes += 1
+            m.accepted.labels(p.method).observe(chunk.step.accepted)
+            m.drafted.labels(p.method).observe(chunk.step.drafted)
+            m.accepted_draft.labels(p.method).observe(max(chunk.step.accepted - 1, 0))
+            if job.first_token is None and chunk.tokens:
+                job.first_token = time.perf_counter()
+                m.ttft.labels(p.method).observe(job.first_token - job.arrived)
+            job.post("chunk", chunk)
+        if done:
+            self._done(job, job.request.result())
+
+    def _error(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, PolyverseError):
             self._fail(job, APIError(400, str(exc), "polyverse"))
-        except Exception as exc:  # a bug or a torch failure: logged here, never shown to the client
-            log.exception("request failed in the decode worker: %s", exc)
+        else:  # a bug or a torch failure: logged here, never shown to the client
+            log.error("request failed in the decode worker: %s", exc, exc_info=exc)
             self._fail(job, APIError(500, "internal error while decoding: see the server log", None, "internal_error"))
 
     def _done(self, job: Job, gen) -> None:
@@ -213,7 +256,6 @@ class Scheduler:
         m.latency.labels(p.method).observe(time.perf_counter() - job.arrived)
         if gen.stats.seconds > 0:
             m.speed.labels(p.method).observe(gen.stats.tokens_per_second)
-        job.stream = job.chunks = None
         job.post("done", gen)
 
     def _fail(self, job: Job, error: APIError) -> None:
@@ -223,5 +265,4 @@ class Scheduler:
             job.finished = True
             self._remove(job)
         self.metrics.requests.labels(job.plan.method, "error").inc()
-        job.stream = job.chunks = None
         job.post("error", error)

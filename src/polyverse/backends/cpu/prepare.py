@@ -28,6 +28,7 @@ import torch
 
 from . import attention, few_rows, lean, packed, rows
 from .head import Projection
+from .prefix import PrefixStore
 from .store import Store, StoreLinear
 
 Swap = Callable[[torch.nn.Linear], torch.nn.Module]
@@ -146,6 +147,7 @@ class DecodeModel:
         if use_lean and self.lean is None:
             raise ValueError(f"the lean CPU pass cannot run this model: {lean.unsupported(model) or 'not available here'}")
         self.dtype = self.lean.dtype if self.lean is not None else "fp32"
+        self.prefixes = PrefixStore() if self.lean is not None else None  # prompt cells shared by sessions
         if self.lean is not None:  # its passes run there: no stores, no views
             self.store, self._views, self.head, self._bodies = None, (model, None), None, None
             return
