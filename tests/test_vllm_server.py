@@ -106,7 +106,8 @@ def test_serves_then_stops_the_whole_group(tmp_path, model_dir):
     record = tmp_path / "record.json"
     fake = script(tmp_path / "python", FAKE_SERVER.format(python=sys.executable, record=str(record)))
     with vs.vllm_server(fake, model_dir, "smol", dtype="float32", max_seqs=7, kv_gib=3, omp_bind="0-1",
-                        ready_timeout=30, grace=1) as base:
+                        ready_timeout=30, grace=1) as (base, proc):
+        assert proc.poll() is None
         assert base.startswith("http://127.0.0.1:")
         models = httpx.get(base + "/v1/models", timeout=5).json()
         assert [m["id"] for m in models["data"]] == ["smol"]
@@ -130,7 +131,7 @@ def test_serves_then_stops_the_whole_group(tmp_path, model_dir):
 def test_port_in_use(tmp_path, model_dir):
     record = tmp_path / "record.json"
     fake = script(tmp_path / "python", FAKE_SERVER.format(python=sys.executable, record=str(record)))
-    with vs.vllm_server(fake, model_dir, "first", ready_timeout=30, grace=1) as base:
+    with vs.vllm_server(fake, model_dir, "first", ready_timeout=30, grace=1) as (base, _):
         port = int(base.rsplit(":", 1)[1])
         with pytest.raises(ConfigError, match="already in use"):
             with vs.vllm_server(fake, model_dir, "second", port=port):

@@ -24,7 +24,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import httpx
 
@@ -79,11 +80,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_mib(pid: int) -> float:
+def _own_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise PolyverseError(f"no VmRSS for process {pid}")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a server: the process and every process below it (vLLM forks an engine)."""
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            total += _own_rss_mib(p)
+        except (OSError, PolyverseError):
+            if p == pid:
+                raise PolyverseError(f"no VmRSS for process {pid}") from None
+            continue
+        todo.extend(_children(p))
+    return total
 
 
 def pct(values: list[float], q: float) -> float:
@@ -134,8 +165,11 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, prompt: 
     return out
 
 
-async def load_round(base: str, cfg: LoadConfig, pid: int, tick: Callable[[float, str], None]) -> dict:
-    """One round of load; ``tick(seconds into the round, what)`` about twice a second."""
+async def load_round(base: str, cfg: LoadConfig, pid: int, tick: Callable[[float, str], None],
+                     prompts: "list[str] | None" = None, model: str = SERVED_NAME) -> dict:
+    """One round of load; ``tick(seconds into the round, what)`` about twice a second. ``prompts``
+    (default PROMPTS) go round the clients; ``model``: the name the server serves."""
+    prompts = prompts or PROMPTS
     results: list[dict] = []
     peak = [rss_mib(pid)]
     stop_at = time.perf_counter() + cfg.duration
@@ -145,7 +179,7 @@ async def load_round(base: str, cfg: LoadConfig, pid: int, tick: Callable[[float
     async def client_loop(i: int) -> None:
         n = 0
         while time.perf_counter() < stop_at:
-            results.append(await one_request(http, base, SERVED_NAME, PROMPTS[(i + n) % len(PROMPTS)], cfg.max_tokens))
+            results.append(await one_request(http, base, model, prompts[(i + n) % len(prompts)], cfg.max_tokens))
             n += 1
 
     async def watch_memory() -> None:
@@ -194,20 +228,34 @@ def wait_up(base: str, proc: subprocess.Popen, timeout: float) -> None:
     raise PolyverseError("the server did not come up in time")
 
 
-def run(cfg: LoadConfig, tick: Optional[Tick] = None, log: Callable[[str], None] = lambda line: None) -> dict:
-    """Start the server, warm it up, run ``cfg.rounds`` rounds, stop it; the figures (see `passed`).
-    ``tick`` follows the load over all rounds; ``log`` gets the server's pid and start memory."""
+@contextmanager
+def polyverse_server(model: str, method: str, max_concurrent: int, max_queue: int,
+                     extra: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """`polyverse serve` as a child process on a free loopback port, serving ``SERVED_NAME``:
+    (base URL, process, its log file) once /health answers; stopped (SIGTERM) on exit."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = Path(tempfile.mkdtemp(prefix="polyverse-load-")) / "server.log"
-    cmd = [sys.executable, "-m", "polyverse.cli", "serve", "--model", cfg.model, "--method", cfg.method,
+    cmd = [sys.executable, "-m", "polyverse.cli", "serve", "--model", model, "--method", method,
            "--host", "127.0.0.1", "--port", str(port), "--served-name", SERVED_NAME,
-           "--max-concurrent", str(cfg.max_concurrent or cfg.clients), "--max-queue", str(max(64, cfg.clients)),
-           "--log-level", "warning"]
+           "--max-concurrent", str(max_concurrent), "--max-queue", str(max_queue), "--log-level", "warning", *extra]
     with open(log_path, "w") as server_log:
         proc = subprocess.Popen(cmd, stdout=server_log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
     try:
         wait_up(base, proc, 600)
+        yield base, proc, log_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run(cfg: LoadConfig, tick: Optional[Tick] = None, log: Callable[[str], None] = lambda line: None) -> dict:
+    """Start the server, warm it up, run ``cfg.rounds`` rounds, stop it; the figures (see `passed`).
+    ``tick`` follows the load over all rounds; ``log`` gets the server's pid and start memory."""
+    with polyverse_server(cfg.model, cfg.method, cfg.max_concurrent or cfg.clients, max(64, cfg.clients)) as (base, proc, log_path):
         # lazy state (per-slot buffers, thread arenas, connections) is allocated before the start figure
         warm = asyncio.run(_warm_up(base, cfg.max_tokens, cfg.warm_clients or cfg.clients))
         if not warm["ok"]:
@@ -231,12 +279,6 @@ def run(cfg: LoadConfig, tick: Optional[Tick] = None, log: Callable[[str], None]
             fig["rounds"] = rounds
             fig["requests_failed"] = sum(r["requests_failed"] for r in rounds)
         metrics = httpx.get(base + "/metrics").text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     lines = log_path.read_text().splitlines()
     bad = [ln for ln in lines if "ERROR" in ln or "Traceback" in ln or "Exception" in ln]
     fig.update(rss_start_mib=round(rss_start, 1), rss_end_mib=round(rss_end, 1),
@@ -252,11 +294,13 @@ def passed(fig: dict) -> bool:
     return not (fig["requests_failed"] or fig["server_error_lines"] or not fig["rss_back"])
 
 
-async def _warm_up(base: str, max_tokens: int, clients: int = 1) -> dict:
+async def _warm_up(base: str, max_tokens: int, clients: int = 1, prompts: "list[str] | None" = None,
+                   model: str = SERVED_NAME) -> dict:
     """``clients`` requests at once (one each), so the start figure is taken at full concurrency's
     lasting state; the first failure, if any, is returned."""
+    prompts = prompts or PROMPTS
     async with httpx.AsyncClient(timeout=600) as http:
-        done = await asyncio.gather(*(one_request(http, base, SERVED_NAME, PROMPTS[i % len(PROMPTS)], max_tokens)
+        done = await asyncio.gather(*(one_request(http, base, model, prompts[i % len(prompts)], max_tokens)
                                       for i in range(clients)))
     return next((d for d in done if not d["ok"]), done[0])
 

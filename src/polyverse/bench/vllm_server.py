@@ -115,8 +115,10 @@ def wait_ready(base: str, served_name: str, proc: subprocess.Popen, log: Path, t
 @contextmanager
 def vllm_server(python: Path, model_dir: Path, served_name: str, port: int | None = None, dtype: str = "float32",
                 max_seqs: int = 32, kv_gib: int = 4, log: Path | None = None, ready_timeout: float = 600.0,
-                max_model_len: int = 2048, omp_bind: str | None = None, grace: float = 30.0) -> Iterator[str]:
-    """vLLM's OpenAI server on ``model_dir`` (a Hugging Face directory) on loopback; yields its base URL.
+                max_model_len: int = 2048, omp_bind: str | None = None, grace: float = 30.0
+                ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """vLLM's OpenAI server on ``model_dir`` (a Hugging Face directory) on loopback; yields its base
+    URL and its process (the API server; its engine runs in a child process).
 
     ``kv_gib`` is the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE: vLLM's CPU default is a share of the
     machine's memory); ``omp_bind`` is VLLM_CPU_OMP_THREADS_BIND, e.g. "0-1" for both cores of a
@@ -150,6 +152,6 @@ def vllm_server(python: Path, model_dir: Path, served_name: str, port: int | Non
                                 start_new_session=True)
     try:
         wait_ready(base, served_name, proc, log, ready_timeout)
-        yield base
+        yield base, proc
     finally:
         stop_group(proc, grace)

@@ -315,6 +315,51 @@ def bench_load(
         raise typer.Exit(1)
 
 
+@bench_app.command("serve")
+def bench_serve(
+    clients: str = typer.Option("1,4,16", "--clients", help="Concurrent streaming client counts, comma-separated."),
+    duration: float = typer.Option(30.0, "--duration", help="Seconds of load per client count."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="max_tokens of every request."),
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or HF model directory."),
+    method: str = typer.Option("auto", "--method", help="Method polyverse serves with."),
+    dtype: Optional[str] = DTYPE_OPTION,
+    data: str = typer.Option("mtbench-like", "--data", help="Prompt set (chat prompts): mtbench-like, gsm8k, humaneval, grounded."),
+    limit: int = typer.Option(20, "--limit", help="Prompts of the set (they go round the clients)."),
+    vllm: bool = typer.Option(True, "--vllm/--no-vllm", help="Also run vLLM's CPU build on the same load (where `make vllm-env` made it)."),
+    vllm_python: Optional[str] = typer.Option(None, "--vllm-python", help="The vLLM environment's python (default .venv-vllm/bin/python)."),
+    vllm_dtype: str = typer.Option("float32", "--vllm-dtype", help="vLLM's weight type: float32 or bfloat16."),
+    out: str = typer.Option("bench-serve", "--out", help="Folder for results.json, report.md and serving.png."),
+) -> None:
+    """Serving throughput and latency at several client counts: polyverse serve, and vLLM's CPU build as a peer."""
+    from ..bench import serve
+    from ..bench.data import raw_prompts
+
+    with clean_exit("interrupted: the servers were stopped, nothing written"):
+        try:
+            counts = tuple(int(c) for c in clients.split(",") if c.strip())
+        except ValueError:
+            raise ConfigError(f"--clients takes comma-separated integers, got '{clients}'") from None
+        if vllm_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"--vllm-dtype must be float32 or bfloat16, got '{vllm_dtype}'")
+        registry.get(method)
+        cfg = serve.ServeBenchConfig(clients=counts, duration=duration, max_tokens=max_tokens, model=model,
+                                     method=method, dtype=dtype, prompts=data, limit=limit, vllm=vllm,
+                                     vllm_python=vllm_python, vllm_dtype=vllm_dtype)
+        rows, _ = raw_prompts(data, limit)
+        prompts = [p for _, p in rows if isinstance(p, str)]
+        if not prompts:
+            raise ConfigError(f"set '{data}' has no plain-text prompts")
+        with progress() as bar:
+            task = bar.add_task("starting", total=None)
+            fig = serve.run(cfg, prompts, tick=lambda what: bar.update(task, description=what),
+                            log=lambda line: err.print(line, highlight=False))
+        serve.write(fig, Path(out))
+    typer.echo(serve.report(fig))
+    typer.echo(f"written: {out}/results.json, report.md, serving.png")
+    if not serve.passed(fig):
+        raise typer.Exit(1)
+
+
 @bench_app.command("ar-jacobi")
 def bench_ar_jacobi(
     prompts: int = typer.Option(8, "--prompts", help="GSM8K dev questions (a few fixed prompts without the shared data)."),
