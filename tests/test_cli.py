@@ -176,3 +176,45 @@ def test_a_method_flag_that_clashes_with_generates_own_is_refused(monkeypatch):
     registry.register("clash_test", ClashConfig, make_ar, "clashes")
     with pytest.raises(ConfigError, match=r"--seed \(of clash_test\) is not a free `polyverse generate` flag"):
         invoke("generate", "--help")  # main() prints it as one line, exit 2
+
+
+def test_generate_a_file_of_prompts_resumes_where_it_stopped(tiny_dir, tiny, tmp_path):
+    prompts = ["abc", "hello there", "xyz xyz", "a", "cab cab cab"]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"prompt": p} if i % 2 else {"id": f"q{i}", "question": p}) + "\n"
+                           for i, p in enumerate(prompts)))
+    out = tmp_path / "out.jsonl"
+    args = ["generate", "--input", src, "--output", out, "--model", tiny_dir, "--no-chat", "-n", 12, "-m", "auto",
+            "--concurrency", 2, "--json"]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    rows = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
+    ids = ["q0", "2", "q2", "4", "q4"]
+    assert sorted(rows) == sorted(ids)
+    for rid, p in zip(ids, prompts):
+        assert rows[rid]["token_ids"] == list(tiny.generate(p, method="ar", max_new_tokens=12, chat=False).token_ids)
+    # drop two answers and tear the last line: a rerun writes just those two again
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["skipped"] == 3
+    again = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert again.keys() == rows.keys() and all(again[k]["token_ids"] == rows[k]["token_ids"] for k in rows)
+
+
+@pytest.mark.parametrize("lines,message", [
+    (['{"prompt": ""}'], "needs a non-empty"),
+    (["not json"], "not JSON"),
+    (['{"id": 1, "prompt": "a"}', '{"id": 1, "prompt": "b"}'], "appears twice"),
+    ([], "holds no prompts"),
+])
+def test_a_bad_prompt_file_is_one_clear_line(tiny_dir, tmp_path, lines, message):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    r = invoke("generate", "--input", src, "--output", tmp_path / "o.jsonl", "--model", tiny_dir)
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+    r = invoke("generate", "hi", "--input", src, "--output", tmp_path / "o.jsonl", "--model", tiny_dir)
+    assert r.exit_code == 2 and "not both" in r.output
+    r = invoke("generate", "--input", src, "--model", tiny_dir)
+    assert r.exit_code == 2 and "go together" in r.output

@@ -13,6 +13,8 @@ import time
 import httpx
 import openai
 import pytest
+
+import polyverse
 from server_util import Wrapped, failing, free_port, running, slowed, sse_events
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
@@ -434,3 +436,32 @@ def _up(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_concurrent_requests_share_passes_and_each_gets_its_own_output(tiny_dir, tiny):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from polyverse.backends.cpu import lean
+
+    model = tiny
+    if lean.extension() is not None and lean.isa(env=None) is not None:
+        model = polyverse.load(str(tiny_dir), progress=False, dtype="fp32")  # the pass that batches
+    jobs = [("abcab cabca", "auto", 0.0, None), ("hello hello", "ar", 0.0, None), ("cab cab", "jacobi", 0.0, None),
+            ("xyz", "lookahead", 0.0, None), ("bca bca bca", "prompt_lookup", 0.0, None), ("sampled", "auto", 0.8, 7)]
+
+    def body(prompt, method, temperature, seed):
+        return {"model": "tiny", "prompt": prompt, "max_tokens": 16, "temperature": temperature, "seed": seed,
+                "polyverse": {"method": method}}
+
+    with running(model, method="auto", max_concurrent=8) as r:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            replies = list(pool.map(lambda j: httpx.post(r.base + COMPLETE, json=body(*j), timeout=60), jobs))
+        metrics = httpx.get(r.base + "/metrics").text
+    for (prompt, method, temperature, seed), reply in zip(jobs, replies):
+        assert reply.status_code == 200, reply.text
+        alone = model.generate(prompt, method=method, max_new_tokens=16, chat=False, temperature=temperature, seed=seed)
+        assert reply.json()["choices"][0]["text"] == alone.text
+    count = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("polyverse_pass_requests_count"))
+    total = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("polyverse_pass_requests_sum"))
+    assert total / count > 1  # requests did share passes
+    assert "polyverse_pass_rows_bucket" in metrics and "polyverse_drafted_tokens_per_pass_bucket" in metrics

@@ -67,7 +67,7 @@ def method_flags(methods: Iterable[Method]) -> list[MethodFlag]:
 
 
 def _before_flags(
-    prompt: str = typer.Argument(..., help="The prompt (a user message when --chat)."),
+    prompt: Optional[str] = typer.Argument(None, help="The prompt (a user message when --chat); or give --input."),
     method: str = typer.Option("auto", "--method", "-m", help="Decoding method (see `polyverse methods`)."),
     model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Apply the chat template (default: when the model has one)."),
@@ -88,6 +88,11 @@ def _after_flags(
     backend: str = typer.Option("transformers", "--backend", help="transformers, or llamacpp (the model's GGUF "
                                 "through llama.cpp; pip install 'polyverse[llamacpp]')."),
     dtype: Optional[str] = DTYPE_OPTION,
+    input: Optional[str] = typer.Option(None, "--input", help="JSONL of prompts ('prompt', 'question' or 'messages', "
+                                        "optional 'id'), decoded many at a time; needs --output."),
+    output: Optional[str] = typer.Option(None, "--output", help="JSONL written with --input, one line per prompt as it "
+                                         "finishes; rerunning skips the ids already there."),
+    concurrency: int = typer.Option(16, "--concurrency", help="With --input: prompts decoded together, sharing each pass."),
 ) -> None:
     """generate's own options that its help lists after the method flags."""
 
@@ -125,12 +130,22 @@ class Generate:
         generate(flags=given, **{name: v for name, v in values.items() if name not in flags})
 
 
-def generate(prompt: str, method: str, model: str, chat: Optional[bool], max_new_tokens: int, temperature: float,
+def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool], max_new_tokens: int, temperature: float,
              top_k: int, top_p: float, seed: Optional[int], stop: list[str], option: list[str], as_json: bool,
-             adapter: Optional[str], backend: str, flags: list[tuple[MethodFlag, Any]], dtype: Optional[str] = None) -> None:
+             adapter: Optional[str], backend: str, flags: list[tuple[MethodFlag, Any]], dtype: Optional[str] = None,
+             input: Optional[str] = None, output: Optional[str] = None, concurrency: int = 16) -> None:
     """The command body: ``flags`` are the given method flags with their values."""
-    with clean_exit():
-        if not prompt.strip():
+    with clean_exit("interrupted: finished prompts are written; rerun the same command to resume" if input else "interrupted"):
+        if input is not None or output is not None:
+            if prompt is not None:
+                raise ConfigError("give a prompt or --input, not both")
+            if input is None or output is None:
+                raise ConfigError("--input and --output go together")
+            if concurrency < 1:
+                raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
+        elif prompt is None:
+            raise ConfigError("give a prompt, or --input prompts.jsonl --output out.jsonl")
+        if prompt is not None and not prompt.strip():
             raise ConfigError("the prompt is empty")
         GenerationConfig(max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p), stop=tuple(stop))
         spec = registry.get(method)
@@ -145,6 +160,26 @@ def generate(prompt: str, method: str, model: str, chat: Optional[bool], max_new
 
         from ..api import load
 
+        if input is not None:
+            from pathlib import Path
+
+            from . import generate_file
+
+            rows = generate_file.read_prompts(Path(input))
+            lm = load(model, adapter=adapter, progress=not as_json, backend=backend, dtype=dtype)
+            kwargs = dict(method=method, options=options, chat=chat, max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+            from .common import progress
+
+            with progress() as bar:
+                task = bar.add_task(f"{method}, {concurrency} at a time", total=len(rows))
+                counts = generate_file.run(lm, rows, Path(output), concurrency, kwargs,
+                                           tick=lambda n, rid: bar.update(task, advance=n))
+            rate = counts["tokens"] / counts["seconds"] if counts["seconds"] else 0.0
+            typer.echo(json.dumps({**counts, "tokens_per_second": round(rate, 1), "output": output}) if as_json else
+                       f"{counts['written']} written, {counts['skipped']} already there; {counts['tokens']} tokens in "
+                       f"{counts['seconds']:.1f} s ({rate:.1f} tok/s) -> {output}")
+            return
         lm = load(model, adapter=adapter, progress=not as_json, backend=backend, dtype=dtype)
         live = None
         if method == "multiverse" and not as_json:  # one panel per path as they grow

@@ -74,7 +74,9 @@ def distill_cmd(
     offset: int = typer.Option(0, "--offset", help="Skip this many questions first."),
     method: str = typer.Option("auto", "--method", help="Lossless method used to decode (greedy output is the same)."),
     chat: Optional[bool] = CHAT_OPTION,
-    batch: int = typer.Option(0, "--batch", help="0: one question at a time through --method (exactly greedy); N: N "
+    concurrency: int = typer.Option(16, "--concurrency", help="Questions decoded together through --method, sharing "
+                                    "each pass (each answer exactly its greedy answer alone)."),
+    batch: int = typer.Option(0, "--batch", help="0: questions through --method (exactly greedy); N: N "
                               "questions per transformers `generate` call (for a GPU; greedy up to rounding)."),
     device: str = typer.Option("cpu", "--device", help="With --batch: where the model runs (cpu, cuda, cuda:1 ...)."),
 ) -> None:
@@ -85,7 +87,7 @@ def distill_cmd(
     from ..train.distill_batched import distill_batched
 
     with clean_exit("interrupted: answers already written are kept; rerun the same command to resume"):
-        cfg = DistillConfig(max_new_tokens=max_new_tokens, method=method)
+        cfg = DistillConfig(max_new_tokens=max_new_tokens, method=method, concurrency=concurrency)
         if batch < 0:
             raise ConfigError(f"--batch must be 0 or more, got {batch}")
         if device != "cpu" and not batch:

@@ -30,8 +30,11 @@ TRUNCATED = "length"
 class DistillConfig:
     max_new_tokens: int = 256
     method: str = "auto"  # any lossless method: greedy output equals plain greedy
+    concurrency: int = 16  # questions decoded together, sharing each pass (each answer is what it is alone)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ConfigError(f"--concurrency must be at least 1, got {self.concurrency!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens!r}")
 
@@ -57,16 +60,21 @@ def distill(model, questions: Sequence[tuple[str, str]], out: Path, cfg: Distill
     out.parent.mkdir(parents=True, exist_ok=True)
     done = done_ids(out)
     counts = {"written": 0, "skipped": 0, "truncated": 0}
+    todo = []
     for qid, question in questions:
         if qid in done:
             counts["skipped"] += 1
             if tick:
                 tick(qid, "skipped")
-            continue
-        gen = model.generate(question, method=cfg.method, chat=chat, max_new_tokens=cfg.max_new_tokens)
+        else:
+            todo.append((qid, question))
+            done.add(qid)
+    answers = model.generate_many([q for _, q in todo], method=cfg.method, chat=chat,
+                                  max_new_tokens=cfg.max_new_tokens, concurrency=cfg.concurrency)
+    for i, gen in answers:  # as they finish: each is written at once, so an interruption loses little
+        qid, question = todo[i]
         row = {"id": qid, "prompt": question, "response": gen.text, "finish": gen.finish_reason}
         _append(out, [json.dumps(row) + "\n"])
-        done.add(qid)
         counts["written"] += 1
         counts["truncated"] += gen.finish_reason == TRUNCATED
         if tick:
