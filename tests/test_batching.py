@@ -196,6 +196,11 @@ METHODS = [("ar", {}), ("auto", {}), ("jacobi", {"block": 4}), ("lookahead", {"w
 TEXT = "abcab cabca bbcca abcab "
 
 
+def piece(start, length):
+    """A prompt cut from the text (never blank)."""
+    return (TEXT * 3)[start: start + length].strip() or "a"
+
+
 def run_batch(model, jobs, config):
     """jobs: (round it joins at, prompt, method, options, max tokens, temperature, seed) -> token ids per job."""
     engine = Batch(model.pass_costs() if config.budget else None, config)
@@ -227,7 +232,7 @@ def test_greedy_requests_get_what_they_get_alone(models, jobs, kind, chunk, budg
     if kind not in models:
         pytest.skip("no lean pass here")
     model = models[kind]
-    spec = [(at, (TEXT * 3)[start: start + length], method, options, n, 0.0, None)
+    spec = [(at, piece(start, length), method, options, n, 0.0, None)
             for at, length, start, (method, options), n in jobs]
     alone = [model.generate(p, method=mt, options=o, max_new_tokens=n, chat=False).token_ids
              for _, p, mt, o, n, _, _ in spec]
@@ -239,7 +244,7 @@ def test_greedy_requests_get_what_they_get_alone(models, jobs, kind, chunk, budg
 @given(jobs=JOBS, seed=st.integers(0, 1000))
 def test_seeded_sampling_is_the_same_whatever_the_batch_mates(models, jobs, seed):
     model = models["lean" if "lean" in models else "transformers"]
-    spec = [(at, (TEXT * 3)[start: start + length], method, options, n, 0.9, seed + i)
+    spec = [(at, piece(start, length), method, options, n, 0.9, seed + i)
             for i, (at, length, start, (method, options), n) in enumerate(jobs)]
     alone = [model.generate(p, method=mt, options=o, max_new_tokens=n, chat=False, temperature=t, seed=s).token_ids
              for _, p, mt, o, n, t, s in spec]

@@ -92,7 +92,7 @@ def _after_flags(
                                         "optional 'id'), decoded many at a time; needs --output."),
     output: Optional[str] = typer.Option(None, "--output", help="JSONL written with --input, one line per prompt as it "
                                          "finishes; rerunning skips the ids already there."),
-    concurrency: int = typer.Option(16, "--concurrency", help="With --input: prompts decoded together, sharing each pass."),
+    concurrency: int = typer.Option(32, "--concurrency", help="With --input: prompts decoded together, sharing each pass."),
 ) -> None:
     """generate's own options that its help lists after the method flags."""
 
@@ -133,7 +133,7 @@ class Generate:
 def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool], max_new_tokens: int, temperature: float,
              top_k: int, top_p: float, seed: Optional[int], stop: list[str], option: list[str], as_json: bool,
              adapter: Optional[str], backend: str, flags: list[tuple[MethodFlag, Any]], dtype: Optional[str] = None,
-             input: Optional[str] = None, output: Optional[str] = None, concurrency: int = 16) -> None:
+             input: Optional[str] = None, output: Optional[str] = None, concurrency: int = 32) -> None:
     """The command body: ``flags`` are the given method flags with their values."""
     with clean_exit("interrupted: finished prompts are written; rerun the same command to resume" if input else "interrupted"):
         if input is not None or output is not None:

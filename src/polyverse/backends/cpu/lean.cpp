@@ -203,6 +203,31 @@ void product(bool wide, const Weight& W, Rows& rows, const float* x, int64_t m, 
 
 // ---- the model -----------------------------------------------------------------------------------
 
+// The cells one row of a pass sees, in position order (ties in cache order), built once per row and
+// pass (every layer and head reads the same list): ``dense`` when they are cells 0 .. count - 1
+// (plain decoding), else ``index``. Cache order is position order except after a Multiverse merge,
+// where paths run in parallel interleave their cells and paths run one after another do not:
+// ordered by position, the Conclusion sums the same list either way.
+struct Seen {
+  std::vector<int32_t> index;
+  int64_t count = 0;
+  bool dense = true;
+};
+
+inline Seen seen_cells(const uint8_t* visible, const int64_t* positions, int64_t cells) {
+  Seen s;
+  for (int64_t j = 0; j < cells; ++j)
+    if (!visible || visible[j]) s.index.push_back(static_cast<int32_t>(j));
+  s.count = static_cast<int64_t>(s.index.size());
+  bool ordered = true;
+  for (int64_t t = 1; t < s.count && ordered; ++t) ordered = positions[s.index[t - 1]] <= positions[s.index[t]];
+  if (!ordered)
+    std::stable_sort(s.index.begin(), s.index.end(), [&](int32_t a, int32_t b) { return positions[a] < positions[b]; });
+  for (int64_t t = 0; t < s.count && s.dense; ++t) s.dense = s.index[t] == t;
+  if (s.dense) s.index.clear();
+  return s;
+}
+
 // one request's part of a pass: its rows and its own cache
 struct Segment {
   int64_t first = 0, q = 0, past = 0, cap = 0;  // rows [first, first + q); cells 0 .. past + q - 1
@@ -339,6 +364,14 @@ class Model {
     const int64_t groups = Hq_ / Hkv_;
     std::vector<int64_t> work_start(S);  // the first work item of each segment
     for (int64_t s = 0, t = 0; s < S; t += seg[s].q * Hq_, ++s) work_start[s] = t;
+    std::vector<Seen> seen(q);  // per row of the pass
+    for (int64_t s = 0; s < S; ++s) {
+      const Segment& g = seg[s];
+      for (int64_t i = 0; i < g.q; ++i) {
+        const int64_t cells = g.vis ? g.past + g.q : g.past + i + 1;
+        seen[g.first + i] = seen_cells(g.vis ? g.vis + i * (g.past + g.q) : nullptr, g.cp, cells);
+      }
+    }
     const int64_t work = q * Hq_;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D_));
     Rows rows;
@@ -363,7 +396,6 @@ class Model {
 #pragma omp parallel num_threads(threads())
       {
         std::vector<float> scratch(2 * (most + 16));
-        std::vector<int32_t> index(most);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < work; ++t) {
           const int64_t s = static_cast<int64_t>(std::upper_bound(work_start.begin(), work_start.end(), t) -
@@ -371,15 +403,15 @@ class Model {
           const Segment& g = seg[s];
           const int64_t u = t - work_start[s];
           const int64_t kv = u / (g.q * groups), rest = u % (g.q * groups), i = rest / groups, hh = kv * groups + rest % groups;
-          const int64_t cells = g.past + g.q;
-          const uint8_t* seen = g.vis ? g.vis + i * cells : nullptr;
-          const int64_t upto = g.vis ? cells : g.past + i + 1;
+          const int64_t cells = g.vis ? g.past + g.q : g.past + i + 1;
+          const Seen& row = seen[g.first + i];
+          const int32_t* index = row.dense ? nullptr : row.index.data();
           const float* qi = &qkv[(g.first + i) * QKV + hh * D_];
           float* o = &att[((g.first + i) * Hq_ + hh) * D_];
           const float* Kh = g.K + (l * Hkv_ + kv) * D_ * g.cap;
           const float* Vh = g.V + (l * Hkv_ + kv) * g.cap * D_;
-          if (wide_) avx512::attend(qi, Kh, g.cap, Vh, D_, seen, g.cp, upto, scale, scratch.data(), index.data(), o);
-          else avx2::attend(qi, Kh, g.cap, Vh, D_, seen, g.cp, upto, scale, scratch.data(), index.data(), o);
+          if (wide_) avx512::attend(qi, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), o);
+          else avx2::attend(qi, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), o);
         }
       }
       product(wide_, L.o, rows, att.data(), q, a.data());

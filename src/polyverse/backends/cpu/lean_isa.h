@@ -271,15 +271,16 @@ inline vf vexp(vf x) {
 
 // One query row of one head: out [d] = softmax(q.K / sqrt d) V over the cells the row sees.
 // Kt [d, cap] holds the head's keys transposed, V [cap, d] its values. Scores are computed a vector
-// of cells at a time (each cell's dot product summed over d in order, the same in every lane);
-// the cells the row sees are then packed densely in cache order, and the softmax sums and the
-// weighted sum of values run over that dense list: the same list, in the same order, as a pass in
-// which the row sees every cell (plain decoding) gives, so the row's output is the same bits.
-// scratch: at least 2 * (cells + kLanes) floats and cells ints.
-void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_t d, const uint8_t* visible,
-            const int64_t* positions, int64_t cells, float scale, float* scratch, int32_t* index, float* out) {
+// of cells at a time for the first ``cells`` cells (each cell's dot product summed over d in order,
+// the same in every lane); the ``seen`` cells the row sees are ``index`` (``seen_cells``: its cells
+// in position order, built once per row and pass) or, when ``index`` is null, cells 0 .. seen - 1.
+// The softmax sums and the weighted sum of values run over that dense list: the same list, in the
+// same order, as a pass in which the row sees every cell (plain decoding) gives, so the row's
+// output is the same bits. scratch: at least 2 * (cells + kLanes) floats.
+void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_t d, const int32_t* index,
+            int64_t seen, int64_t cells, float scale, float* scratch, float* out) {
   float* scores = scratch;                  // [cells rounded up]
-  float* dense = scratch + cells + kLanes;  // [seen rounded up]
+  float* dense = index ? scratch + cells + kLanes : scores;  // [seen rounded up]
   const int64_t whole = cells / kLanes * kLanes;
   int64_t j0 = 0;
   for (; j0 + 4 * kLanes <= whole; j0 += 4 * kLanes) {  // four vectors of cells at once: independent chains
@@ -307,29 +308,22 @@ void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_
     for (int64_t t = 0; t < d; ++t) acc = std::fma(q[t], Kt[t * cap + j], acc);
     scores[j] = acc;
   }
-  int64_t seen = 0;
-  float top = -INFINITY;
-  for (int64_t j = 0; j < cells; ++j) {
-    if (visible && !visible[j]) continue;
-    const float s = scores[j] * scale;
-    dense[seen] = s;
-    index[seen++] = static_cast<int32_t>(j);
-    top = std::max(top, s);
-  }
-  // The seen cells in position order (ties in cache order). Cache order already is position order
-  // except after a Multiverse merge, where paths run in parallel interleave their cells and paths
-  // run one after another do not: ordered by position, the Conclusion sums the same list either way.
-  bool ordered = true;
-  for (int64_t t = 1; t < seen && ordered; ++t) ordered = positions[index[t - 1]] <= positions[index[t]];
-  if (!ordered) {
-    std::vector<int32_t> order(index, index + seen);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return positions[a] < positions[b]; });
-    std::vector<float> raw(seen);
-    for (int64_t t = 0; t < seen; ++t) raw[t] = scores[order[t]] * scale;
-    for (int64_t t = 0; t < seen; ++t) { index[t] = order[t]; dense[t] = raw[t]; }
-  }
   const int64_t blocks = (seen + kLanes - 1) / kLanes;
+  if (index) {
+    for (int64_t t = 0; t < seen; ++t) dense[t] = scores[index[t]];
+  }
   for (int64_t j = seen; j < blocks * kLanes; ++j) dense[j] = -INFINITY;
+  vf most = vset(-INFINITY);
+  const vf sc = vset(scale);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const vf v = vmul(vload(dense + b * kLanes), sc);
+    vstore(dense + b * kLanes, v);
+    most = vmax(most, v);
+  }
+  alignas(64) float lanes[kLanes];
+  vstore(lanes, most);
+  float top = -INFINITY;
+  for (int64_t l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
   vf total = vzero();
   const vf shift = vset(top);
   for (int64_t b = 0; b < blocks; ++b) {
@@ -343,7 +337,7 @@ void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_
     const int64_t width = std::min<int64_t>(4, (d - c) / kLanes);
     vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
     for (int64_t t = 0; t < seen; ++t) {
-      const float* v = V + static_cast<int64_t>(index[t]) * d + c;
+      const float* v = V + static_cast<int64_t>(index ? index[t] : t) * d + c;
       const vf p = vset(dense[t]);
       a0 = vfma(p, vload(v), a0);
       if (width > 1) a1 = vfma(p, vload(v + kLanes), a1);
