@@ -203,6 +203,9 @@ void product(bool wide, const Weight& W, Rows& rows, const float* x, int64_t m, 
 
 // ---- the model -----------------------------------------------------------------------------------
 
+// float -> IEEE half bits, round to nearest even (the cache of bf16 and int8 passes)
+inline uint16_t half_of(float x) { return c10::Half(x).x; }
+
 // The cells one row of a pass sees, in position order (ties in cache order), built once per row and
 // pass (every layer and head reads the same list): ``dense`` when they are cells 0 .. count - 1
 // (plain decoding), else ``index``. Cache order is position order except after a Multiverse merge,
@@ -231,8 +234,9 @@ inline Seen seen_cells(const uint8_t* visible, const int64_t* positions, int64_t
 // one request's part of a pass: its rows and its own cache
 struct Segment {
   int64_t first = 0, q = 0, past = 0, cap = 0;  // rows [first, first + q); cells 0 .. past + q - 1
-  float* K = nullptr;  // [L, Hkv, D, cap]
-  float* V = nullptr;  // [L, Hkv, cap, D]
+  void* K = nullptr;  // [L, Hkv, D, cap] float, or IEEE half (uint16)
+  void* V = nullptr;  // [L, Hkv, cap, D] likewise
+  bool half = false;
   int64_t* cp = nullptr;  // [cap] each cell's position
   const uint8_t* vis = nullptr;  // [q, past + q] or null: a causal chain after the cache
 };
@@ -322,15 +326,17 @@ class Model {
       const torch::Tensor& v = vcache[s];
       g.cap = v.size(2);
       TORCH_CHECK(g.q >= 0 && g.past >= 0, "negative segment size");
-      TORCH_CHECK(k.scalar_type() == torch::kFloat32 && v.scalar_type() == torch::kFloat32 && k.is_contiguous() &&
-                  v.is_contiguous(), "bad cache");
+      TORCH_CHECK((k.scalar_type() == torch::kFloat32 || k.scalar_type() == torch::kHalf) &&
+                  v.scalar_type() == k.scalar_type() && k.is_contiguous() && v.is_contiguous(),
+                  "the cache must be contiguous float32 or float16 keys and values");
       TORCH_CHECK(k.size(0) == layers() && k.size(1) == Hkv_ && k.size(2) == D_ && k.size(3) == g.cap &&
                   v.size(0) == layers() && v.size(1) == Hkv_ && v.size(3) == D_ && g.cap >= cells,
                   "cache does not fit the pass");
       TORCH_CHECK(cell_pos[s].scalar_type() == torch::kLong && cell_pos[s].is_contiguous() && cell_pos[s].numel() >= cells,
                   "cell positions must be int64 [capacity]");
-      g.K = k.data_ptr<float>();
-      g.V = v.data_ptr<float>();
+      g.half = k.scalar_type() == torch::kHalf;
+      g.K = k.data_ptr();
+      g.V = v.data_ptr();
       g.cp = cell_pos[s].data_ptr<int64_t>();
       if (visible[s].has_value() && visible[s]->defined()) {
         vis_keep[s] = visible[s]->to(torch::kBool).contiguous();
@@ -381,15 +387,24 @@ class Model {
       product(wide_, L.qkv, rows, a.data(), q, qkv.data());
       for (int64_t s = 0; s < S; ++s) {
         const Segment& g = seg[s];
-        float* Kl = g.K + l * Hkv_ * g.cap * D_;
-        float* Vl = g.V + l * Hkv_ * g.cap * D_;
+        const int64_t layer = l * Hkv_ * g.cap * D_;
         for (int64_t i = 0; i < g.q; ++i) {
           float* r = &qkv[(g.first + i) * QKV];
           for (int64_t hh = 0; hh < Hq_ + Hkv_; ++hh) rope(r + hh * D_, &cs[(g.first + i) * half], &sn[(g.first + i) * half]);
           for (int64_t kv = 0; kv < Hkv_; ++kv) {
             const float* key = r + (Hq_ + kv) * D_;
-            for (int64_t t = 0; t < D_; ++t) Kl[(kv * D_ + t) * g.cap + g.past + i] = key[t];  // keys transposed
-            std::memcpy(Vl + (kv * g.cap + g.past + i) * D_, r + (Hq_ + Hkv_ + kv) * D_, D_ * sizeof(float));
+            const float* val = r + (Hq_ + Hkv_ + kv) * D_;
+            const int64_t kat = layer + kv * D_ * g.cap + g.past + i, vat = layer + (kv * g.cap + g.past + i) * D_;
+            if (g.half) {
+              uint16_t* Kh = static_cast<uint16_t*>(g.K);
+              uint16_t* Vh = static_cast<uint16_t*>(g.V);
+              for (int64_t t = 0; t < D_; ++t) Kh[kat + t * g.cap] = half_of(key[t]);  // keys transposed
+              for (int64_t t = 0; t < D_; ++t) Vh[vat + t] = half_of(val[t]);
+            } else {
+              float* Kf = static_cast<float*>(g.K);
+              for (int64_t t = 0; t < D_; ++t) Kf[kat + t * g.cap] = key[t];  // keys transposed
+              std::memcpy(static_cast<float*>(g.V) + vat, val, D_ * sizeof(float));
+            }
           }
         }
       }
@@ -408,10 +423,18 @@ class Model {
           const int32_t* index = row.dense ? nullptr : row.index.data();
           const float* qi = &qkv[(g.first + i) * QKV + hh * D_];
           float* o = &att[((g.first + i) * Hq_ + hh) * D_];
-          const float* Kh = g.K + (l * Hkv_ + kv) * D_ * g.cap;
-          const float* Vh = g.V + (l * Hkv_ + kv) * g.cap * D_;
-          if (wide_) avx512::attend(qi, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), o);
-          else avx2::attend(qi, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), o);
+          const int64_t kat = (l * Hkv_ + kv) * D_ * g.cap, vat = (l * Hkv_ + kv) * g.cap * D_;
+          if (g.half) {
+            const uint16_t* Kh = static_cast<const uint16_t*>(g.K) + kat;
+            const uint16_t* Vh = static_cast<const uint16_t*>(g.V) + vat;
+            if (wide_) avx512::attend(qi, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), o);
+            else avx2::attend(qi, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), o);
+          } else {
+            const float* Kf = static_cast<const float*>(g.K) + kat;
+            const float* Vf = static_cast<const float*>(g.V) + vat;
+            if (wide_) avx512::attend(qi, Kf, g.cap, Vf, D_, index, row.count, cells, scale, scratch.data(), o);
+            else avx2::attend(qi, Kf, g.cap, Vf, D_, index, row.count, cells, scale, scratch.data(), o);
+          }
         }
       }
       product(wide_, L.o, rows, att.data(), q, a.data());

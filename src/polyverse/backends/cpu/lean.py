@@ -45,6 +45,10 @@ ARCHITECTURES = ("llama", "qwen2", "mistral")  # model types whose decoder layer
 AVX512_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "avx512_vnni", "fma")
 AVX2_FLAGS = ("avx2", "fma", "f16c")
 BLOCK = 32  # packed panels and int8 blocks: every product dimension a multiple of this
+# the KV cache's element type per weight type: with many requests in a pass, attention reads every
+# request's cache, as many bytes as the weights at a few hundred tokens each; half precision halves
+# them (its 11-bit significand is finer than the bf16 rounding those passes give activations)
+KV_DTYPES = {"fp32": torch.float32, "bf16": torch.float16, "int8": torch.float16}
 
 
 def isa(flags: frozenset[str] | None = None, env: str | None = None) -> str | None:
@@ -213,23 +217,25 @@ class LeanModel:
         return out if out.shape[1] == self.vocab else out[:, : self.vocab]
 
     def cache(self, max_length: int | None = None) -> "LeanCache":
-        """An empty KV cache for this model's passes."""
-        return LeanCache(self.layers, self.kv_heads, self.head_dim, max_length)
+        """An empty KV cache for this model's passes: float32 for fp32 weights (the model's own numbers),
+        IEEE half for bf16 and int8 weights (``KV_DTYPES``)."""
+        return LeanCache(self.layers, self.kv_heads, self.head_dim, max_length, dtype=KV_DTYPES[self.dtype])
 
 
 class LeanCache:
     """The lean pass's KV cache: keys [L, Hkv, D, capacity] (transposed: attention scores a vector of
-    cells at a time) and values [L, Hkv, capacity, D], float32, and a used length.
+    cells at a time) and values [L, Hkv, capacity, D], float32 or float16 (``dtype``), and a used length.
     The capacity doubles when a pass needs more (up to ``max_length``), copying the used part once;
     dropping entries is a length change; ``keep`` gathers kept entries in place."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, max_length: int | None = None,
-                 least: int = 256) -> None:
+                 least: int = 256, dtype: torch.dtype = torch.float32) -> None:
         self.shape = (layers, kv_heads, head_dim)
         self.max_length = max_length
         self.least = least
-        self.k = torch.empty(layers, kv_heads, head_dim, 0)
-        self.v = torch.empty(layers, kv_heads, 0, head_dim)
+        self.dtype = dtype
+        self.k = torch.empty(layers, kv_heads, head_dim, 0, dtype=dtype)
+        self.v = torch.empty(layers, kv_heads, 0, head_dim, dtype=dtype)
         self.pos = torch.empty(0, dtype=torch.long)  # [capacity]: each cell's position (attention's order)
         self.length = 0
 
@@ -245,7 +251,8 @@ class LeanCache:
 
         cap = capacity_for(needed, self.capacity, self.max_length, self.least)
         layers, heads, dim = self.shape
-        k, v = torch.empty(layers, heads, dim, cap), torch.empty(layers, heads, cap, dim)
+        k = torch.empty(layers, heads, dim, cap, dtype=self.dtype)
+        v = torch.empty(layers, heads, cap, dim, dtype=self.dtype)
         k[..., : self.length] = self.k[..., : self.length]
         v[:, :, : self.length] = self.v[:, :, : self.length]
         pos = torch.empty(cap, dtype=torch.long)

@@ -221,6 +221,7 @@ void product(const Weight& W, const Rows& x, int64_t m, float* y) {
 constexpr int64_t kLanes = 16;
 using vf = __m512;
 inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+inline vf vload(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
 inline vf vset(float a) { return _mm512_set1_ps(a); }
 inline vf vzero() { return _mm512_setzero_ps(); }
@@ -237,6 +238,7 @@ inline vf vpow2(vf p, vf n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
 constexpr int64_t kLanes = 8;
 using vf = __m256;
 inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+inline vf vload(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
 inline vf vset(float a) { return _mm256_set1_ps(a); }
 inline vf vzero() { return _mm256_setzero_ps(); }
@@ -258,6 +260,9 @@ inline vf vpow2(vf p, vf n) {  // p * 2^n, n an integer in [-126, 127]
 }
 #endif
 
+inline float to_float(float x) { return x; }
+inline float to_float(uint16_t h) { return _cvtsh_ss(h); }  // IEEE half -> float (exact)
+
 // e^x, about 1 ulp; x clamped to [-87, 88] (below: a weight of about 1.6e-38)
 inline vf vexp(vf x) {
   x = vclamp(x, -87.0f, 88.0f);
@@ -277,7 +282,8 @@ inline vf vexp(vf x) {
 // The softmax sums and the weighted sum of values run over that dense list: the same list, in the
 // same order, as a pass in which the row sees every cell (plain decoding) gives, so the row's
 // output is the same bits. scratch: at least 2 * (cells + kLanes) floats.
-void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_t d, const int32_t* index,
+template <typename T>
+void attend(const float* q, const T* Kt, int64_t cap, const T* V, int64_t d, const int32_t* index,
             int64_t seen, int64_t cells, float scale, float* scratch, float* out) {
   float* scores = scratch;                  // [cells rounded up]
   float* dense = index ? scratch + cells + kLanes : scores;  // [seen rounded up]
@@ -287,7 +293,7 @@ void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_
     vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
     for (int64_t t = 0; t < d; ++t) {
       const vf qt = vset(q[t]);
-      const float* kt = Kt + t * cap + j0;
+      const T* kt = Kt + t * cap + j0;
       a0 = vfma(qt, vload(kt), a0);
       a1 = vfma(qt, vload(kt + kLanes), a1);
       a2 = vfma(qt, vload(kt + 2 * kLanes), a2);
@@ -305,7 +311,7 @@ void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_
   }
   for (int64_t j = whole; j < cells; ++j) {  // the same fused multiply-adds, one cell at a time
     float acc = 0.0f;
-    for (int64_t t = 0; t < d; ++t) acc = std::fma(q[t], Kt[t * cap + j], acc);
+    for (int64_t t = 0; t < d; ++t) acc = std::fma(q[t], to_float(Kt[t * cap + j]), acc);
     scores[j] = acc;
   }
   const int64_t blocks = (seen + kLanes - 1) / kLanes;
@@ -337,7 +343,7 @@ void attend(const float* q, const float* Kt, int64_t cap, const float* V, int64_
     const int64_t width = std::min<int64_t>(4, (d - c) / kLanes);
     vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
     for (int64_t t = 0; t < seen; ++t) {
-      const float* v = V + static_cast<int64_t>(index ? index[t] : t) * d + c;
+      const T* v = V + static_cast<int64_t>(index ? index[t] : t) * d + c;
       const vf p = vset(dense[t]);
       a0 = vfma(p, vload(v), a0);
       if (width > 1) a1 = vfma(p, vload(v + kLanes), a1);
