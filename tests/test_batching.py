@@ -32,8 +32,10 @@ LEANISH = CostCurve((1, 4, 8, 12, 16, 24, 32, 64), (10.4, 11.5, 12.8, 14.9, 20.2
 
 
 def test_module_examples():
-    assert doctest.testmod(budget).failed == 0
-    assert doctest.testmod(prefix).failed == 0
+    from polyverse.batching import engine
+
+    for module in (budget, prefix, engine):
+        assert doctest.testmod(module).failed == 0, module.__name__
 
 
 # ---- the row budget ------------------------------------------------------------------------------
@@ -298,3 +300,22 @@ def test_generate_batch_keeps_order_and_equals_generate(models):
         model.generate_batch(["abc", " "], chat=False)
     with pytest.raises(polyverse.errors.ConfigError, match="concurrency"):
         list(model.generate_many(["abc"], concurrency=0))
+
+
+def test_drafts_cut_by_the_budget_still_teach_their_acceptance(models):
+    """A draft cut to nothing is judged against the output it would have predicted, so a request
+    with good drafts keeps a high estimate (and drafts again when rows come back)."""
+    model = models["lean" if "lean" in models else "transformers"]
+    engine = Batch(LINEAR)  # a row costs a whole pass: every draft is cut when two requests share one
+    text = "abc abc abc abc abc abc abc abc abc"
+    for key in ("a", "b"):
+        model.request(text, method="prompt_lookup", max_new_tokens=30, chat=False).join(engine, key)
+    drafted = 0
+    for _ in range(12):
+        events, stats = engine.round()
+        if stats.requests == 2:
+            drafted += stats.drafted
+    assert drafted == 0
+    alphas = [engine._shared[k].acceptance.alpha for k in ("a", "b") if k in engine._shared]
+    greedy = model.generate(text, method="ar", max_new_tokens=30, chat=False).token_ids
+    assert alphas and all(a > 0.7 for a in alphas), (alphas, greedy)

@@ -17,7 +17,7 @@ its own history alone).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Hashable, Iterator
 
 from ..backends.base import forward_many
@@ -71,6 +71,45 @@ class Event:
 class _Shared:
     decoding: Decoding
     acceptance: Acceptance
+    # greedy drafts as proposed (before the budget cut), judged once the output has grown past them:
+    # (context length when proposed, the draft's root-to-leaf token paths)
+    judged: list = field(default_factory=list)
+
+
+def paths(draft) -> list[tuple[int, ...]]:
+    """The root-to-leaf token paths of a draft tree.
+
+    >>> from polyverse.draft import Draft
+    >>> paths(Draft.tree([[1, 2], [1, 3], [4]]))
+    [(1, 2), (1, 3), (4,)]
+    """
+    kids: dict[int, list[int]] = {}
+    for i, p in enumerate(draft.parents):
+        kids.setdefault(p, []).append(i)
+    out: list[tuple[int, ...]] = []
+
+    def walk(node: int, prefix: tuple[int, ...]) -> None:
+        here = prefix + (draft.tokens[node],)
+        if node not in kids:
+            out.append(here)
+        for c in kids.get(node, []):
+            walk(c, here)
+
+    for root in kids.get(-1, []):
+        walk(root, ())
+    return out
+
+
+def matched(path: tuple[int, ...], actual: list[int]) -> int:
+    """Leading tokens of ``path`` that the output ``actual`` (from the same point) repeats.
+
+    >>> matched((5, 6, 7), [5, 6, 9, 1])
+    2
+    """
+    n = 0
+    while n < len(path) and n < len(actual) and path[n] == actual[n]:
+        n += 1
+    return n
 
 
 class Batch:
@@ -82,6 +121,8 @@ class Batch:
         self.config = config or BatchConfig()
         self._shared: dict[Hashable, _Shared] = {}
         self._own: dict[Hashable, Iterator[Step]] = {}
+        # per method: the acceptance of every request's drafts so far, a new request's starting estimate
+        self._method_acceptance: dict[type, Acceptance] = {}
 
     def __len__(self) -> int:
         return len(self._shared) + len(self._own)
@@ -92,7 +133,9 @@ class Batch:
     def add(self, key: Hashable, decoding: Decoding) -> None:
         """A request that decodes through the shared passes, from the next round on."""
         self._check_new(key)
-        self._shared[key] = _Shared(decoding, Acceptance())
+        seen = self._method_acceptance.setdefault(type(decoding.proposer), Acceptance(decay=0.99))
+        a = seen.alpha
+        self._shared[key] = _Shared(decoding, Acceptance(hits=2 * a, misses=2 * (1 - a)))
 
     def add_steps(self, key: Hashable, steps: Iterator[Step]) -> None:
         """A request that runs its own passes (a Runner's steps): one step per round."""
@@ -162,7 +205,9 @@ class Batch:
                 self.remove(key)
         cut = [i for i, (_, s, _) in enumerate(proposed) if s.decoding.config.sampling.greedy]
         depths = {}
-        if cfg.budget and self.curve is not None and cut:
+        # a request alone in its pass drafts as it would alone (its method weighs its own rows)
+        shared = len(proposed) > 1 or prompt_rows > 0
+        if cfg.budget and self.curve is not None and cut and shared:
             fixed = [i for i in range(len(proposed)) if i not in set(cut)]
             base_rows = prompt_rows + len(proposed) + sum(len(proposed[i][2]) for i in fixed)
             alphas = [self._alpha(proposed[i][1]) for i in cut]
@@ -170,6 +215,8 @@ class Batch:
                            max_rows=base_rows + cfg.max_rows, base_tokens=len(proposed))
             depths = dict(zip(cut, got))
         for i, (key, s, draft) in enumerate(proposed):
+            if s.decoding.config.sampling.greedy and draft:
+                s.judged.append((len(s.decoding.context), paths(draft)))
             if i in depths and draft:
                 draft = draft.pruned(depths[i])
             elif len(draft) > cfg.max_rows:
@@ -198,8 +245,7 @@ class Batch:
             if step is None:  # a prompt chunk
                 continue
             verdict = s.decoding.last_verdict
-            depth = step.stats.drafted and max(s.decoding.last_draft.depths())
-            s.acceptance.update(len(verdict.accepted), depth)
+            self._judge(s, step.finish_reason is not None)
             drafted += step.stats.drafted
             accepted += len(verdict.accepted)
             events.append(Event(key, step))
@@ -208,8 +254,29 @@ class Batch:
         rows = sum(len(p[1]) for p in parts)
         return events, PassStats(len(parts), rows, prompt_rows, drafted, accepted, time.perf_counter() - t0)
 
+    def _judge(self, s: _Shared, finished: bool) -> None:
+        """Learn the acceptance of the request's drafts as proposed, cut or not: greedy output is the
+        same whatever was fed, so a draft's accepted length is how far the output repeats it (known
+        once the output has grown past it, or at the end). Cut drafts still teach, so a request whose
+        drafts were cut under load drafts again when the rows come back, if its drafts are good."""
+        context = s.decoding.context
+        keep = []
+        for start, ways in s.judged:
+            depth = max(len(w) for w in ways)
+            actual = context[start:]
+            if len(actual) > depth or finished:
+                got = max(matched(w, actual) for w in ways)
+                if got < len(actual) or got == depth:  # a shorter match at the very end may be the budget
+                    s.acceptance.update(got, depth)
+                    self._method_acceptance[type(s.decoding.proposer)].update(got, depth)
+            else:
+                keep.append((start, ways))
+        s.judged = keep
+
     @staticmethod
     def _alpha(s: _Shared) -> float:
-        """The request's chance per draft token: its proposer's own estimate where it keeps one."""
+        """The request's chance per draft token: what its drafts in this batch measured (from the
+        estimate of its method's requests so far), capped by its proposer's own estimate where it
+        keeps one (``auto``'s, per match length: a short match predicts worse)."""
         own = s.decoding.proposer.acceptance()
-        return s.acceptance.alpha if own is None else own
+        return s.acceptance.alpha if own is None else min(own, s.acceptance.alpha)

@@ -43,6 +43,9 @@ class Metrics:
                                         "accepted by one pass", ["method"], buckets=(0,) + PER_PASS, registry=r)
         self.pass_rows = Histogram("polyverse_pass_rows", "Rows (tokens) of one shared forward pass: prompt chunks, "
                                    "pending tokens and drafts of every request in it", buckets=ROWS, registry=r)
+        self.pass_seconds = Histogram("polyverse_pass_seconds", "Wall time of one shared pass: drafting, the forward, "
+                                      "verification", buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2),
+                                      registry=r)
         self.pass_requests = Histogram("polyverse_pass_requests", "Requests with rows in one shared forward pass",
                                        buckets=PER_PASS, registry=r)
         self.waiting = Gauge("polyverse_requests_waiting", "Requests queued for a decoding slot", registry=r)

@@ -187,6 +187,7 @@ class Scheduler:
             if stats is not None:
                 self.metrics.pass_rows.observe(stats.rows)
                 self.metrics.pass_requests.observe(stats.requests)
+                self.metrics.pass_seconds.observe(stats.seconds)
             for ev in events:
                 job = ev.key
                 if ev.error is not None:
