@@ -304,18 +304,42 @@ def test_generate_batch_keeps_order_and_equals_generate(models):
 
 def test_drafts_cut_by_the_budget_still_teach_their_acceptance(models):
     """A draft cut to nothing is judged against the output it would have predicted, so a request
-    with good drafts keeps a high estimate (and drafts again when rows come back)."""
+    with good drafts keeps a high estimate (and drafts again when rows come back), one with bad
+    drafts a low one."""
+    from polyverse import registry
+    from polyverse.loop import Proposer
+    from polyverse.options import method_options
+
     model = models["lean" if "lean" in models else "transformers"]
-    engine = Batch(LINEAR)  # a row costs a whole pass: every draft is cut when two requests share one
-    text = "abc abc abc abc abc abc abc abc abc"
-    for key in ("a", "b"):
-        model.request(text, method="prompt_lookup", max_new_tokens=30, chat=False).join(engine, key)
-    drafted = 0
-    for _ in range(12):
-        events, stats = engine.round()
-        if stats.requests == 2 and not stats.prompt_rows:
-            drafted += stats.drafted
-    assert drafted == 0
-    alphas = [engine._shared[k].acceptance.alpha for k in ("a", "b") if k in engine._shared]
-    greedy = model.generate(text, method="ar", max_new_tokens=30, chat=False).token_ids
-    assert alphas and all(a > 0.7 for a in alphas), (alphas, greedy)
+    text = "abc abc"
+    ids = model.encode(text, chat=False)
+    greedy = list(ids) + list(model.generate(text, method="ar", max_new_tokens=30, chat=False).token_ids)
+
+    class Oracle(Proposer):  # drafts the greedy continuation itself, or a wrong one
+        def __init__(self, right):
+            self.right = right
+
+        def propose(self, context):
+            nxt = greedy[len(context): len(context) + 4]
+            return Draft.chain(nxt if self.right else [(t + 1) % 50 for t in nxt])
+
+    @method_options("oracle-test")
+    class OracleConfig:
+        right: bool = True
+
+    registry.register("oracle-test", OracleConfig, lambda cfg, ctx: Oracle(cfg.right), "")
+    try:
+        engine = Batch(LINEAR)  # a row costs a whole pass: every draft is cut when two requests share one
+        for key, right in (("good", True), ("bad", False)):
+            model.request(text, method="oracle-test", options={"right": right}, max_new_tokens=30,
+                          chat=False).join(engine, key)
+        drafted = 0
+        for _ in range(12):
+            events, stats = engine.round()
+            if stats.requests == 2 and not stats.prompt_rows:
+                drafted += stats.drafted
+        assert drafted == 0
+        assert engine._shared["good"].acceptance.alpha > 0.8
+        assert engine._shared["bad"].acceptance.alpha < 0.2
+    finally:
+        registry._methods.pop("oracle-test")

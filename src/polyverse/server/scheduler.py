@@ -63,6 +63,15 @@ class Job:
             pass
 
 
+def _deliver(items: list, handled: threading.Event | None = None) -> None:
+    """On the event loop: put a round's events into their requests' queues; ``handled`` is set once
+    the requests woken by them have had their turn (callbacks run in the order they were scheduled)."""
+    for job, kind, payload in items:
+        job.events.put_nowait((kind, payload))
+    if handled is not None:
+        asyncio.get_running_loop().call_soon(handled.set)
+
+
 class Scheduler:
     def __init__(self, model, max_concurrent: int, max_queue: int, metrics: Metrics,
                  batch: BatchConfig | None = None) -> None:
@@ -76,6 +85,7 @@ class Scheduler:
         self._closing = False
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._outbox: list = []  # (job, kind, payload) of the round under way (worker thread only)
 
     # ---- the event loop's side
     def start(self) -> None:
@@ -181,6 +191,7 @@ class Scheduler:
                 if job not in running and not job.cancelled and not job.finished:
                     if self._join(job, batch):
                         running.add(job)
+            self._flush()
             if not len(batch):
                 continue
             events, stats = batch.round()
@@ -199,6 +210,32 @@ class Scheduler:
                     batch.remove(job)
                     running.discard(job)
                     job.request = None
+            self._flush(wait=0.01)
+
+    def _send(self, job: Job, kind: str, payload: Any = None) -> None:
+        """Queue an event for the request's event loop; ``_flush`` hands a round's events over at once."""
+        self._outbox.append((job, kind, payload))
+
+    def _flush(self, wait: float = 0.0) -> None:
+        """Deliver the queued events: one wake-up of each event loop per round, not one per event.
+        With ``wait``, give the event loop up to that long to write them out before the next pass:
+        the passes' threads share the cores with it, and a thread of a pass that the event loop
+        preempts holds up the other at the pass's next barrier."""
+        by_loop: dict = {}
+        for job, kind, payload in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job, kind, payload))
+        self._outbox = []
+        waits = []
+        for loop, items in by_loop.items():
+            handled = threading.Event() if wait else None
+            try:
+                loop.call_soon_threadsafe(_deliver, items, handled)
+            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+                continue
+            if handled is not None:
+                waits.append(handled)
+        for handled in waits:
+            handled.wait(wait)
 
     def _join(self, job: Job, batch: Batch) -> bool:
         """Start a request (its prompt is tokenized and checked here) and add it to the batch."""
@@ -213,7 +250,7 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001
             self._error(job, exc)
             return False
-        job.post("started")
+        self._send(job, "started")
         return True
 
     def _chunk(self, job: Job, step) -> None:
@@ -232,7 +269,7 @@ class Scheduler:
             if job.first_token is None and chunk.tokens:
                 job.first_token = time.perf_counter()
                 m.ttft.labels(p.method).observe(job.first_token - job.arrived)
-            job.post("chunk", chunk)
+            self._send(job, "chunk", chunk)
         if done:
             self._done(job, job.request.result())
 
@@ -257,7 +294,7 @@ class Scheduler:
         m.latency.labels(p.method).observe(time.perf_counter() - job.arrived)
         if gen.stats.seconds > 0:
             m.speed.labels(p.method).observe(gen.stats.tokens_per_second)
-        job.post("done", gen)
+        self._send(job, "done", gen)
 
     def _fail(self, job: Job, error: APIError) -> None:
         with self._cond:
@@ -266,4 +303,4 @@ class Scheduler:
             job.finished = True
             self._remove(job)
         self.metrics.requests.labels(job.plan.method, "error").inc()
-        job.post("error", error)
+        self._send(job, "error", error)
