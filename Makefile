@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test bench benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
+.PHONY: install demo test bench bench-serve benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: $(STAMP) $(LLAMA_STAMP)
 BENCH_ARGS ?= --data mtbench-like,gsm8k,grounded,humaneval --limit 10 --max-new-tokens 128 --baseline llamacpp
 bench: $(STAMP) $(LLAMA_STAMP)
 	$(BIN)/polyverse bench $(BENCH_ARGS) --out bench-out
+
+# serving: polyverse serve at 1, 4 and 16 streaming clients, and vLLM's CPU build on the same load where
+# `make vllm-env` made it (about 10 minutes here)
+bench-serve: $(STAMP)
+	$(BIN)/polyverse bench serve --clients 1,4,16 --duration 30 --max-tokens 64 --out benchmarks/serving
 
 # regenerate BENCHMARKS.md's section of this run, and its plots (benchmarks/lean-bf16/); then the pass
 # costs and the weight types' departures from fp32 greedy (their tables are pasted by hand)
