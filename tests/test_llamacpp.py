@@ -143,3 +143,13 @@ def test_amx_cpus_are_detected_from_cpuinfo(tmp_path):
     info.write_text("flags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_int8 amx_tile\n")
     assert _cpu_has_amx(str(info))
     assert not _cpu_has_amx(str(tmp_path / "missing"))
+
+
+@pytest.mark.bundled
+def test_sessions_share_the_loaded_weights_and_decode_alike(llm, references):
+    """A session is a context of its own over the same loaded model (not a second copy of it), and
+    requests batched through sessions (one pass each per round) get llama.cpp greedy's tokens."""
+    twin = llm.session()
+    assert twin.backend.weights is llm.backend.weights and twin.backend.ctx != llm.backend.ctx
+    got = llm.generate_batch(PROMPTS, method="auto", max_new_tokens=48, concurrency=3)
+    assert [g.token_ids for g in got] == [references[p].token_ids for p in PROMPTS]

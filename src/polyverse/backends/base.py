@@ -67,7 +67,8 @@ class Backend(Protocol):
         where this backend cannot move."""
 
     # optional: ``forward_many(parts)``, a static method: one pass over several sessions of the same
-    # weights, parts of (session, feed, logits_for) -> one Logits per part (``forward_many`` below)
+    # weights, parts of (session, feed, logits_for) -> one Logits per part (``forward_many`` below),
+    # and ``shares_passes``, True where it really runs them in one pass
 
     def cost_key(self) -> str:
         """What identifies this backend's pass costs apart from the model's name: its kind, weights

@@ -51,23 +51,18 @@ def _cpu_has_amx(cpuinfo: str = features.SYSTEM) -> bool:
 class LlamaCppBackend:
     """A GGUF model in a llama.cpp context (unified KV cache, up to MAX_SEQS sequences)."""
 
-    def __init__(self, gguf: str | os.PathLike, n_ctx: int = 2048, n_batch: int = 512, threads: int | None = None) -> None:
+    def __init__(self, gguf: str | os.PathLike, n_ctx: int = 2048, n_batch: int = 512, threads: int | None = None,
+                 weights: "_Weights | None" = None) -> None:
+        """``weights``: the loaded model of another backend over the same file to share (``session``)."""
         ll = _lib()
         self.ll = ll
         path = Path(gguf)
-        if not path.is_file():
-            raise ConfigError(f"no GGUF file {path}")
-        ll.llama_backend_init()
-        ll.llama_log_set(_QUIET, ctypes.c_void_p(0))
-        mparams = ll.llama_model_default_params()
-        if _cpu_has_amx() and hasattr(mparams, "use_extra_bufts"):
-            # ggml stores weights in an AMX tile layout on such CPUs, and its AMX matmul crashed
-            # llama_decode (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36, an AMX Xeon
-            # VM): keep the plain CPU layout, which gives the same greedy tokens
-            mparams.use_extra_bufts = False
-        self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
-        if not self.model:
-            raise ConfigError(f"llama.cpp cannot load {path}")
+        if weights is None:
+            if not path.is_file():
+                raise ConfigError(f"no GGUF file {path}")
+            weights = _Weights(ll, path)
+        self.weights = weights  # kept alive as long as any context over it
+        self.model = weights.model
         cparams = ll.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
@@ -116,9 +111,10 @@ class LlamaCppBackend:
         return f"llamacpp|{self.path.resolve()}|{self.path.stat().st_size}"
 
     def session(self) -> "LlamaCppBackend":
-        """A backend with an empty cache over the same GGUF file (a context and a copy of the weights
-        of its own), with this one's context size, batch and threads."""
-        return LlamaCppBackend(self.path, n_ctx=self.max_length, n_batch=self._n_batch, threads=self._threads)
+        """A backend with an empty cache over the same loaded weights (a llama.cpp context of its own),
+        with this one's context size, batch and threads."""
+        return LlamaCppBackend(self.path, n_ctx=self.max_length, n_batch=self._n_batch, threads=self._threads,
+                               weights=self.weights)
 
     def moved(self, device: torch.device) -> "LlamaCppBackend":
         raise ConfigError("only the transformers backend can move to another device")
@@ -279,6 +275,30 @@ class LlamaCppBackend:
         try:
             self.ll.llama_batch_free(self._batch)
             self.ll.llama_free(self.ctx)
+        except Exception:
+            pass
+
+
+class _Weights:
+    """A GGUF file loaded once by llama.cpp, shared by the contexts of every session over it; freed
+    when the last backend holding it goes."""
+
+    def __init__(self, ll, path: Path) -> None:
+        self.ll = ll
+        ll.llama_backend_init()
+        ll.llama_log_set(_QUIET, ctypes.c_void_p(0))
+        mparams = ll.llama_model_default_params()
+        if _cpu_has_amx() and hasattr(mparams, "use_extra_bufts"):
+            # ggml stores weights in an AMX tile layout on such CPUs, and its AMX matmul crashed
+            # llama_decode (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36, an AMX Xeon
+            # VM): keep the plain CPU layout, which gives the same greedy tokens
+            mparams.use_extra_bufts = False
+        self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise ConfigError(f"llama.cpp cannot load {path}")
+
+    def __del__(self) -> None:
+        try:
             self.ll.llama_model_free(self.model)
         except Exception:
             pass

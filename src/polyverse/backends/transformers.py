@@ -152,6 +152,11 @@ class TransformersBackend:
             visible = additive_mask(feed.parents, past, torch.float32, context)[0, 0] == 0  # [q, past + q]
         return ids, pos, visible
 
+    @property
+    def shares_passes(self) -> bool:
+        """Whether ``forward_many`` runs sessions of these weights in one pass (the lean CPU pass)."""
+        return self.lean is not None
+
     @staticmethod
     @torch.inference_mode()
     def forward_many(parts: "Sequence[tuple[TransformersBackend, Feed, Sequence[int] | None]]") -> list[Logits]:

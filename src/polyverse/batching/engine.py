@@ -180,10 +180,15 @@ class Batch:
         left = cfg.prefill_chunk if cfg.prefill_chunk else None
         prompt_rows = 0
         for key, s in list(self._shared.items()):
-            if not s.decoding.prefilling or (left is not None and left <= 0):
+            if not s.decoding.prefilling:
+                continue
+            # a backend that runs a pass per request gets whole prompts: its passes are not shared,
+            # and a prompt in pieces may not give the bits of a prompt in one pass there (llama.cpp)
+            whole = not getattr(s.decoding.backend, "shares_passes", False)
+            if not whole and left is not None and left <= 0:
                 continue
             try:
-                feed, rows = s.decoding.feed(limit=left)
+                feed, rows = s.decoding.feed(limit=None if whole else left)
             except Exception as exc:  # noqa: BLE001
                 events.append(Event(key, error=exc))
                 self.remove(key)
@@ -191,7 +196,7 @@ class Batch:
             parts.append((s.decoding.backend, feed, rows))
             owners.append(key)
             prompt_rows += len(feed)
-            if left is not None:
+            if left is not None and not whole:
                 left -= len(feed)
         # decoding requests: their drafts, cut to the budget where they decode greedily
         proposed: list[tuple[Hashable, _Shared, object]] = []
@@ -205,8 +210,10 @@ class Batch:
                 self.remove(key)
         cut = [i for i, (_, s, _) in enumerate(proposed) if s.decoding.config.sampling.greedy]
         depths = {}
-        # a request alone in its pass drafts as it would alone (its method weighs its own rows)
-        shared = len(proposed) > 1 or prompt_rows > 0
+        # a request alone in its pass drafts as it would alone (its method weighs its own rows); so does
+        # every request on a backend that runs a pass per request (the budget prices rows of one pass)
+        shared = (len(proposed) > 1 or prompt_rows > 0) and all(
+            getattr(s.decoding.backend, "shares_passes", False) for _, s, _ in proposed)
         if cfg.budget and self.curve is not None and cut and shared:
             fixed = [i for i in range(len(proposed)) if i not in set(cut)]
             base_rows = prompt_rows + len(proposed) + sum(len(proposed[i][2]) for i in fixed)
