@@ -67,6 +67,9 @@ class Stream:
         return self._holder["generation"]
 
 
+OFFLINE_PREFILL_CHUNK = 256  # prompt tokens per pass in generate_many (the server's default is 64)
+
+
 class Request:
     """One request of a batch: its session, its decoding or its runner's steps, and the text and
     statistics built from the steps the batch hands back (``push``), as ``Model.stream`` builds them."""
@@ -289,7 +292,8 @@ class Model:
     def generate_many(self, prompts: Sequence, *, concurrency: int = 16, batch: "BatchConfig | None" = None,
                       **kwargs) -> Iterator[tuple[int, "Generation"]]:
         """Generate for every prompt, ``concurrency`` requests sharing each pass (arguments as
-        ``generate``, the same for every prompt; ``kwargs["seed"]`` seeds prompt i with seed + i).
+        ``generate``, the same for every prompt; ``kwargs["seed"]`` seeds prompt i with seed + i;
+        ``batch``: how passes are shared, default prompt chunks of ``OFFLINE_PREFILL_CHUNK`` tokens).
         Yields (index, Generation) as requests finish, not in order. A prompt that fails (too long
         for the context, ...) raises before any is decoded."""
         from .batching import Batch
@@ -301,7 +305,11 @@ class Model:
         made = [make(i) for i in range(min(concurrency, len(prompts)))]
         for i in range(len(made), len(prompts)):  # the rest are checked now, built when a slot frees
             self._check(prompts[i], kwargs)
-        engine = Batch(self.pass_costs() if (batch is None or batch.budget) else None, batch)
+        if batch is None:  # offline: no one waits for a first token, and long prompt chunks pass best
+            from .batching import BatchConfig
+
+            batch = BatchConfig(prefill_chunk=OFFLINE_PREFILL_CHUNK)
+        engine = Batch(self.pass_costs() if batch.budget else None, batch)
         running: dict[int, Request] = {}
         nxt = 0
         for r in made:
