@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -265,29 +266,16 @@ class Model:
         ctx = MethodContext(self.backend, gen_cfg.sampling, gen, self, gen_cfg, on_update)
         return ids, spec.build(method_cfg, ctx), gen_cfg, gen
 
-    def request(
-        self,
-        prompt: str | Sequence[dict] | Sequence[int],
-        *,
-        method: str = "ar",
-        options: dict[str, Any] | None = None,
-        chat: bool | None = None,
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-        generator=None,
-        on_update=None,
-    ) -> "Request":
+    def request(self, prompt: str | Sequence[dict] | Sequence[int], **kwargs) -> "Request":
         """One request to run in a ``Batch`` with others (arguments as ``stream``), on a session of its
         own: the batch drives its decoding (``request.decoding``) or its runner's steps
         (``request.steps``); ``request.push(step)`` turns each of its steps into a Chunk."""
+        args = inspect.signature(Model.stream).bind(self, prompt, **kwargs)  # stream's names and defaults
+        args.apply_defaults()
+        del args.arguments["self"]
         session = self.session()
-        ids, runner, gen_cfg, gen = session._prepare(prompt, method, options, chat, max_new_tokens, temperature,
-                                                     top_k, top_p, seed, stop, generator, on_update)
-        return Request(session, ids, runner, gen_cfg, gen, method)
+        ids, runner, gen_cfg, gen = session._prepare(**args.arguments)
+        return Request(session, ids, runner, gen_cfg, gen, args.arguments["method"])
 
     def generate_many(self, prompts: Sequence, *, concurrency: int = 16, batch: "BatchConfig | None" = None,
                       **kwargs) -> Iterator[tuple[int, "Generation"]]:

@@ -145,8 +145,7 @@ class Decoding:
         self._started = False
         self._chunk = 0  # prompt tokens in the pass under way (0: a decoding pass)
         self._draft: Draft | None = None
-        self.last_draft: Draft = Draft.empty()  # what the last decoding pass fed and verified
-        self.last_verdict: Verdict | None = None
+        self.last_verdict: Verdict | None = None  # the last decoding pass's verification
         self._t0 = 0.0
 
     @property
@@ -195,7 +194,7 @@ class Decoding:
             return None
         draft = self._draft
         verdict = verify(draft, logits, self.config.sampling, self.generator)
-        self.last_draft, self.last_verdict = draft, verdict
+        self.last_verdict = verdict
         self.backend.commit([0] + [i + 1 for i in verdict.accepted])
         tokens = list(verdict.tokens)
         room = self.room

@@ -215,7 +215,8 @@ class Batch:
         shared = (len(proposed) > 1 or prompt_rows > 0) and all(
             getattr(s.decoding.backend, "shares_passes", False) for _, s, _ in proposed)
         if cfg.budget and self.curve is not None and cut and shared:
-            fixed = [i for i in range(len(proposed)) if i not in set(cut)]
+            cutting = set(cut)
+            fixed = [i for i in range(len(proposed)) if i not in cutting]
             base_rows = prompt_rows + len(proposed) + sum(len(proposed[i][2]) for i in fixed)
             alphas = [self._alpha(proposed[i][1]) for i in cut]
             got = allocate([proposed[i][2] for i in cut], alphas, base_rows, self.curve,

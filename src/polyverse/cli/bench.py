@@ -23,7 +23,7 @@ from rich.table import Table
 
 from ..errors import ConfigError, PolyverseError
 from ..registry import registry
-from .common import DTYPE_OPTION, clean_exit, err, fail, option_value, progress
+from .common import DTYPE_OPTION, clean_exit, err, fail, int_list, option_value, progress
 
 bench_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 
@@ -280,86 +280,6 @@ def bench_dtypes(
     Console(width=max(Console().width, 120)).print(dtypes.markdown(rows, cpu_name(), max_new_tokens))
 
 
-@bench_app.command("load")
-def bench_load(
-    clients: int = typer.Option(32, "--clients", help="Concurrent streaming clients."),
-    duration: float = typer.Option(60.0, "--duration", help="Seconds during which clients start requests."),
-    drain: float = typer.Option(120.0, "--drain", help="Seconds requests under way at the end may still take."),
-    max_tokens: int = typer.Option(32, "--max-tokens", help="max_tokens of every request."),
-    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
-    method: str = typer.Option("auto", "--method", help="Method the server decodes with."),
-    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Server slots (default: --clients)."),
-    idle: float = typer.Option(5.0, "--idle", help="Seconds of idle before memory is read again."),
-    warm_clients: int = typer.Option(0, "--warm-clients", help="Concurrent warm-up requests before the start figure "
-                                     "(0: as many as --clients; 1: one)."),
-    rss_slack_mib: float = typer.Option(32.0, "--rss-slack-mib", help="How far above its start memory may stay."),
-    rounds: int = typer.Option(1, "--rounds", help="Load rounds against the same server (memory after each: a leak grows)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Also write the figures here as JSON."),
-) -> None:
-    """Concurrent streaming clients against `polyverse serve`: throughput, latency, memory (exit 1 on a failure or a leak)."""
-    from ..bench.load import LoadConfig, passed, run
-
-    with clean_exit("interrupted: the server was stopped, nothing written"):
-        cfg = LoadConfig(clients=clients, duration=duration, drain=drain, max_tokens=max_tokens, model=model,
-                         method=method, max_concurrent=max_concurrent, idle=idle, warm_clients=warm_clients,
-                         rss_slack_mib=rss_slack_mib, rounds=rounds)
-        registry.get(method)  # an unknown method fails before the server starts
-        with progress() as bar:
-            task = bar.add_task("starting the server", total=cfg.rounds * cfg.duration)
-            fig = run(cfg, tick=lambda done, what: bar.update(task, completed=done, description=what),
-                      log=lambda line: err.print(line, highlight=False))
-    typer.echo(json.dumps(fig, indent=1))
-    if out:
-        Path(out).write_text(json.dumps(fig, indent=1) + "\n")
-    if not passed(fig):
-        raise typer.Exit(1)
-
-
-@bench_app.command("serve")
-def bench_serve(
-    clients: str = typer.Option("1,4,16", "--clients", help="Concurrent streaming client counts, comma-separated."),
-    duration: float = typer.Option(30.0, "--duration", help="Seconds of load per client count."),
-    max_tokens: int = typer.Option(64, "--max-tokens", help="max_tokens of every request."),
-    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name or HF model directory."),
-    method: str = typer.Option("auto", "--method", help="Method polyverse serves with."),
-    dtype: Optional[str] = DTYPE_OPTION,
-    data: str = typer.Option("mtbench-like", "--data", help="Prompt set (chat prompts): mtbench-like, gsm8k, humaneval, grounded."),
-    limit: int = typer.Option(20, "--limit", help="Prompts of the set (they go round the clients)."),
-    vllm: bool = typer.Option(True, "--vllm/--no-vllm", help="Also run vLLM's CPU build on the same load (where `make vllm-env` made it)."),
-    vllm_python: Optional[str] = typer.Option(None, "--vllm-python", help="The vLLM environment's python (default .venv-vllm/bin/python)."),
-    vllm_dtype: str = typer.Option("float32", "--vllm-dtype", help="vLLM's weight type: float32 or bfloat16."),
-    out: str = typer.Option("bench-serve", "--out", help="Folder for results.json, report.md and serving.png."),
-) -> None:
-    """Serving throughput and latency at several client counts: polyverse serve, and vLLM's CPU build as a peer."""
-    from ..bench import serve
-    from ..bench.data import raw_prompts
-
-    with clean_exit("interrupted: the servers were stopped, nothing written"):
-        try:
-            counts = tuple(int(c) for c in clients.split(",") if c.strip())
-        except ValueError:
-            raise ConfigError(f"--clients takes comma-separated integers, got '{clients}'") from None
-        if vllm_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"--vllm-dtype must be float32 or bfloat16, got '{vllm_dtype}'")
-        registry.get(method)
-        cfg = serve.ServeBenchConfig(clients=counts, duration=duration, max_tokens=max_tokens, model=model,
-                                     method=method, dtype=dtype, prompts=data, limit=limit, vllm=vllm,
-                                     vllm_python=vllm_python, vllm_dtype=vllm_dtype)
-        rows, _ = raw_prompts(data, limit)
-        prompts = [p for _, p in rows if isinstance(p, str)]
-        if not prompts:
-            raise ConfigError(f"set '{data}' has no plain-text prompts")
-        with progress() as bar:
-            task = bar.add_task("starting", total=None)
-            fig = serve.run(cfg, prompts, tick=lambda what: bar.update(task, description=what),
-                            log=lambda line: err.print(line, highlight=False))
-        serve.write(fig, Path(out))
-    typer.echo(serve.report(fig))
-    typer.echo(f"written: {out}/results.json, report.md, serving.png")
-    if not serve.passed(fig):
-        raise typer.Exit(1)
-
-
 @bench_app.command("ar-jacobi")
 def bench_ar_jacobi(
     prompts: int = typer.Option(8, "--prompts", help="GSM8K dev questions (a few fixed prompts without the shared data)."),
@@ -376,10 +296,7 @@ def bench_ar_jacobi(
     from ..bench import ar_jacobi
 
     with clean_exit("interrupted: nothing written"):
-        try:
-            sizes = [int(b) for b in blocks.split(",") if b.strip()]
-        except ValueError:
-            raise ConfigError(f"--blocks takes comma-separated integers, got '{blocks}'") from None
+        sizes = list(int_list(blocks, "--blocks"))
         if not sizes or min(sizes) < 1:
             raise ConfigError("--blocks takes positive block sizes, e.g. 4,16")
         if prompts < 1 or max_new_tokens < 1:
@@ -427,10 +344,7 @@ def bench_llamacpp_batch(
     from ..bench.llamacpp_peer import available, f16_gguf, source_gguf
 
     with clean_exit("interrupted: nothing written"):
-        try:
-            sizes = tuple(int(k) for k in ks.split(",") if k.strip())
-        except ValueError:
-            raise ConfigError(f"--ks takes comma-separated integers, got '{ks}'") from None
+        sizes = int_list(ks, "--ks")
         cfg = BatchConfig(max_new_tokens=max_new_tokens, ks=sizes)
         raw_prompts(data, limit)
         if not available():
@@ -502,15 +416,13 @@ def bench_multiverse(
         return
 
     try:
-        counts = [int(p) for p in paths.split(",") if p.strip()]
+        counts = int_list(paths, "--paths")
         if not counts or min(counts) < 1:
             raise ConfigError("--paths takes positive counts, e.g. 2,4,8")
         if path_tokens < 16:
             raise ConfigError("--path-tokens must be at least 16")
     except PolyverseError as exc:
         fail(str(exc))
-    except ValueError:
-        fail(f"--paths takes comma-separated integers, got '{paths}'")
     from ..api import load
 
     lm = load(model)
@@ -524,3 +436,6 @@ def bench_multiverse(
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps([asdict(r) | {"degree": r.degree, "speedup": r.speedup} for r in rows], indent=1))
+
+
+from . import bench_serving  # noqa: E402,F401  (bench load, bench serve: registered on bench_app)

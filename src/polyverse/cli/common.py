@@ -56,6 +56,18 @@ def key_values(method: Method, items: list[str]) -> dict[str, Any]:
     return options
 
 
+def int_list(text: str, flag: str) -> tuple[int, ...]:
+    """Comma-separated integers of an option, or a ConfigError naming it.
+
+    >>> int_list("1, 4,16", "--clients")
+    (1, 4, 16)
+    """
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got '{text}'") from None
+
+
 def progress():
     """A progress bar on stderr (stdout stays for results): description, bar, n/total, elapsed, left."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

@@ -47,23 +47,15 @@ def read_prompts(path: Path) -> list[tuple[str, Any]]:
 
 
 def written_ids(path: Path) -> set[str]:
-    """Ids already in the output; a torn last line (a killed write) is cut off first."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(end)
-    ids = set()
-    for n, line in enumerate(data[:end].splitlines(), 1):
-        if line.strip():
-            try:
-                ids.add(str(json.loads(line)["id"]))
-            except (ValueError, KeyError, TypeError):
-                raise ConfigError(f"{path}:{n}: not an output line of polyverse generate (no 'id'): "
-                                  "name another --output") from None
-    return ids
+    """Ids already in the output (``train.distill.done_ids``: a torn last line is cut off first); a
+    clear error when the file is not an output of this command."""
+    from ..train.distill import done_ids
+
+    try:
+        return done_ids(path)
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} holds lines that are not polyverse generate output (no 'id'): "
+                          "name another --output") from None
 
 
 def run(lm, rows: list[tuple[str, Any]], output: Path, concurrency: int, kwargs: dict, tick=None) -> dict:
