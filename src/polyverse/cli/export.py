@@ -1,4 +1,5 @@
-"""`polyverse export gguf`: write a model (adapters merged) as a GGUF file for llama.cpp."""
+"""`polyverse export gguf|hf`: write a model (adapters merged) as a GGUF file for llama.cpp, or as a
+Hugging Face directory (safetensors) for vLLM and other engines."""
 
 from __future__ import annotations
 
@@ -41,3 +42,28 @@ def export_gguf_cmd(
             task = bar.add_task("export", total=n)
             export_gguf(lm, Path(out), qtype, source, tick=lambda name: bar.update(task, advance=1, description=name))
     typer.echo(f"wrote {out} ({Path(out).stat().st_size / 2**20:.1f} MiB, {qtype})")
+
+
+@export_app.command("hf")
+def export_hf_cmd(
+    out: str = typer.Option(..., "--out", help="The folder to write (config, safetensors weights, tokenizer)."),
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF directory or .gguf file."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter merged into the weights (e.g. cllm-gsm8k)."),
+) -> None:
+    """Hugging Face directory of the model with the adapter merged (fp32 safetensors): what vLLM,
+    transformers and other engines load as a plain model."""
+    with clean_exit():
+        target = Path(out)
+        if target.exists() and any(target.iterdir()):
+            raise ConfigError(f"--out {out} exists and is not empty")
+        from ..api import load
+
+        lm = load(model, adapter=adapter)
+        with progress() as bar:
+            task = bar.add_task("export", total=2)
+            target.mkdir(parents=True, exist_ok=True)
+            lm.hf_model.save_pretrained(target, safe_serialization=True)
+            bar.update(task, advance=1)
+            lm.tokenizer.save_pretrained(target)
+            bar.update(task, advance=1)
+    typer.echo(f"wrote {out} (model{' + ' + adapter if adapter else ''}, safetensors)")

@@ -23,6 +23,7 @@ from ..config import GenerationConfig, SamplingConfig
 from ..errors import ConfigError
 from ..options import OptionSpec
 from ..registry import Method, registry
+from . import cluster
 from .common import DTYPE_OPTION, clean_exit, key_values, option_value
 
 
@@ -93,6 +94,10 @@ def _after_flags(
     output: Optional[str] = typer.Option(None, "--output", help="JSONL written with --input, one line per prompt as it "
                                          "finishes; rerunning skips the ids already there."),
     concurrency: int = typer.Option(32, "--concurrency", help="With --input: prompts decoded together, sharing each pass."),
+    ray: Optional[str] = cluster.RAY_OPTION,
+    workers: Optional[int] = cluster.WORKERS_OPTION,
+    worker_threads: int = cluster.WORKER_THREADS_OPTION,
+    shard_size: int = cluster.SHARD_SIZE_OPTION,
 ) -> None:
     """generate's own options that its help lists after the method flags."""
 
@@ -133,7 +138,8 @@ class Generate:
 def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool], max_new_tokens: int, temperature: float,
              top_k: int, top_p: float, seed: Optional[int], stop: list[str], option: list[str], as_json: bool,
              adapter: Optional[str], backend: str, flags: list[tuple[MethodFlag, Any]], dtype: Optional[str] = None,
-             input: Optional[str] = None, output: Optional[str] = None, concurrency: int = 32) -> None:
+             input: Optional[str] = None, output: Optional[str] = None, concurrency: int = 32, ray: Optional[str] = None,
+             workers: Optional[int] = None, worker_threads: int = 1, shard_size: int = 16) -> None:
     """The command body: ``flags`` are the given method flags with their values."""
     with clean_exit("interrupted: finished prompts are written; rerun the same command to resume" if input else "interrupted"):
         if input is not None or output is not None:
@@ -145,6 +151,9 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
                 raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
         elif prompt is None:
             raise ConfigError("give a prompt, or --input prompts.jsonl --output out.jsonl")
+        if ray is not None and input is None:
+            raise ConfigError("--ray runs --input files (a single prompt runs here)")
+        cluster.check(ray, workers, worker_threads, shard_size)
         if prompt is not None and not prompt.strip():
             raise ConfigError("the prompt is empty")
         GenerationConfig(max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p), stop=tuple(stop))
@@ -166,6 +175,19 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
             from . import generate_file
 
             rows = generate_file.read_prompts(Path(input))
+            if ray is not None:
+                from ..offline.work import JobSpec
+
+                kwargs = dict(method=method, options=options, chat=chat, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=tuple(stop),
+                              concurrency=concurrency)
+                spec = JobSpec("generate", model, {"adapter": adapter, "backend": backend, "dtype": dtype}, kwargs)
+                counts = cluster.run(spec, rows, Path(output), generate_file.written_ids(Path(output)), ray, workers,
+                                     worker_threads, shard_size, "generate")
+                typer.echo(json.dumps({**counts, "output": output}) if as_json else
+                           f"{counts['written']} written, {counts['skipped']} already there ({counts['shards']} shards, "
+                           f"{counts['redone']} redone after a lost worker) -> {output}")
+                return
             lm = load(model, adapter=adapter, progress=not as_json, backend=backend, dtype=dtype)
             kwargs = dict(method=method, options=options, chat=chat, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)

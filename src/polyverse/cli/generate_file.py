@@ -1,5 +1,6 @@
 """`polyverse generate --input prompts.jsonl --output out.jsonl`: every line's prompt decoded, many
-at a time sharing each forward pass (``Model.generate_many``), written as each finishes.
+at a time sharing each forward pass (``Model.generate_many``), written in the input's order (a
+prompt that finishes early waits for the earlier ones).
 
 Input lines are JSON objects with a ``prompt`` (text), ``question`` (text, as in GSM8K files) or
 ``messages`` (a chat), and an optional ``id`` (default: the line number). Output lines hold the id,
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..offline.ordered import in_order
 
 
 def read_prompts(path: Path) -> list[tuple[str, Any]]:
@@ -58,6 +60,13 @@ def written_ids(path: Path) -> set[str]:
                           "name another --output") from None
 
 
+def output_line(rid: str, gen) -> str:
+    """One output line: the id, the text, token ids, finish reason and statistics."""
+    row = {"id": rid, **gen.to_dict()}
+    row["stats"].pop("accepted_per_pass", None)
+    return json.dumps(row) + "\n"
+
+
 def run(lm, rows: list[tuple[str, Any]], output: Path, concurrency: int, kwargs: dict, tick=None) -> dict:
     """Decode the rows whose ids are not in ``output`` yet, appending one line per finished prompt.
     Returns counts: written, skipped, and the tokens and seconds of this run."""
@@ -73,10 +82,8 @@ def run(lm, rows: list[tuple[str, Any]], output: Path, concurrency: int, kwargs:
     output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with output.open("a", encoding="utf-8") as out:
-        for i, gen in lm.generate_many([p for _, p in todo], concurrency=concurrency, **kwargs):
-            row = {"id": todo[i][0], **gen.to_dict()}
-            row["stats"].pop("accepted_per_pass", None)
-            out.write(json.dumps(row) + "\n")
+        for i, gen in in_order(lm.generate_many([p for _, p in todo], concurrency=concurrency, **kwargs)):
+            out.write(output_line(todo[i][0], gen))
             out.flush()
             os.fsync(out.fileno())
             counts["written"] += 1

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ConfigError
+from . import cluster
 from .common import DECAY_FROM_OPTION, SCHEDULE_OPTION, clean_exit, fit_and_save, gsm8k_default, progress, question_rows
 
 train_app = typer.Typer(no_args_is_help=True, help="Training pipelines (CLLM consistency distillation, SPACE SFT).")
@@ -79,6 +80,10 @@ def distill_cmd(
     batch: int = typer.Option(0, "--batch", help="0: questions through --method (exactly greedy); N: N "
                               "questions per transformers `generate` call (for a GPU; greedy up to rounding)."),
     device: str = typer.Option("cpu", "--device", help="With --batch: where the model runs (cpu, cuda, cuda:1 ...)."),
+    ray: Optional[str] = cluster.RAY_OPTION,
+    workers: Optional[int] = cluster.WORKERS_OPTION,
+    worker_threads: int = cluster.WORKER_THREADS_OPTION,
+    shard_size: int = cluster.SHARD_SIZE_OPTION,
 ) -> None:
     """Self-distillation data: the model's own greedy answers, as training data for SPACE and CLLM fit."""
     from pathlib import Path
@@ -94,12 +99,26 @@ def distill_cmd(
             raise ConfigError("--device needs --batch (one-at-a-time distillation decodes on the CPU)")
         if batch and backend != "transformers":
             raise ConfigError("--batch needs --backend transformers")
+        if ray is not None and batch:
+            raise ConfigError("--ray runs questions through --method; --batch is for one GPU")
+        cluster.check(ray, workers, worker_threads, shard_size)
         rows = question_rows(data or gsm8k_default("gsm8k_train.jsonl"), limit, offset)
         from ..api import load
         from ..registry import registry
 
         _check_device(device)
         registry.get(method)  # an unknown method fails before the model loads
+        if ray is not None:
+            from ..offline.work import JobSpec
+            from ..train.distill import done_ids
+
+            spec = JobSpec("distill", model, {"backend": backend},
+                           {"method": method, "max_new_tokens": max_new_tokens, "concurrency": concurrency, "chat": chat})
+            counts = cluster.run(spec, [(pid, p) for pid, p, _ in rows], Path(out), done_ids(Path(out)), ray, workers,
+                                 worker_threads, shard_size, "distill")
+            typer.echo(f"{counts['written']} answers written ({counts['skipped']} already there; {counts['shards']} "
+                       f"shards, {counts['redone']} redone after a lost worker) -> {out}")
+            return
         lm = load(model, backend=backend)
         if batch:
             lm.to(device)
@@ -126,6 +145,10 @@ def cllm_collect(
     offset: int = typer.Option(0, "--offset", help="Skip this many prompts first."),
     max_run: int = typer.Option(8, "--max-run", help="Drop blocks with this many equal tokens in a row."),
     chat: Optional[bool] = CHAT_OPTION,
+    ray: Optional[str] = cluster.RAY_OPTION,
+    workers: Optional[int] = cluster.WORKERS_OPTION,
+    worker_threads: int = cluster.WORKER_THREADS_OPTION,
+    shard_size: int = cluster.SHARD_SIZE_OPTION,
 ) -> None:
     """Greedy Jacobi on each prompt, recording every state of each block and its fixed point."""
     from pathlib import Path
@@ -134,11 +157,26 @@ def cllm_collect(
 
     with clean_exit("interrupted: prompts already written are kept; rerun the same command to resume"):
         cfg = CollectConfig(block=block, max_new_tokens=max_new_tokens, max_run=max_run)
+        cluster.check(ray, workers, worker_threads, shard_size)
         rows = question_rows(data or gsm8k_default("gsm8k_train.jsonl"), limit, offset)
         from ..api import load
 
         lm = load(model)
         prompts = [(pid, lm.encode(p, chat)) for pid, p, _ in rows]
+        if ray is not None:
+            from dataclasses import asdict
+
+            from ..offline.work import JobSpec
+            from ..train.cllm.collect import FILE, done_prompts, write_summary
+
+            path = Path(out) / FILE
+            spec = JobSpec("collect", model, {}, asdict(cfg))
+            counts = cluster.run(spec, [(pid, list(ids)) for pid, ids in prompts], path, done_prompts(path), ray,
+                                 workers, worker_threads, shard_size, "collect")
+            write_summary(Path(out), cfg, lm.name, path)
+            typer.echo(f"{counts['written']} prompts collected ({counts['skipped']} already done; {counts['shards']} "
+                       f"shards, {counts['redone']} redone after a lost worker) -> {path}")
+            return
         with progress() as bar:
             task = bar.add_task("collect", total=len(prompts))
             counts = collect(lm, prompts, Path(out), cfg, tick=lambda pid, n: bar.update(task, advance=1, description=f"prompt {pid}: {n} blocks"))

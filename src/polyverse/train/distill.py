@@ -10,7 +10,9 @@ model's greedy output, fast) and appends one JSONL row per question:
 The file is the ``prompt``/``response`` format that ``polyverse train space fit --data`` reads;
 rows cut by the token budget (``finish == "length"``) are read there without an end of turn (the
 model's greedy text goes on past the budget, often in a loop, which is what decoding meets too). Each row is one synced write, so a killed run resumes at
-the first question not yet written; a torn last line is cut off.
+the first question not yet written; a torn last line is cut off. Rows are written in the
+questions' order (answers that finish early wait for the earlier ones), so the file is the same
+however many questions were decoded together, in one process or sharded over a cluster.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import ConfigError
+from ..offline.ordered import in_order
 from .cllm.collect import _append
 
 TRUNCATED = "length"
@@ -51,6 +54,18 @@ def done_ids(path: Path) -> set[str]:
     return {str(json.loads(line)["id"]) for line in data[:end].splitlines() if line.strip()}
 
 
+def answers(model, questions: Sequence[str], cfg: DistillConfig, chat: bool | None):
+    """(index, Generation) of each question's greedy answer, in the questions' order (decoded
+    ``cfg.concurrency`` at a time: answers that finish early wait for the earlier ones)."""
+    return in_order(model.generate_many(list(questions), method=cfg.method, chat=chat,
+                                        max_new_tokens=cfg.max_new_tokens, concurrency=cfg.concurrency))
+
+
+def answer_line(qid: str, question: str, gen) -> str:
+    """One output row: the question and the model's answer."""
+    return json.dumps({"id": qid, "prompt": question, "response": gen.text, "finish": gen.finish_reason}) + "\n"
+
+
 def distill(model, questions: Sequence[tuple[str, str]], out: Path, cfg: DistillConfig, chat: bool | None = None,
             tick: Callable[[str, str], None] | None = None) -> dict:
     """Greedy answers of ``model`` (a ``polyverse.Model``) to (id, question) pairs not yet in ``out``.
@@ -69,12 +84,9 @@ def distill(model, questions: Sequence[tuple[str, str]], out: Path, cfg: Distill
         else:
             todo.append((qid, question))
             done.add(qid)
-    answers = model.generate_many([q for _, q in todo], method=cfg.method, chat=chat,
-                                  max_new_tokens=cfg.max_new_tokens, concurrency=cfg.concurrency)
-    for i, gen in answers:  # as they finish: each is written at once, so an interruption loses little
+    for i, gen in answers(model, [q for _, q in todo], cfg, chat):  # each written as soon as it can be
         qid, question = todo[i]
-        row = {"id": qid, "prompt": question, "response": gen.text, "finish": gen.finish_reason}
-        _append(out, [json.dumps(row) + "\n"])
+        _append(out, [answer_line(qid, question, gen)])
         counts["written"] += 1
         counts["truncated"] += gen.finish_reason == TRUNCATED
         if tick:

@@ -146,6 +146,16 @@ def _append(path: Path, lines: list[str]) -> None:
         os.fsync(f.fileno())
 
 
+def prompt_lines(model, pid: str, ids: Sequence[int], cfg: CollectConfig) -> tuple[list[str], list, list]:
+    """One prompt's output lines (its kept blocks, or a marker line when none is kept), the kept
+    blocks and all of them."""
+    with torch.inference_mode():
+        records = collect_prompt(model.backend, pid, ids, cfg, model.eos_token_ids)
+    kept = clean(records, cfg.max_run)
+    lines = [json.dumps(r.to_json()) + "\n" for r in kept] or [json.dumps({"prompt_id": pid, "empty": True}) + "\n"]
+    return lines, kept, records
+
+
 def collect(model, prompts: Sequence[tuple[str, Sequence[int]]], out_dir: Path, cfg: CollectConfig,
             tick: Callable[[str, int], None] | None = None) -> dict:
     """Collect trajectories for every prompt not already in ``out_dir``; returns counts.
@@ -164,9 +174,7 @@ def collect(model, prompts: Sequence[tuple[str, Sequence[int]]], out_dir: Path, 
                 if tick:
                     tick(pid, 0)
                 continue
-            records = collect_prompt(model.backend, pid, ids, cfg, model.eos_token_ids)
-            kept = clean(records, cfg.max_run)
-            lines = [json.dumps(r.to_json()) + "\n" for r in kept] or [json.dumps({"prompt_id": pid, "empty": True}) + "\n"]
+            lines, kept, records = prompt_lines(model, pid, ids, cfg)
             _append(path, lines)
             done.add(pid)
             counts["prompts"] += 1
@@ -177,6 +185,20 @@ def collect(model, prompts: Sequence[tuple[str, Sequence[int]]], out_dir: Path, 
     (out_dir / "collect.json").write_text(json.dumps({"block": cfg.block, "max_new_tokens": cfg.max_new_tokens,
                                                       "max_run": cfg.max_run, "model": model.name, **counts}))
     return counts
+
+
+def write_summary(out_dir: Path, cfg: CollectConfig, model_name: str, path: Path) -> dict:
+    """collect.json for a run whose counts are the file's own (a sharded run: prompts and kept blocks
+    in ``path``; the dropped ones are not recorded there)."""
+    prompts, blocks = set(), 0
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        row = json.loads(line)
+        prompts.add(str(row["prompt_id"]))
+        blocks += not row.get("empty")
+    doc = {"block": cfg.block, "max_new_tokens": cfg.max_new_tokens, "max_run": cfg.max_run, "model": model_name,
+           "prompts": len(prompts), "blocks": blocks}
+    (out_dir / "collect.json").write_text(json.dumps(doc))
+    return doc
 
 
 def read_trajectories(path: Path) -> list[Trajectory]:
