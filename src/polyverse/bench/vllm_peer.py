@@ -32,7 +32,6 @@ SPECULATIVE = {
     "vllm + polyverse auto": {"method": "custom_class", "model": "polyverse.integrations.vllm.Auto",
                               "num_speculative_tokens": 8},
 }
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "bfloat16"}  # vLLM's CPU build has no int8 weights here
 BATCH = 16
 
 
@@ -75,19 +74,21 @@ def same_tokens(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> int:
 
 
 def vllm_rows(python: Path, model_dir: Path, sets: Sequence[BenchSet], max_new_tokens: int, dtype: str,
-              batch: int = BATCH, tick: Callable[[str], None] | None = None) -> tuple[list[ReplayedPeer], dict]:
+              batch: int = BATCH, tick: Callable[[str, bool], None] | None = None) -> tuple[list[ReplayedPeer], dict]:
     """The vLLM rows (greedy first) and the summary of their run: per row and set the tokens/s of
     the prompts run one at a time and how many equal vLLM greedy's output, and the batch's tokens/s."""
     if not (Path(model_dir) / "config.json").exists():
         raise ConfigError(f"vLLM rows need a Hugging Face model directory: '{model_dir}' has no config.json")
-    job = {"model": str(model_dir), "dtype": DTYPES.get(dtype, dtype), "max_model_len": 2048,
+    job = {"model": str(model_dir), "dtype": dtype, "max_model_len": 2048,
            "max_tokens": max_new_tokens, "batch": batch,
            "sets": {s.name: [list(p.ids) for p in s.prompts] for s in sets}}
     results: dict[str, dict] = {}
     for name, spec in [(GREEDY, None), *SPECULATIVE.items()]:
         if tick:
-            tick(f"vLLM: {name}")
+            tick(f"vLLM: {name}", False)
         results[name] = run_job(python, {**job, "speculative": spec})
+        if tick:
+            tick(f"vLLM: {name} done", True)
     rows, summary = [], {"dtype": job["dtype"], "speculative": SPECULATIVE, "batch_requests": batch, "rows": {}}
     greedy = results[GREEDY]
     for name, res in results.items():
@@ -119,7 +120,8 @@ def markdown(summary: dict, depth: int = 2) -> list[str]:
     greedy, ngram = rows.get(GREEDY), rows.get("vllm ngram")
     lines = ["#" * depth + f" vLLM ({summary['dtype']}): one request at a time, and {summary['batch_requests']} together",
              "", "Tokens/s over each set's prompts run one at a time; x: against vLLM greedy / vLLM ngram on the same "
-             "prompts; same: outputs equal to vLLM greedy's.", "",
+             "prompts; same: outputs equal to vLLM greedy's. (The tables above judge every row against polyverse "
+             "`ar` in the run's weight type: vLLM's rows differ from it where the weight types round apart.)", "",
              "| row | " + " | ".join(f"{n} tok/s | x | same" for n in names) + f" | batch of {summary['batch_requests']} tok/s | x | same |",
              "| --- |" + " ---: | ---: | ---: |" * (len(names) + 1)]
     for name, r in rows.items():

@@ -84,13 +84,6 @@ def no_names_but_vllm(peers: str) -> bool:
     return {p.strip() for p in peers.split(",") if p.strip()} == {"vllm"}
 
 
-def vllm_dtype(lm) -> str:
-    """vLLM's weight type for the run's: bf16 where the polyverse rows run bf16 or int8, else fp32."""
-    from ..bench.runner import weight_type
-
-    return "bf16" if weight_type(lm).split()[0] in ("bf16", "int8") else "fp32"
-
-
 def wants_vllm(peers: str, temperature: float) -> bool:
     """Whether --peers names vLLM's rows (greedy only: their outputs are checked against vLLM greedy)."""
     if "vllm" not in {p.strip() for p in peers.split(",")}:
@@ -139,6 +132,9 @@ def bench(
                               "vLLM with polyverse's proposer, in the environment `make vllm-env` makes: only by name)."),
     vllm_python: Optional[str] = typer.Option(None, "--vllm-python", help="The vLLM environment's python for --peers vllm "
                                               "(default .venv-vllm/bin/python)."),
+    vllm_dtype: str = typer.Option("float32", "--vllm-dtype", help="Weight type of the vLLM rows: float32 (the default: "
+                                   "vLLM's CPU passes of several tokens then give its one-token greedy bits, so "
+                                   "speculation is exact) or bfloat16."),
     no_peers: bool = typer.Option(False, "--no-peers", help="No peer rows (polyverse methods only)."),
     peer_gguf: Optional[str] = typer.Option(None, "--peer-gguf", help="GGUF file of the llama.cpp peer instead of the "
                                             "model's F16 export (e.g. a quantised file, or for an HF directory model)."),
@@ -172,6 +168,8 @@ def bench(
         want_generate, llama_source = peer_choice(peers, no_peers, model, peer_gguf, temperature)
         want_vllm = wants_vllm(peers, temperature)
         if want_vllm:
+            if vllm_dtype not in ("float32", "bfloat16"):
+                raise ConfigError(f"--vllm-dtype must be float32 or bfloat16, got '{vllm_dtype}'")
             from ..bench.vllm_server import find_vllm_python
 
             vllm_py = find_vllm_python(vllm_python)
@@ -184,6 +182,8 @@ def bench(
             if llama_source is None:
                 raise ConfigError(f"--baseline {baseline} names the llama.cpp peer, which is not in this run")
             baseline = row_name(llama_source) if peer_gguf else F16_ROW
+        if baseline == "generate" and not want_generate and want_vllm:
+            baseline = "vllm"  # the default baseline is not in this run: vLLM greedy is
         cfg = BenchConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, baseline=baseline)
         if methods.strip():
             wanted = [m.strip() for m in methods.split(",") if m.strip()]
@@ -229,13 +229,13 @@ def bench(
         sets = [load_set(d, lm, limit, chat) for d in set_names]
         vllm_summary = None
         if want_vllm:
-            from ..bench.vllm_peer import GREEDY, SPECULATIVE, vllm_rows
+            from ..bench.vllm_peer import SPECULATIVE, vllm_rows
             from ..models.load import resolve
 
             with progress() as bar:
                 task = bar.add_task("vLLM rows", total=1 + len(SPECULATIVE))
-                rows, vllm_summary = vllm_rows(vllm_py, resolve(model), sets, max_new_tokens, vllm_dtype(lm),
-                                               tick=lambda what: bar.update(task, advance=1 if what != f"vLLM: {GREEDY}" else 0, description=what))
+                rows, vllm_summary = vllm_rows(vllm_py, resolve(model), sets, max_new_tokens, vllm_dtype,
+                                               tick=lambda what, done: bar.update(task, advance=int(done), description=what))
             contenders += rows
         total = sum(len(s.prompts) for s in sets) * len(contenders)
         with progress() as bar:

@@ -91,8 +91,10 @@ class _Request:
 def _runner_request_ids(rows: int) -> list[Any] | None:
     """vLLM's request ids of the batch rows, from the model runner calling ``propose`` (None where the
     caller is not one, as in tests)."""
-    frame = sys._getframe(2)
-    runner = frame.f_locals.get("self") if frame is not None else None
+    try:
+        runner = sys._getframe(2).f_locals.get("self")
+    except ValueError:  # no such caller
+        return None
     ids = getattr(getattr(runner, "input_batch", None), "req_ids", None)
     if ids is None or len(ids) < rows:
         return None
@@ -152,7 +154,9 @@ class _HistoryProposer:
             st.pending, st.pending_at, st.pending_bucket = cand, int(num_tokens_no_spec[i]), bucket
             out[i] = cand[:d]
             fed += 1 + d
-        self.requests = live if len(decoding) == rows else {**self.requests, **live}
+        # states of requests still in the batch (prefilling ones keep theirs); finished ones go
+        present = set(keys)
+        self.requests = {k: v for k, v in {**self.requests, **live}.items() if k in present}
         self._last = (self.clock(), key_set if len(decoding) == rows else None, fed)
         return out
 
