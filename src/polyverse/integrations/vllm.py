@@ -38,18 +38,25 @@ from .step_costs import StepCosts
 NGRAM = 4  # longest suffix matched (`auto`'s default)
 LOOKUP_NGRAM = 3  # `prompt_lookup`'s default
 DECAY = 0.9  # weight kept by old acceptance evidence at each update (`auto`'s default)
+SEED_DECAY = 0.99  # the same, for the estimate over all requests that seeds new ones
+PRIOR_WEIGHT = 2.0  # drafts' worth of evidence a new request's seed counts for
+# a batch drafts only when the sized drafts are expected to write this share more tokens per second
+# than plain decoding: the estimates are noisy, and a pass of a new row count first builds its kernels
+MARGIN = 0.05
 
 
 class _Request:
     """One request's drafting state: its history's n-gram index, alpha per match length, and the
     candidate last proposed (judged against the tokens that follow it)."""
 
-    __slots__ = ("index", "stats", "pending", "pending_at", "pending_bucket")
+    __slots__ = ("index", "stats", "seed", "pending", "pending_at", "pending_bucket")
 
-    def __init__(self, ngram: int) -> None:
+    def __init__(self, ngram: int, seed: dict[int, Acceptance]) -> None:
         self.index = NgramIndex(ngram)
-        # longer suffix matches predict better: a more hopeful prior for them (as `auto`)
-        self.stats = {n: Acceptance(DECAY, 2.0 if n > 1 else 1.0) for n in range(1, ngram + 1)}
+        # a new request starts from what drafts of each match length have done lately for all requests
+        # (worth PRIOR_WEIGHT drafts), then follows its own text
+        self.stats = {n: Acceptance(DECAY, PRIOR_WEIGHT * a.alpha, PRIOR_WEIGHT * (1.0 - a.alpha)) for n, a in seed.items()}
+        self.seed = seed
         self.pending: list[int] = []
         self.pending_at = 0  # history position the candidate's first token predicts
         self.pending_bucket = 0
@@ -75,7 +82,8 @@ class _Request:
         m = 0
         while m < seen and int(got[m]) == self.pending[m]:
             m += 1
-        self.stats[self.pending_bucket].update(m, m + 1 if m < seen else m)
+        for stats in (self.stats, self.seed):
+            stats[self.pending_bucket].update(m, m + 1 if m < seen else m)
         self.pending = []
 
     def candidate(self, k: int) -> tuple[int, list[int]]:
@@ -113,6 +121,8 @@ class _HistoryProposer:
             raise ValueError(f"num_speculative_tokens must be at least 1, got {self.k}")
         self.max_model_len = int(vllm_config.model_config.max_model_len)
         self.requests: dict[Any, _Request] = {}
+        # longer suffix matches predict better: a more hopeful prior for them (as `auto`)
+        self.seed = {n: Acceptance(SEED_DECAY, 2.0 if n > 1 else 1.0) for n in range(1, self.ngram + 1)}
         self.costs = StepCosts()
         self.clock = time.perf_counter  # what steps are timed with (tests script it)
         self._last: tuple[float, tuple, int] | None = None  # (end of last call, its decoding keys, tokens fed)
@@ -138,7 +148,7 @@ class _HistoryProposer:
             row, length = token_ids_cpu[i], int(num_tokens_no_spec[i])
             st = self.requests.get(keys[i])
             if st is None or not st.agrees(row, length):
-                st = _Request(self.ngram)
+                st = _Request(self.ngram, self.seed)
             st.judge(row, length)
             st.index.extend(row[:length])
             live[keys[i]] = st
@@ -170,7 +180,12 @@ class Auto(_HistoryProposer):
         if curve is None:  # the first step: nothing measured yet
             return [min(len(c), 1) for _, c in candidates]
         alphas = [st.stats[b].alpha if b else 0.0 for st, (b, _) in zip(states, candidates)]
-        return allocate(drafts, alphas, len(drafts), curve)
+        depths = allocate(drafts, alphas, len(drafts), curve)
+        rows = len(drafts) + sum(depths)
+        expected = len(drafts) + sum(sum(a ** (d + 1) for d in range(k)) for a, k in zip(alphas, depths))
+        if expected / curve(rows) < (1.0 + MARGIN) * len(drafts) / curve(len(drafts)):
+            return [0] * len(drafts)
+        return depths
 
 
 class PromptLookup(_HistoryProposer):

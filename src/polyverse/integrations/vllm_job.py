@@ -6,8 +6,7 @@ python (polyverse installed there without its dependencies: this module and the 
 nothing that needs them). A job: the model directory, its dtype and context length, the speculative
 config (None: plain decoding), greedy ``max_tokens`` per prompt, prompt sets as token ids, and the
 size of a batch run. The result: per set, each prompt run alone (tokens and seconds), then the
-batch's prompts submitted together (tokens and the batch's seconds), after an untimed batch of
-their first halves.
+batch's prompts submitted together (tokens and the batch's seconds), after the same batch untimed.
 
 Example job: {"model": "/m", "dtype": "float32", "max_model_len": 2048, "max_tokens": 128,
 "speculative": {"method": "custom_class", "model": "polyverse.integrations.vllm.Auto",
@@ -46,9 +45,10 @@ def run(job: dict) -> dict:
         result["single"][name] = rows
     if job.get("batch", 0) > 1:
         chosen = [every[i % len(every)] for i in range(job["batch"])]
-        # warm-up of the batch's shapes (the first pass of each row count builds its kernels) and of
-        # what a proposer learns from a batch's steps, as a running server has
-        generate([p[: max(1, len(p) // 2)] for p in chosen])
+        # the batch once untimed: the first pass of each row count builds its kernels (speculation
+        # meets many row counts, plain decoding few), and a proposer learns what a batch's steps cost,
+        # as in a server that has been running
+        generate(chosen)
         toks, secs = generate(chosen)
         result["batch"] = {"prompts": chosen, "tokens": toks, "seconds": secs}
     return result
