@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test test-vllm test-ray bench bench-serve benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
+.PHONY: install demo test test-vllm test-ray bench-vllm bench bench-serve benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -140,6 +140,11 @@ vllm-env: $(VLLM_STAMP)
 # polyverse's proposer inside vLLM's CPU build: outputs equal to vLLM greedy (a few minutes: vLLM starts three times)
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -m vllm tests/test_vllm_integration.py
+
+# vLLM greedy, vLLM's n-gram speculation and vLLM with polyverse's proposer on chat, grounded and
+# HumanEval prompts, alone and 16 together, beside polyverse's own rows (about 15 minutes)
+bench-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/polyverse bench --peers vllm --methods auto --data mtbench-like,grounded,humaneval --limit 10 --out benchmarks/vllm --markdown BENCHMARKS.md
 
 # offline jobs on a local Ray cluster of two workers, one killed mid-run
 test-ray: $(STAMP)

@@ -40,9 +40,10 @@ LOOKUP_NGRAM = 3  # `prompt_lookup`'s default
 DECAY = 0.9  # weight kept by old acceptance evidence at each update (`auto`'s default)
 SEED_DECAY = 0.99  # the same, for the estimate over all requests that seeds new ones
 PRIOR_WEIGHT = 2.0  # drafts' worth of evidence a new request's seed counts for
-# a batch drafts only when the sized drafts are expected to write this share more tokens per second
-# than plain decoding: the estimates are noisy, and a pass of a new row count first builds its kernels
-MARGIN = 0.05
+# drafts go out only when they are expected to write this share more tokens per second than plain
+# decoding: the estimates are noisy, a pass of a new row count first builds its kernels, and vLLM
+# turns its asynchronous scheduling off for any proposer (a cost per step the curve cannot show)
+MARGIN = 0.10
 
 
 class _Request:
