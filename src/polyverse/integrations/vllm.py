@@ -172,6 +172,11 @@ class _HistoryProposer:
         return out
 
 
+def cautious(a: Acceptance) -> float:
+    """Alpha with one more miss counted. Example: 8 hits, 1 miss -> 0.8 (0.89 as counted)."""
+    return a.hits / (a.hits + a.misses + 1.0)
+
+
 class Auto(_HistoryProposer):
     """`auto` inside vLLM: drafts sized by each request's acceptance and the step cost curve."""
 
@@ -180,7 +185,9 @@ class Auto(_HistoryProposer):
         drafts = [Draft.chain(c) for _, c in candidates]
         if curve is None:  # the first step: nothing measured yet
             return [min(len(c), 1) for _, c in candidates]
-        alphas = [st.stats[b].alpha if b else 0.0 for st, (b, _) in zip(states, candidates)]
+        # alpha as if one more draft had failed: a cautious estimate, so thin evidence (a request just
+        # seeded) drafts where rows are nearly free and waits for its own evidence where they cost
+        alphas = [cautious(st.stats[b]) if b else 0.0 for st, (b, _) in zip(states, candidates)]
         depths = allocate(drafts, alphas, len(drafts), curve)
         rows = len(drafts) + sum(depths)
         expected = len(drafts) + sum(sum(a ** (d + 1) for d in range(k)) for a, k in zip(alphas, depths))
