@@ -343,3 +343,15 @@ def test_drafts_cut_by_the_budget_still_teach_their_acceptance(models):
         assert engine._shared["bad"].acceptance.alpha < 0.2
     finally:
         registry._methods.pop("oracle-test")
+
+
+def test_a_draft_that_gains_less_than_the_margin_is_not_drafted():
+    from polyverse.batching.budget import allocate
+    from polyverse.costs import CostCurve
+    from polyverse.draft import Draft
+
+    curve = CostCurve((1, 2, 64), (1.0, 1.04, 3.56))  # each row past the first costs 4% of a pass
+    drafts = [Draft.chain([5, 6, 7])]
+    assert allocate(drafts, [0.3], 1, curve) == [2]  # 1.39 tokens for 1.08 of the time: +29%
+    assert allocate(drafts, [0.3], 1, curve, min_gain=0.3) == [0]  # which does not clear 30%
+    assert allocate(drafts, [0.9], 1, curve, min_gain=0.3) == [3]

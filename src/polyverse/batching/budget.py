@@ -57,7 +57,7 @@ def level_widths(draft: Draft) -> list[int]:
 
 
 def allocate(drafts: Sequence[Draft], alphas: Sequence[float], base_rows: int, curve: CostCurve,
-             max_rows: int | None = None, base_tokens: float | None = None) -> list[int]:
+             max_rows: int | None = None, base_tokens: float | None = None, min_gain: float = 0.0) -> list[int]:
     """The depth each draft is cut to (``Draft.pruned``) so that the pass writes the most expected
     tokens per second: sum over requests of (1 + alpha + ... + alpha^depth) / c(rows).
 
@@ -65,7 +65,8 @@ def allocate(drafts: Sequence[Draft], alphas: Sequence[float], base_rows: int, c
     prompt chunks, drafts that are not cut); ``base_tokens``: the tokens the pass is expected to write
     whatever the cut (default: one per draft, its root's); ``max_rows``: the most rows of the pass. Levels are
     added in order of expected tokens per row, each request's own levels in order, and the best
-    prefix of that order wins.
+    prefix of that order wins, if it beats drafting nothing by the share ``min_gain`` (else nothing
+    is drafted: a margin for estimates the caller does not trust, e.g. costs it cannot see).
 
     Example: a flat curve c(q) = 1 up to 16 rows: two chains of 4 with alphas 0.9 and 0.1 and 2 base
     rows -> [4, 4] (every row is free); a curve c(q) = q: -> [0, 0] (a draft row costs a whole pass
@@ -88,7 +89,8 @@ def allocate(drafts: Sequence[Draft], alphas: Sequence[float], base_rows: int, c
     rows = base_rows
     expected = 0.0  # draft tokens expected on top of the roots' tokens (a constant: left out)
     roots = float(len(drafts)) if base_tokens is None else float(base_tokens)
-    best_rate, best = (roots + expected) / curve(max(rows, 1)), list(depths)
+    plain_rate = (roots + expected) / curve(max(rows, 1))
+    best_rate, best = plain_rate, list(depths)
     while heap:
         _, r = heapq.heappop(heap)
         w = widths[r][depths[r]]
@@ -102,4 +104,4 @@ def allocate(drafts: Sequence[Draft], alphas: Sequence[float], base_rows: int, c
         rate = (roots + expected) / curve(rows)
         if rate > best_rate:
             best_rate, best = rate, list(depths)
-    return best
+    return best if best_rate >= plain_rate * (1.0 + min_gain) else [0] * len(drafts)

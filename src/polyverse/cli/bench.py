@@ -46,7 +46,8 @@ def peer_choice(peers: str, no_peers: bool, model: str, peer_gguf: Optional[str]
     if no_peers and peers.strip():
         raise ConfigError("--peers and --no-peers exclude each other")
     names = {p.strip() for p in peers.split(",") if p.strip()}
-    names.discard("vllm")  # vLLM's rows: asked for by name only (`wants_vllm`)
+    vllm_only = names == {"vllm"}  # vLLM's rows: asked for by name only (`wants_vllm`)
+    names.discard("vllm")
     unknown = names - {"generate", PEER, "none"}
     if unknown:
         raise ConfigError(f"unknown peer '{sorted(unknown)[0]}' (generate, {PEER}, vllm, none)")
@@ -54,7 +55,7 @@ def peer_choice(peers: str, no_peers: bool, model: str, peer_gguf: Optional[str]
         raise ConfigError("--peers none names no other peer")
     if no_peers or names == {"none"}:
         return False, None
-    if not names and no_names_but_vllm(peers):  # --peers vllm: vLLM's rows alone
+    if vllm_only:  # --peers vllm: vLLM's rows alone
         return False, None
     explicit = PEER in names or peer_gguf is not None
     names = names or {"generate", PEER}
@@ -78,10 +79,6 @@ def peer_choice(peers: str, no_peers: bool, model: str, peer_gguf: Optional[str]
         err.print(f"no llama.cpp peer: {why}", highlight=False)
         source = None
     return "generate" in names, source
-
-
-def no_names_but_vllm(peers: str) -> bool:
-    return {p.strip() for p in peers.split(",") if p.strip()} == {"vllm"}
 
 
 def wants_vllm(peers: str, temperature: float) -> bool:

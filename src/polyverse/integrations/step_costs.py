@@ -24,7 +24,7 @@ MIN_WEIGHT = 0.5  # a feed size counts once its decayed weight is at least this
 class StepCosts:
     """Decayed mean seconds per feed size, and the line through them.
 
-    Example: steps of 1 token at 20 ms and of 9 tokens at 24 ms -> c(q) = 0.020 + 0.0005 (q - 1).
+    Example: steps of 1 token costing 20 (any unit) and of 9 tokens costing 24 -> c(q) = 20 + 0.5 (q - 1).
     """
 
     def __init__(self, decay: float = 0.98, prior_slope: float = PRIOR_SLOPE) -> None:
@@ -63,8 +63,8 @@ class StepCosts:
         return a, b
 
     def curve(self) -> CostCurve | None:
-        """The measured curve (None before any step). Example: means 10 ms at 1 token, 9 ms at 4 and
-        20 ms at 16 -> 9.5 ms at 1 and 4 (pooled: a larger feed never costs less), 20 ms at 16."""
+        """The measured curve (None before any step). Example: means 10 at 1 token, 9 at 4 and 20 at
+        16 -> 9.5 at 1 and 4 (pooled: a larger feed never costs less), 20 at 16."""
         if self._curve is None:
             fit = self.line()
             if fit is None:

@@ -29,9 +29,8 @@ import sys
 import time
 from typing import Any, Sequence
 
-from ..batching.budget import allocate
+from ..batching.budget import Acceptance, allocate
 from ..draft import Draft
-from ..methods.auto import Acceptance
 from ..ngrams import NgramIndex
 from .step_costs import StepCosts
 
@@ -188,12 +187,7 @@ class Auto(_HistoryProposer):
         # alpha as if one more draft had failed: a cautious estimate, so thin evidence (a request just
         # seeded) drafts where rows are nearly free and waits for its own evidence where they cost
         alphas = [cautious(st.stats[b]) if b else 0.0 for st, (b, _) in zip(states, candidates)]
-        depths = allocate(drafts, alphas, len(drafts), curve)
-        rows = len(drafts) + sum(depths)
-        expected = len(drafts) + sum(sum(a ** (d + 1) for d in range(k)) for a, k in zip(alphas, depths))
-        if expected / curve(rows) < (1.0 + MARGIN) * len(drafts) / curve(len(drafts)):
-            return [0] * len(drafts)
-        return depths
+        return allocate(drafts, alphas, len(drafts), curve, min_gain=MARGIN)
 
 
 class PromptLookup(_HistoryProposer):

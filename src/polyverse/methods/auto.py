@@ -24,6 +24,7 @@ import math
 
 from typing import Sequence
 
+from ..batching.budget import Acceptance
 from ..costs import CostCurve, cost_curve
 from ..draft import Draft
 from ..loop import Observation, Proposer
@@ -57,23 +58,6 @@ def probe_gap(curve: CostCurve, fed: int, every: int, share: float = PROBE_SHARE
     """
     extra = max(curve.relative(fed) - 1.0, 0.0)
     return max(every, math.ceil(extra / share - 1e-9))
-
-
-class Acceptance:
-    """Decayed success / failure counts of draft tokens, with a Beta(hits, misses) prior."""
-
-    def __init__(self, decay: float, hits: float = 1.0, misses: float = 1.0) -> None:
-        self.decay = decay
-        self.hits = hits
-        self.misses = misses
-
-    @property
-    def alpha(self) -> float:
-        return self.hits / (self.hits + self.misses)
-
-    def update(self, accepted: int, drafted: int) -> None:
-        self.hits = self.hits * self.decay + accepted
-        self.misses = self.misses * self.decay + (1 if accepted < drafted else 0)
 
 
 def best_length(alpha: float, available: int, curve: CostCurve, width: int = 1,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from ..errors import PolyverseError
+from ..train.cllm.collect import _append
 from .work import line_id
 
 MAX_REDO = 3
@@ -57,13 +58,6 @@ def _write_atomic(path: Path, lines: list[str]) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
-
-
-def _append(path: Path, lines: list[str]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(lines))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def run_shards(items: Sequence[tuple[str, Any]], out: Path, done: set[str], shard_size: int, executor: Executor,
