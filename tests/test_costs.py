@@ -25,10 +25,10 @@ def test_acceptance_estimate_moves_with_evidence():
     a = Acceptance(decay=0.9)
     assert a.alpha == 0.5
     for _ in range(10):
-        a.update(accepted=4, drafted=4)
+        a.update(4, 4)  # accepted, draft depth
     assert a.alpha > 0.9
     for _ in range(30):
-        a.update(accepted=0, drafted=4)
+        a.update(0, 4)
     assert a.alpha < 0.5  # old evidence decays
 
 
