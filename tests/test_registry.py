@@ -52,3 +52,14 @@ def test_unknown_method_and_option(tiny):
 
 def test_builtin_methods_listed():
     assert {"ar", "jacobi"} <= set(polyverse.registry.names())
+
+
+def test_every_numeric_option_of_a_builtin_method_is_bounded():
+    """A server takes options from any client: none may scale a request's work without a ceiling."""
+    from polyverse.options import specs
+
+    for name in polyverse.registry.names():
+        for spec in specs(polyverse.registry.get(name).config_cls):
+            if spec.kind in (int, float):
+                assert spec.hi is not None, f"{name} {spec.name} has no upper bound"
+                assert spec.lo is not None or spec.above is not None, f"{name} {spec.name} has no lower bound"

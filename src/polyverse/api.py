@@ -345,6 +345,8 @@ class Model:
         text = TextStream(self.tokenizer, gen_cfg.stop)
         finish = "length"
         for step in runner.run(ids):
+            if step.prompt:  # a runner's prompt chunk: nothing to show or count
+                continue
             stats.add(step.stats)
             piece = text.push(step.tokens, final=step.finish_reason is not None)
             if text.stopped:

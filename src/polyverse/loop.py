@@ -35,6 +35,7 @@ class Step:
     tokens: tuple[int, ...]  # new output tokens of this step (cut at EOS and at the budget)
     stats: StepStats
     finish_reason: str | None = None  # "eos" | "length" on the last step
+    prompt: bool = False  # a pass over prompt tokens only (``prompt_chunks``): no output, not a decode pass
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,28 @@ def prefill(backend: Backend, prompt: Sequence[int]) -> list[int]:
     if len(context) > 1:
         backend.forward(chain_feed(context[:-1], 0), logits_for=[])
         backend.commit(range(len(context) - 1))
+    return context
+
+
+PROMPT_CHUNK = 64  # prompt tokens per pass of a runner that prefills between its steps (``prompt_chunks``)
+
+
+def prompt_chunks(backend: Backend, prompt: Sequence[int], chunk: int = PROMPT_CHUNK) -> Iterator[Step]:
+    """``prefill`` in passes of at most ``chunk`` tokens, yielding a prompt Step after each, so a batch
+    running the request one step per round interleaves a long prompt with the other requests'
+    passes. Returns (``yield from``'s value) the prompt as a list of ints.
+
+    Example: prompt [5, 6, 7, 8] with chunk 2 -> passes over (5, 6) and (7,), one prompt Step each.
+    """
+    context = [int(t) for t in prompt]
+    check_prompt(context, backend.max_length)
+    backend.reset()
+    for start in range(0, len(context) - 1, chunk):
+        t0 = time.perf_counter()
+        end = min(start + chunk, len(context) - 1)
+        backend.forward(chain_feed(context[start:end], start), logits_for=[])
+        backend.commit(range(end - start))
+        yield Step((), StepStats(end - start, 0, 0, time.perf_counter() - t0), prompt=True)
     return context
 
 

@@ -51,6 +51,8 @@ def _cpu_has_amx(cpuinfo: str = features.SYSTEM) -> bool:
 class LlamaCppBackend:
     """A GGUF model in a llama.cpp context (unified KV cache, up to MAX_SEQS sequences)."""
 
+    whole_context = True  # each session's context allocates its whole window at once
+
     def __init__(self, gguf: str | os.PathLike, n_ctx: int = 2048, n_batch: int = 512, threads: int | None = None,
                  weights: "_Weights | None" = None) -> None:
         """``weights``: the loaded model of another backend over the same file to share (``session``)."""

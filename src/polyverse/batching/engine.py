@@ -164,6 +164,8 @@ class Batch:
                 events.append(Event(key, error=exc))
                 self.remove(key)
                 continue
+            if step is not None and step.prompt:  # a prompt chunk: nothing to hand over yet
+                continue
             events.append(Event(key, step))
             if step is None or step.finish_reason is not None:
                 self.remove(key)

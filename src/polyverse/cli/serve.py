@@ -28,6 +28,15 @@ def serve(
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", help="Larger request bodies get 413."),
     default_max_tokens: int = typer.Option(256, "--default-max-tokens", help="max_tokens of requests that give none."),
     shutdown_grace: float = typer.Option(10.0, "--shutdown-grace", help="Seconds in-flight requests get to finish on shutdown."),
+    max_tokens_limit: int = typer.Option(4096, "--max-tokens-limit", help="The most completion tokens one request may "
+                                         "ask for (max_tokens); more is a 400."),
+    kv_budget: int = typer.Option(0, "--kv-budget", help="KV cache tokens (prompt + max_tokens) all decoding requests "
+                                  "may reserve together; beyond it requests queue (0: half the free memory)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client may take to send a "
+                                         "request's line and headers; slower ones get 408."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client may take to send a body "
+                                       "after its headers; slower ones get 408."),
+    max_connections: int = typer.Option(256, "--max-connections", help="Open connections at once; one more gets 503."),
     served_name: Optional[str] = typer.Option(None, "--served-name", help="Model id clients name (default: --model, plus +ADAPTER)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
@@ -45,7 +54,9 @@ def serve(
         name = served_name or (f"{model}+{adapter}" if adapter else model)
         cfg = ServerConfig(served_name=name, method=method, options=tuple(options.items()), max_concurrent=max_concurrent,
                            max_queue=max_queue, prefill_chunk=prefill_chunk, max_body_bytes=max_body_bytes, api_key=api_key,
-                           default_max_tokens=default_max_tokens, shutdown_grace=shutdown_grace)
+                           default_max_tokens=default_max_tokens, shutdown_grace=shutdown_grace,
+                           max_tokens_limit=max_tokens_limit, kv_budget=kv_budget, header_timeout=header_timeout,
+                           body_timeout=body_timeout, max_connections=max_connections)
         from ..api import load
 
         lm = load(model, adapter=adapter, dtype=dtype)
@@ -58,7 +69,5 @@ def serve(
         err.print(f"[yellow]warning:[/] listening on {host} without --api-key", highlight=False)
     err.print(f"serving {name} on http://{host}:{port} (pid {os.getpid()}); chat page at /, metrics at /metrics",
               highlight=False)
-    try:
-        run(lm, cfg, host, port, log_level)  # returns after a graceful shutdown (SIGINT, SIGTERM)
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the shutdown was clean
-        err.print("stopped", highlight=False)
+    run(lm, cfg, host, port, log_level)  # returns after a graceful shutdown (SIGINT, SIGTERM): status 0
+    err.print("stopped", highlight=False)

@@ -39,7 +39,7 @@ class AutoConfig:
     ngram: int = option(4, "longest match", lo=1, hi=16, flag="--ngram")  # longest suffix n-gram matched
     decay: float = option(0.9, "weight kept by old acceptance evidence at each update", above=0.0, hi=1.0)
     probe_every: int = option(8, "steps without drafting before one draft re-measures acceptance (at least: "
-                              "more where a draft pass costs much more than a plain one)", lo=0)
+                              "more where a draft pass costs much more than a plain one)", lo=0, hi=4096)
     # 1 by default: a side branch rarely wins, and where passes of a few tokens cost about what one
     # does the cheapest feed pays most often
     candidates: int = option(1, "continuations per pass", lo=1, hi=16, flag="--candidates")

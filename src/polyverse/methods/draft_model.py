@@ -39,7 +39,7 @@ class DraftConfig:
 @method_options("early_exit")
 class EarlyExitConfig:
     # L: the target's first L layers (+ final norm and LM head) are the draft
-    layers: int = option(6, "the target's first L layers draft", lo=1, flag="--layers")
+    layers: int = option(6, "the target's first L layers draft", lo=1, hi=1024, flag="--layers")
     k: int = option(3, "tokens drafted per pass", lo=1, hi=64, flag="--k")
 
 

@@ -30,7 +30,7 @@ class LookaheadConfig:
     ngram: int = option(3, "n-gram size N", lo=2, hi=16, flag="--ngram", label="ngram N")  # the window has N-1 levels
     guesses: int = option(5, "n-grams verified per pass G", lo=0, hi=64, flag="--guesses", label="guesses G")
     prompt_pool: bool = option(True, "seed the n-gram pool with the prompt's n-grams")
-    seed: int = option(0, "seed of the window's initial guesses")
+    seed: int = option(0, "seed of the window's initial guesses", lo=0, hi=2**63 - 1)
 
 
 def window_draft(levels: list[list[int]]) -> Draft:

@@ -46,7 +46,8 @@ DEFAULT_K = 5  # masks per group when neither the options nor the adapter say
 class SpaceConfig:
     # = most candidates proposed per pass; None = the k the SPACE adapter was trained with (trained_k)
     k: int | None = option(None, "masks per group", lo=1, hi=16, flag="--k")
-    mask_id: int | None = option(None, "the [MASK] token id (default: looked up in the tokenizer)", lo=0)
+    mask_id: int | None = option(None, "the [MASK] token id (default: looked up in the tokenizer)", lo=0,
+                                  hi=2**31 - 1)
     adaptive: bool = option(True, "feed only the candidates worth their pass cost")  # see the module doc
 
 

@@ -14,15 +14,17 @@ from .attention import Label
 class MultiverseConfig:
     """Budgets and scheduling of the engine (``guided`` adds the training-free mode)."""
 
-    max_paths: int = option(8, "a block with more outlines is not forked")
-    max_depth: int = option(2, "blocks nested deeper are not forked")
-    max_path_tokens: int = option(256, "a longer path is closed with a forced </Path>")
+    # every count is bounded: a request's options must not scale its work past what a server can give it
+    max_paths: int = option(8, "a block with more outlines is not forked", lo=1, hi=16)
+    max_depth: int = option(2, "blocks nested deeper are not forked", lo=0, hi=4)
+    max_path_tokens: int = option(256, "a longer path is closed with a forced </Path>", lo=8, hi=4096)
     parallel: bool = option(True, "false: paths one after another (the sequential baseline)")
     guided: bool = option(False, "training-free: the engine writes the tags and asks the model for the outlines")
-    paths: int = option(0, "guided: number of outlines (0 = the model chooses, between min_paths and choose_max)")
-    min_paths: int = option(2, "guided: fewest outlines when the model chooses")
-    choose_max: int = option(4, "guided: most outlines when the model chooses")
-    outline_tokens: int = option(32, "guided: longest outline")
+    paths: int = option(0, "guided: number of outlines (0 = the model chooses, between min_paths and choose_max)",
+                        lo=0, hi=16)
+    min_paths: int = option(2, "guided: fewest outlines when the model chooses", lo=1, hi=16)
+    choose_max: int = option(4, "guided: most outlines when the model chooses", lo=1, hi=16)
+    outline_tokens: int = option(32, "guided: longest outline", lo=1, hi=256)
 
     def __post_init__(self) -> None:
         if self.max_paths < 1 or self.max_depth < 0 or self.max_path_tokens < 8:

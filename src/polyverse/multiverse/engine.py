@@ -11,7 +11,8 @@ the same engine runs the paths one after another (the sequential baseline: the s
 logits row per pass).
 
 Budgets: ``max_new_tokens`` counts sequential length (as the paper does): the furthest position
-written minus the prompt. A block with more outlines than ``max_paths``, or nested deeper than
+written minus the prompt. (The method's runner also caps the merged output, ``written``, so a
+request never gets more tokens than it asked for.) A block with more outlines than ``max_paths``, or nested deeper than
 ``max_depth``, is not forked (its text goes on as plain decoding). A path that reaches
 ``max_path_tokens`` is closed with a forced ``</Path>``. A model that never writes the tags is
 plain AR decoding: one branch, one token per pass.
@@ -103,8 +104,10 @@ class Engine:
         return sample(target_probs(row[None], self.gen.sampling)[0], self.generator)
 
     # -- the loop ---------------------------------------------------------------------------
-    def run(self, prompt: Sequence[int]) -> Iterator[Update]:
-        prompt = prefill(self.backend, prompt)
+    def run(self, prompt: Sequence[int], prefilled: bool = False) -> Iterator[Update]:
+        """The passes after the prompt; ``prefilled``: the caller already fed the prompt but its last
+        token (``loop.prompt_chunks``)."""
+        prompt = [int(t) for t in prompt] if prefilled else prefill(self.backend, prompt)
         self.prompt_len = len(prompt)
         self.trunk = Branch((), self._new_seq(), None, None, len(prompt) - 1, list(prompt), [prompt[-1]])
         if self.cfg.guided:
@@ -186,6 +189,10 @@ class Engine:
     def sequential_length(self) -> int:
         """Positions advanced past the prompt: the furthest token written (the budget's measure)."""
         return max(b.pos + len(b.queue) - 1 for b in self.branches()) - (self.prompt_len - 1)
+
+    def written(self) -> int:
+        """Tokens written past the prompt by every branch (the budget's measure)."""
+        return sum(len(b.tokens) for b in self.branches()) - self.prompt_len
 
     def _finished(self) -> str | None:
         if self.trunk.state == "done":

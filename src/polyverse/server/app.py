@@ -5,7 +5,8 @@
 
 Bodies are parsed here (not by FastAPI), so every bad input gets an OpenAI-style error with the
 right status and never pydantic's 422 format. With an API key, /v1/* and /metrics answer 401
-before the body is read; /health and the page stay open.
+before the body is read; /health and the page stay open. A body must arrive within
+``body_timeout`` seconds of its headers (408), uncompressed (415), and within ``max_body_bytes`` (413).
 """
 
 from __future__ import annotations
@@ -22,18 +23,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.staticfiles import StaticFiles
 
 from ..registry import registry
 from .config import ServerConfig
 from .errors import APIError, error_body, invalid, validation_message
+from .memory import budget, describe
 from .metrics import CONTENT_TYPE, Metrics
 from .plan import plan
 from .responses import Reply, sse
 from ..batching import BatchConfig
 from .scheduler import Job, Scheduler
 from .schemas import ChatRequest, CompletionRequest
+from .openapi import schema as openapi_schema
 
 log = logging.getLogger("polyverse.server")
 STATIC = Path(__file__).parent / "static"
@@ -41,7 +45,7 @@ ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1
 
 
 class Guard:
-    """ASGI middleware: the bearer token, the body size limit, and HTTP status counts."""
+    """ASGI middleware: the bearer token, the body's size limit and deadline, and HTTP status counts."""
 
     def __init__(self, app, config: ServerConfig, metrics: Metrics) -> None:
         self.app, self.config, self.metrics = app, config, metrics
@@ -75,14 +79,24 @@ class Guard:
             length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > limit:
                 return await _too_large(limit).response()(scope, receive, counted_send)
-            seen = {"n": 0}
+            seen = {"n": 0, "done": False}
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.config.body_timeout
 
             async def limited_receive():
-                message = await receive()
+                if seen["done"]:  # the body is in: later messages are the disconnect the app watches for
+                    return await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+                except TimeoutError:
+                    raise _slow_body(self.config.body_timeout) from None
                 if message["type"] == "http.request":
                     seen["n"] += len(message.get("body", b""))
                     if seen["n"] > limit:
                         raise _too_large(limit)
+                    seen["done"] = not message.get("more_body", False)
+                else:
+                    seen["done"] = True
                 return message
 
             await self.app(scope, limited_receive, counted_send)
@@ -94,9 +108,26 @@ def _too_large(limit: int) -> APIError:
     return APIError(413, f"the request body is larger than {limit} bytes", None, "request_too_large")
 
 
+def _slow_body(timeout: float) -> APIError:
+    log.info("a request body did not arrive within %gs: answered 408", timeout)
+    return APIError(408, f"the request body did not arrive within {timeout:g} s of its headers", None,
+                    "request_timeout", {"Connection": "close"})
+
+
+class ClientGone(Exception):
+    """The client hung up before its body was in: nobody to answer."""
+
+
 async def read_body(request: Request, cls):
     """The body as a validated request model, or an APIError 400 that says what is wrong."""
-    raw = await request.body()
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise APIError(415, f"the body is sent with Content-Encoding '{encoding[:40]}': send it uncompressed",
+                       None, "unsupported_encoding")
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        raise ClientGone() from None
     if not raw.strip():
         raise invalid("the body is empty: send a JSON object")
     try:
@@ -111,6 +142,10 @@ async def read_body(request: Request, cls):
         raise invalid(f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise invalid(f"the body must be a JSON object, got a JSON {type(data).__name__}")
+    where = _surrogate(data)
+    if where is not None:
+        raise invalid(f"{where or 'the body'} holds a lone UTF-16 surrogate escape (\\ud800 to \\udfff "
+                      "without its pair), which is not a character", where or None)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -120,6 +155,31 @@ async def read_body(request: Request, cls):
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _surrogate(data) -> str | None:
+    """The dotted path of the first string (or key) in ``data`` holding a lone surrogate, else None.
+
+    >>> _surrogate({"messages": [{"content": "ok"}, {"content": "bad " + chr(0xD800)}]})
+    'messages.1.content'
+    >>> _surrogate({"prompt": "fine \U0001F600"}) is None
+    True
+    """
+    stack = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(value, dict):
+            for key, item in reversed(list(value.items())):
+                where = f"{path}.{key}" if path else str(key)
+                stack.extend([(where, item), (where, key)])
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), item) for i, item in reversed(list(enumerate(value))))
+    return None
 
 
 async def _watch(request: Request, job: Job, scheduler: Scheduler) -> None:
@@ -136,8 +196,11 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
     """An ASGI app serving ``model`` (a polyverse Model); run it with uvicorn (see ``run.serve``)."""
     config = config or ServerConfig(served_name=model.name)
     metrics = Metrics()
+    kv_budget = budget(model, config.max_concurrent, config.kv_budget)
+    metrics.kv_budget.set(kv_budget)
+    log.info("%s", describe(model, kv_budget))
     scheduler = Scheduler(model, config.max_concurrent, config.max_queue, metrics,
-                          BatchConfig(prefill_chunk=config.prefill_chunk))
+                          BatchConfig(prefill_chunk=config.prefill_chunk), kv_budget)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -145,14 +208,21 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
         yield
         await asyncio.to_thread(scheduler.stop)
 
-    app = FastAPI(title="polyverse", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="polyverse", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  redirect_slashes=False)
     app.state.model, app.state.config, app.state.metrics, app.state.scheduler = model, config, metrics, scheduler
+    app.openapi = lambda: openapi_schema(app, config)  # the routes parse their own bodies: see openapi.py
     app.add_middleware(Guard, config=config, metrics=metrics)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
         return exc.response()
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone) -> Response:
+        log.info("%s %s: the client left before its whole body arrived", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -176,10 +246,15 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
                 "polyverse": {"methods": registry.names(), "default_method": config.method,
                               "context_length": model.max_length}}
 
-    @app.get("/health")
-    async def health() -> dict:
+    @app.api_route("/health", methods=["GET", "HEAD"])
+    async def health() -> Response:
+        """200 while serving; 503 once draining (load balancers then send new requests elsewhere)."""
         active, waiting = scheduler.counts
-        return {"status": "ok", "model": config.served_name, "active": active, "waiting": waiting}
+        body = {"status": "draining" if scheduler.draining else "ok", "model": config.served_name,
+                "active": active, "waiting": waiting, "kv_tokens": scheduler.kv_used, "kv_budget": scheduler.kv_budget}
+        if scheduler.draining:
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(body)
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -256,8 +331,8 @@ async def _events(job: Job, reply: Reply, watcher: asyncio.Task, scheduler: Sche
             elif event == "done":
                 yield reply.last(payload)
                 return
-            elif event == "error":
-                yield sse(payload.body())
+            elif event == "error":  # the stream ends cleanly: the error, then the end OpenAI clients wait for
+                yield sse(payload.body()) + "data: [DONE]\n\n"
                 return
             else:  # cancelled: the client is gone
                 return

@@ -19,6 +19,12 @@ class ServerConfig:
     default_max_tokens: completion length of requests that give no max_tokens (cut to the context).
     shutdown_grace: seconds in-flight requests get to finish on shutdown before they are cancelled.
     served_name: the model id of /v1/models and the ``model`` field requests must name.
+    max_tokens_limit: the most completion tokens one request may ask for (a larger max_tokens is a 400).
+    kv_budget: KV cache tokens (prompt plus max_tokens) of all requests holding a slot together; a
+    request that does not fit waits in the queue (0: from the machine's memory, see ``server.memory``).
+    header_timeout / body_timeout: seconds a client may take to send its request line and headers /
+    its body (counted from its first byte / its headers); slower ones get 408 and are disconnected.
+    max_connections: open connections at once; one more gets 503 and is closed.
     """
 
     served_name: str = "polyverse"
@@ -31,6 +37,11 @@ class ServerConfig:
     api_key: str | None = None
     default_max_tokens: int = 256
     shutdown_grace: float = 10.0
+    max_tokens_limit: int = 4096
+    kv_budget: int = 0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 256
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -47,5 +58,15 @@ class ServerConfig:
             raise ConfigError("--api-key must not be empty")
         if self.shutdown_grace < 0:
             raise ConfigError(f"--shutdown-grace must be >= 0, got {self.shutdown_grace}")
+        if self.max_tokens_limit < 1:
+            raise ConfigError(f"--max-tokens-limit must be >= 1, got {self.max_tokens_limit}")
+        if self.kv_budget < 0:
+            raise ConfigError(f"--kv-budget must be >= 0 (0: from the machine's memory), got {self.kv_budget}")
+        for name in ("header_timeout", "body_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be above 0 seconds, got {getattr(self, name)}")
+        if self.max_connections < self.max_concurrent + self.max_queue:
+            raise ConfigError(f"--max-connections ({self.max_connections}) must be at least --max-concurrent plus "
+                              f"--max-queue ({self.max_concurrent + self.max_queue}): every queued request holds one")
         if not self.served_name:
             raise ConfigError("the served model name must not be empty")

@@ -1,8 +1,9 @@
 """OpenAI-style error bodies: ``{"error": {"message", "type", "param", "code"}}``, one line each.
 
 Statuses: 400 invalid_request_error (bad JSON, fields, values, unknown method, too long),
-401 authentication_error, 404 not_found_error (unknown model or route), 405, 413 (body too
-large), 429 rate_limit_error (queue full), 503 (shutting down), 500 server_error (never a traceback).
+401 authentication_error, 404 not_found_error (unknown model or route), 405, 408 (headers or body
+too slow), 413 (body too large), 415 (compressed body), 429 rate_limit_error (queue full), 503
+(shutting down, too many connections), 500 server_error (never a traceback).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-         404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+         404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
+         413: "invalid_request_error", 415: "invalid_request_error",
          429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
 

@@ -50,6 +50,10 @@ class Metrics:
                                        buckets=PER_PASS, registry=r)
         self.waiting = Gauge("polyverse_requests_waiting", "Requests queued for a decoding slot", registry=r)
         self.active = Gauge("polyverse_requests_active", "Requests holding a decoding slot", registry=r)
+        self.kv_reserved = Gauge("polyverse_kv_tokens_reserved", "KV cache tokens (prompt plus max_tokens) reserved "
+                                 "by the requests holding a slot", registry=r)
+        self.kv_budget = Gauge("polyverse_kv_tokens_budget", "KV cache tokens the requests holding a slot may "
+                               "reserve together (--kv-budget)", registry=r)
         self.rejected = Counter("polyverse_requests_rejected", "Requests refused with 429 because the queue was full",
                                 registry=r)
 

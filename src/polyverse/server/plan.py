@@ -2,7 +2,8 @@
 
 Everything a client can get wrong is checked here, before the request is queued: the model
 name (404), unsupported fields, n, the method and its options, sampling values, the prompt (its
-chat template, its length against the context) and max_tokens against the room left.
+chat template, its length against the context) and max_tokens against the server's ceiling
+(``--max-tokens-limit``) and the room left.
 """
 
 from __future__ import annotations
@@ -126,10 +127,13 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
     ids, raw, chat = _encode(model, req, kind)
     room = model.max_length - len(ids)
     asked = req.max_tokens if req.max_tokens is not None else getattr(req, "max_completion_tokens", None)
+    if asked is not None and asked > config.max_tokens_limit:
+        raise invalid(f"max_tokens is {asked}; this server allows at most {config.max_tokens_limit} per request",
+                      "max_tokens", "max_tokens_too_large")
     if asked is not None and asked > room:
         raise invalid(f"max_tokens is {asked}, but the model's context of {model.max_length} tokens leaves room for "
                       f"{room} after the prompt's {len(ids)}", "max_tokens", "context_length_exceeded")
-    max_tokens = asked if asked is not None else min(config.default_max_tokens, room)
+    max_tokens = asked if asked is not None else min(config.default_max_tokens, config.max_tokens_limit, room)
     return Plan(kind=kind, prompt=raw if registry.get(method).rewrite is not None else ids, chat=chat, prompt_tokens=len(ids),
                 method=method, options=options, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                 top_k=top_k, seed=req.seed, stop=tuple(req.stop or ()), stream=req.stream,

@@ -1,7 +1,9 @@
 """One worker thread decodes every request; the requests holding a slot share each forward pass.
 
 Requests hold a *slot* (at most ``max_concurrent``) or wait in a bounded queue (``max_queue``;
-one more is refused with 429). The worker keeps every request holding a slot in one continuous
+one more is refused with 429). A slot also reserves the request's KV tokens (``memory``): the
+requests holding slots never reserve more than ``kv_budget`` together, so a request that does not
+fit waits, in arrival order, and one that could never fit is refused with 400. The worker keeps every request holding a slot in one continuous
 batch (``batching.Batch``): each round is one shared pass in which every request reading its prompt
 feeds a chunk of it and every decoding request its pending token and its draft, cut to the pass's
 row budget, so a request joining never stalls the others and torch runs on one thread only.
@@ -27,6 +29,7 @@ from typing import Any
 from ..batching import Batch, BatchConfig
 from ..errors import PolyverseError
 from .errors import APIError
+from .memory import request_tokens
 from .metrics import Metrics
 from .plan import Plan
 
@@ -55,6 +58,7 @@ class Job:
     first_token: float | None = None
     passes: int = 0
     request: Any = None  # the api Request while it decodes
+    kv: int = 0  # KV cache tokens reserved while it holds a slot
 
     def post(self, kind: str, payload: Any = None) -> None:
         try:
@@ -72,12 +76,21 @@ def _deliver(items: list, handled: threading.Event | None = None) -> None:
         asyncio.get_running_loop().call_soon(handled.set)
 
 
+SHUTTING_DOWN = "the server is shutting down: retry on another instance or after it restarts"
+
+
+def shutting_down(what: str = SHUTTING_DOWN) -> APIError:
+    return APIError(503, what, None, "shutting_down", {"Retry-After": "5", "Connection": "close"})
+
+
 class Scheduler:
     def __init__(self, model, max_concurrent: int, max_queue: int, metrics: Metrics,
-                 batch: BatchConfig | None = None) -> None:
+                 batch: BatchConfig | None = None, kv_budget: int | None = None) -> None:
         self.model = model
         self.batch_config = batch or BatchConfig()
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
+        self.kv_budget = kv_budget if kv_budget is not None else max_concurrent * model.max_length
+        self._kv_used = 0
         self.metrics = metrics
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
@@ -98,13 +111,31 @@ class Scheduler:
         with self._cond:
             return len(self._active), len(self._waiting)
 
+    @property
+    def kv_used(self) -> int:
+        """KV tokens reserved by the requests holding a slot."""
+        with self._cond:
+            return self._kv_used
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began: new requests get 503."""
+        return self._closing
+
     def submit(self, job: Job) -> None:
-        """Take a request, or raise APIError 429 (queue full) / 503 (shutting down)."""
+        """Take a request, or raise APIError 400 (it could never fit the KV budget), 429 (queue full)
+        or 503 (shutting down)."""
+        p = job.plan
+        job.kv = request_tokens(self.model, p.prompt_tokens, p.max_tokens)
+        if job.kv > self.kv_budget:
+            raise APIError(400, f"the request may need {job.kv} KV cache tokens (a prompt of {p.prompt_tokens} "
+                           f"plus max_tokens {p.max_tokens}); this server holds {self.kv_budget}: lower max_tokens",
+                           "max_tokens", "context_length_exceeded")
         with self._cond:
             if self._closing:
-                raise APIError(503, "the server is shutting down", None, "shutting_down")
-            if len(self._active) < self.max_concurrent:
-                self._active.append(job)
+                raise shutting_down()
+            if not self._waiting and self._fits(job):
+                self._admit(job)
             elif len(self._waiting) < self.max_queue:
                 self._waiting.append(job)
             else:
@@ -113,6 +144,14 @@ class Scheduler:
                                f"{len(self._waiting)} waiting; retry later", None, "queue_full", {"Retry-After": "1"})
             self._gauges()
             self._cond.notify_all()
+
+    def _fits(self, job: Job) -> bool:
+        """Under the lock: whether ``job`` may take a slot now (a slot free, its KV tokens within budget)."""
+        return len(self._active) < self.max_concurrent and self._kv_used + job.kv <= self.kv_budget
+
+    def _admit(self, job: Job) -> None:
+        self._active.append(job)
+        self._kv_used += job.kv
 
     def cancel(self, job: Job) -> None:
         """The client went away: free its slot now; the worker drops it before its next pass."""
@@ -135,7 +174,7 @@ class Scheduler:
             left = list(self._active) + list(self._waiting)
         for job in left:
             self.cancel(job)
-            job.post("error", APIError(503, "the server is shutting down: the request was cancelled", None, "shutting_down"))
+            job.post("error", shutting_down("the server is shutting down: the request was cancelled"))
 
     def stop(self) -> None:
         with self._cond:
@@ -144,7 +183,7 @@ class Scheduler:
             self._cond.notify_all()
         for job in left:
             self.cancel(job)
-            job.post("error", APIError(503, "the server is shutting down: the request was cancelled", None, "shutting_down"))
+            job.post("error", shutting_down("the server is shutting down: the request was cancelled"))
         if self._thread is not None:
             self._thread.join(timeout=30)
 
@@ -153,16 +192,18 @@ class Scheduler:
         """Under the lock: take ``job`` out and give its slot to the longest-waiting request."""
         if job in self._active:
             self._active.remove(job)
+            self._kv_used -= job.kv
         elif job in self._waiting:
             self._waiting.remove(job)
-        while self._waiting and len(self._active) < self.max_concurrent:
-            self._active.append(self._waiting.popleft())
+        while self._waiting and self._fits(self._waiting[0]):  # in arrival order: a large request is not overtaken
+            self._admit(self._waiting.popleft())
         self._gauges()
         self._cond.notify_all()
 
     def _gauges(self) -> None:
         self.metrics.active.set(len(self._active))
         self.metrics.waiting.set(len(self._waiting))
+        self.metrics.kv_reserved.set(self._kv_used)
 
     def _work(self) -> None:
         curve = self.model.pass_costs() if self.batch_config.budget else None

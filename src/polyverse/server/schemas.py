@@ -28,19 +28,19 @@ class PolyverseParams(Strict):
     model_config = ConfigDict(strict=True, extra="forbid")
     method: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=0, le=2**31 - 1)
 
 
 class Common(Strict):
     """What chat and completion requests share."""
 
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     temperature: float = Field(1.0, ge=0.0, le=100.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: list[str] | None = None
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
     polyverse: PolyverseParams | None = None
@@ -102,7 +102,7 @@ class Message(Strict):
 
 class ChatRequest(Common):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
 
 
 class CompletionRequest(Common):
