@@ -355,3 +355,31 @@ def test_a_draft_that_gains_less_than_the_margin_is_not_drafted():
     assert allocate(drafts, [0.3], 1, curve) == [2]  # 1.39 tokens for 1.08 of the time: +29%
     assert allocate(drafts, [0.3], 1, curve, min_gain=0.3) == [0]  # which does not clear 30%
     assert allocate(drafts, [0.9], 1, curve, min_gain=0.3) == [3]
+
+
+def test_a_multiverse_prompt_is_fed_in_chunks_between_the_other_requests_steps(models):
+    from polyverse.loop import PROMPT_CHUNK
+
+    model = models["transformers"]
+    long_prompt = (TEXT * 20)[: 4 * PROMPT_CHUNK + 10]
+    options = {"guided": True, "paths": 2, "outline_tokens": 4, "max_path_tokens": 16}
+    alone = model.generate(long_prompt, method="multiverse", options=options, max_new_tokens=60, chat=False).token_ids
+    engine = Batch(model.pass_costs(), BatchConfig())
+    mv = model.request(long_prompt, method="multiverse", options=options, max_new_tokens=60, chat=False)
+    ar = model.request(TEXT, method="ar", max_new_tokens=8, chat=False)
+    mv.join(engine, "mv")
+    ar.join(engine, "ar")
+    first_mv, rnd = None, 0
+    while not (mv.done and ar.done):
+        events, _ = engine.round()
+        for ev in events:
+            request = mv if ev.key == "mv" else ar
+            if ev.key == "mv" and first_mv is None:
+                first_mv = rnd
+            request.push(ev.step)
+        rnd += 1
+        assert rnd < 500
+    # the prompt took one round per chunk, in which the other request decoded a token each
+    assert first_mv == -(-(len(mv.ids) - 1) // PROMPT_CHUNK) > 1
+    assert ar.result().token_ids == model.generate(TEXT, method="ar", max_new_tokens=8, chat=False).token_ids
+    assert mv.result().token_ids == alone and len(alone) <= 60
