@@ -53,7 +53,7 @@ def test_multiverse_runs_its_paths_on_llamacpp(llm):
     from polyverse.multiverse.grammar import validate
 
     opts = {"guided": True, "paths": 3, "max_path_tokens": 24}
-    g = llm.generate("Give three tips for sleeping well.", method="multiverse", options=opts, max_new_tokens=160)
+    g = llm.generate("Give three tips for sleeping well.", method="multiverse", options=opts, max_new_tokens=320)
     assert g.text.count("<Path>") == 3 and validate(g.text) == []
     assert g.stats.mean_accepted > 1.5  # three paths per pass
 

@@ -98,34 +98,46 @@ def check_prompt(prompt: Sequence[int], max_length: int) -> None:
         raise ConfigError(f"the prompt is {len(prompt)} tokens long; the model's context holds {max_length}")
 
 
+PROMPT_PASS = 512
+"""The most prompt tokens one pass feeds, everywhere: a pass's cost and temporaries stay bounded
+whatever the prompt's length, and prompts are cut at the same places alone and in a batch, so a
+backend whose bits depend on a pass's rows (llama.cpp, whose batch is this size) gives the same."""
+
+
 def prefill(backend: Backend, prompt: Sequence[int]) -> list[int]:
     """Check the prompt, empty the backend and commit every prompt token but the last, which is
-    the pending token fed at the root of the first pass. Returns the prompt as a list of ints.
+    the pending token fed at the root of the first pass, in passes of at most ``PROMPT_PASS``.
+    Returns the prompt as a list of ints.
 
     Example: prompt [5, 6, 7] -> one pass over (5, 6) at positions (0, 1), both committed.
     """
     context = [int(t) for t in prompt]
     check_prompt(context, backend.max_length)
     backend.reset()
-    if len(context) > 1:
-        backend.forward(chain_feed(context[:-1], 0), logits_for=[])
-        backend.commit(range(len(context) - 1))
+    for start in range(0, len(context) - 1, PROMPT_PASS):
+        end = min(start + PROMPT_PASS, len(context) - 1)
+        backend.forward(chain_feed(context[start:end], start), logits_for=[])
+        backend.commit(range(end - start))
     return context
 
 
 PROMPT_CHUNK = 64  # prompt tokens per pass of a runner that prefills between its steps (``prompt_chunks``)
 
 
-def prompt_chunks(backend: Backend, prompt: Sequence[int], chunk: int = PROMPT_CHUNK) -> Iterator[Step]:
+def prompt_chunks(backend: Backend, prompt: Sequence[int], chunk: int | None = None) -> Iterator[Step]:
     """``prefill`` in passes of at most ``chunk`` tokens, yielding a prompt Step after each, so a batch
     running the request one step per round interleaves a long prompt with the other requests'
-    passes. Returns (``yield from``'s value) the prompt as a list of ints.
+    passes. Returns (``yield from``'s value) the prompt as a list of ints. ``chunk`` None:
+    ``PROMPT_CHUNK`` where the backend's rows get the same bits whatever the pass (``shares_passes``),
+    else ``PROMPT_PASS``, the cut every other prefill makes.
 
     Example: prompt [5, 6, 7, 8] with chunk 2 -> passes over (5, 6) and (7,), one prompt Step each.
     """
     context = [int(t) for t in prompt]
     check_prompt(context, backend.max_length)
     backend.reset()
+    if chunk is None:
+        chunk = PROMPT_CHUNK if getattr(backend, "shares_passes", False) else PROMPT_PASS
     for start in range(0, len(context) - 1, chunk):
         t0 = time.perf_counter()
         end = min(start + chunk, len(context) - 1)
@@ -198,7 +210,7 @@ class Decoding:
         pending token (``propose``'s, or a part of it)."""
         if self.prefilling:
             n = self.prompt_length - 1 - self.prefilled
-            self._chunk = n if limit is None else max(1, min(n, limit))
+            self._chunk = max(1, min(n, PROMPT_PASS if limit is None else limit, PROMPT_PASS))
             return chain_feed(self.context[self.prefilled: self.prefilled + self._chunk], self.prefilled), []
         self._draft = draft if draft is not None else Draft.empty()
         every = range(len(self._draft) + 1) if self.proposer.reads_every_row else None
