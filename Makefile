@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test test-vllm test-ray bench-vllm bench bench-serve benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
+.PHONY: install demo test test-vllm test-ray bench-vllm bench bench-serve soak benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP) $(LLAMA_STAMP)
 # `make vllm-env` made it (about 10 minutes here)
 bench-serve: $(STAMP)
 	$(BIN)/polyverse bench serve --clients 1,4,16 --duration 30 --max-tokens 64 --out benchmarks/serving
+
+# soak: 16 clients for 10 minutes of mixed load against polyverse serve (4 slots, a queue of 8): short and
+# near-context prompts, mid-stream disconnects, slow heads and bodies, bad JSON; exits non-zero on a failed
+# request, an error line or a traceback in the server's log (a few minutes more for warm-up and drain)
+soak: $(STAMP)
+	$(BIN)/polyverse bench soak --duration 600 --clients 16 --out benchmarks/soak
 
 # regenerate BENCHMARKS.md's section of this run, and its plots (benchmarks/lean-bf16/); then the pass
 # costs and the weight types' departures from fp32 greedy (their tables are pasted by hand)

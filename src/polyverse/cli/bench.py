@@ -3,10 +3,10 @@
 `polyverse bench [OPTIONS]` measures the methods against the peers (transformers `generate`, llama.cpp
 greedy) on data sets (the
 group's own options, so the command reads as it always did); the subcommands are the other
-benchmarks: `load` (concurrent clients against `polyverse serve`), `ar-jacobi` (ar and jacobi
-against `generate`), `llamacpp-batch` (whether llama.cpp's greedy argmax depends on the tokens per
-pass) and `multiverse` (paths in parallel against the same tokens sequentially; also
-reachable as the hidden `polyverse bench-multiverse`).
+benchmarks: `load` (concurrent clients against `polyverse serve`), `serve` and `soak` (its serving
+benchmark and soak test), `ar-jacobi` (ar and jacobi against `generate`), `llamacpp-batch`
+(whether llama.cpp's greedy argmax depends on the tokens per pass) and `multiverse` (paths in
+parallel against the same tokens sequentially; also reachable as the hidden `polyverse bench-multiverse`).
 """
 
 from __future__ import annotations

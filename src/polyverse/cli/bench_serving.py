@@ -1,5 +1,6 @@
-"""`polyverse bench load` and `polyverse bench serve`: the server under concurrent streaming clients,
-alone (load test) and against vLLM's CPU build at several client counts (serving benchmark)."""
+"""`polyverse bench load`, `polyverse bench serve` and `polyverse bench soak`: the server under concurrent
+streaming clients, alone (load test), against vLLM's CPU build at several client counts (serving
+benchmark), and under a mixed, misbehaving load for a fixed time (soak test)."""
 
 from __future__ import annotations
 
@@ -89,4 +90,42 @@ def bench_serve(
     typer.echo(serve.report(fig))
     typer.echo(f"written: {out}/results.json, report.md, serving.png")
     if not serve.passed(fig):
+        raise typer.Exit(1)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    duration: float = typer.Option(600.0, "--duration", help="Seconds during which clients start requests."),
+    clients: int = typer.Option(16, "--clients", help="Concurrent clients."),
+    model: str = typer.Option("SmolLM2-135M-Instruct", "--model", help="Bundled model name, HF model directory, or .gguf file."),
+    method: str = typer.Option("auto", "--method", help="Method the server decodes with."),
+    dtype: Optional[str] = DTYPE_OPTION,
+    seed: int = typer.Option(0, "--seed", help="Seed of the clients' choices and prompts."),
+    mix: Optional[str] = typer.Option(None, "--mix", help="Weights of the request kinds: KIND=WEIGHT, comma-separated, of "
+                                      "short, long, disconnect, slow_headers, slow_body, bad (default: mostly short)."),
+    max_concurrent: int = typer.Option(4, "--max-concurrent", help="Server slots (fewer than clients: requests queue)."),
+    max_queue: int = typer.Option(8, "--max-queue", help="Server queue (small: some requests get 429)."),
+    header_timeout: float = typer.Option(5.0, "--header-timeout", help="The server's --header-timeout (0: not passed)."),
+    body_timeout: float = typer.Option(5.0, "--body-timeout", help="The server's --body-timeout (0: not passed)."),
+    rss_slack_mib: Optional[float] = typer.Option(None, "--rss-slack-mib", help="Fail when memory after the idle "
+                                                  "stays this far above the start (default: report only)."),
+    out: str = typer.Option("bench-soak", "--out", help="Folder for results.json and report.md."),
+) -> None:
+    """Mixed long and short prompts, disconnects, slow clients and bad requests against `polyverse serve`
+    for a fixed time: failures, short requests' TTFT, memory (exit 1 when it did not pass)."""
+    from ..bench import soak
+
+    with clean_exit("interrupted: the server was stopped, nothing written"):
+        cfg = soak.SoakConfig(duration=duration, clients=clients, model=model, method=method, dtype=dtype, seed=seed,
+                              mix=soak.parse_mix(mix) if mix else soak.DEFAULT_MIX, max_concurrent=max_concurrent, max_queue=max_queue,
+                              header_timeout=header_timeout, body_timeout=body_timeout, rss_slack_mib=rss_slack_mib)
+        registry.get(method)  # an unknown method fails before the server starts
+        with progress() as bar:
+            task = bar.add_task("starting the server", total=cfg.duration)
+            fig = soak.run(cfg, tick=lambda done, what: bar.update(task, completed=done, description=what),
+                           log=lambda line: err.print(line, highlight=False))
+        soak.write(fig, Path(out))
+    typer.echo(soak.report(fig))
+    typer.echo(f"written: {out}/results.json, report.md")
+    if not fig["passed"]:
         raise typer.Exit(1)
