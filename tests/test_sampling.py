@@ -44,3 +44,12 @@ def test_seeded_generator_reproducible():
     a = [sample(p, g) for g in [make_generator(7)] for _ in range(20)]
     b = [sample(p, g) for g in [make_generator(7)] for _ in range(20)]
     assert a == b
+
+
+def test_tiny_temperature_and_top_p_give_the_top_token_not_nan():
+    logits = torch.tensor([[3.0, 1.0, 3.0 - 1e-3, -2.0]])
+    for cfg in (SamplingConfig(temperature=1e-38), SamplingConfig(temperature=5e-324),
+                SamplingConfig(temperature=1.0, top_p=5e-324),
+                SamplingConfig(temperature=1e-30, top_p=1e-300)):
+        p = target_probs(logits, cfg)
+        assert torch.isfinite(p).all() and p[0, 0] == 1.0 and p.sum() == 1.0, cfg

@@ -245,3 +245,21 @@ def test_the_default_budget_follows_free_memory(tiny):
     # little memory: half of it, over twice a token's bytes, but never below one whole context
     assert default_budget(tiny, 4, free=per * 4 * length) == length
     assert default_budget(tiny, 4, free=per * 12 * length) == 3 * length
+
+
+def test_a_failing_round_fails_its_requests_and_the_worker_lives_on(tiny, monkeypatch, server_log):
+    from polyverse.batching import engine
+
+    real, calls = engine.Batch.round, {"n": 0}
+
+    def round_once_broken(self):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug outside any one request")
+        return real(self)
+
+    monkeypatch.setattr(engine.Batch, "round", round_once_broken)
+    with running(tiny, method="ar") as r:
+        first = httpx.post(r.base + COMPLETE, json=HELLO)
+        assert first.status_code == 500 and first.json()["error"]["code"] == "internal_error"
+        assert httpx.post(r.base + COMPLETE, json=HELLO).status_code == 200

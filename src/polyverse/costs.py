@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 import weakref
 from bisect import bisect_left
@@ -98,6 +99,7 @@ def model_key(model) -> str:
 
 
 _MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # bare models (no polyverse Model)
+_LOCK = threading.RLock()
 
 
 def cost_curve(model, backend) -> CostCurve:
@@ -106,13 +108,18 @@ def cost_curve(model, backend) -> CostCurve:
     ``model`` is the polyverse Model (curve cached in memory and on disk), or None for a bare
     backend (curve measured quickly and kept in memory while its weights live).
     """
+    with _LOCK:  # two threads on one model (two servers, a server and a bench) measure it once
+        if model is None:
+            hf = backend.torch_model
+            if hf not in _MEMO:
+                _MEMO[hf] = measure(backend, context_len=32, reps=2)
+            return _MEMO[hf]
+        return _cached_curve(model, backend)
+
+
+def _cached_curve(model, backend) -> CostCurve:
     from .models.load import cache_dir
 
-    if model is None:
-        hf = backend.torch_model
-        if hf not in _MEMO:
-            _MEMO[hf] = measure(backend, context_len=32, reps=2)
-        return _MEMO[hf]
     if "cost_curve" in model.resources:
         return model.resources["cost_curve"]
     path = cache_dir() / "costs" / f"{model_key(model)}.json"

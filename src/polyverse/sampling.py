@@ -15,7 +15,11 @@ def target_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     """
     if cfg.greedy:
         raise ValueError("target_probs is for sampling; greedy decoding takes the argmax")
-    scores = logits.float() / cfg.temperature  # [q, V]
+    # shifted by each row's maximum first, and a temperature float32 cannot hold taken as its
+    # smallest: a tiny temperature then sends the others to -inf, never the top to inf or 0/0 (nan)
+    logits = logits.float()
+    temperature = max(cfg.temperature, torch.finfo(torch.float32).tiny)
+    scores = (logits - logits.max(dim=-1, keepdim=True).values) / temperature  # [q, V]
     if 0 < cfg.top_k < scores.shape[-1]:
         kth = torch.topk(scores, cfg.top_k, dim=-1).values[..., -1:]  # [q, 1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -24,6 +28,7 @@ def target_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
         sorted_p, order = torch.sort(probs, dim=-1, descending=True)  # [q, V]
         before = torch.cumsum(sorted_p, dim=-1) - sorted_p  # mass strictly above each entry
         drop_sorted = before >= cfg.top_p  # the smallest prefix reaching top_p is kept
+        drop_sorted[..., 0] = False  # and the most likely token always, however small top_p is
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
         probs = probs / probs.sum(dim=-1, keepdim=True)

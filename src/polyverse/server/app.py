@@ -1,7 +1,7 @@
 """The FastAPI app: OpenAI routes, /health, /metrics, the chat page, auth and body-size guards.
 
     POST /v1/chat/completions, POST /v1/completions   (stream: server-sent events, OpenAI chunks)
-    GET  /v1/models, /v1/models/{id}, /health, /metrics (Prometheus), /  (the chat page)
+    GET  /v1/models, /v1/models/{id}, /health (and HEAD), /metrics (Prometheus), /openapi.json, /  (the chat page)
 
 Bodies are parsed here (not by FastAPI), so every bad input gets an OpenAI-style error with the
 right status and never pydantic's 422 format. With an API key, /v1/* and /metrics answer 401
@@ -41,7 +41,7 @@ from .openapi import schema as openapi_schema
 
 log = logging.getLogger("polyverse.server")
 STATIC = Path(__file__).parent / "static"
-ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"}
+ROUTES = {"/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/chat/completions", "/v1/completions"}
 
 
 class Guard:

@@ -2,16 +2,19 @@
 
 The POST routes parse their bodies themselves (so every error is OpenAI-shaped), which leaves
 FastAPI's generated document without request bodies; this one is written from the same pydantic
-models the routes validate with, so it cannot drift from what they accept. Where a validator
-accepts more or less than the model's types say (``stop`` as one string, prompts as token ids in
-the vocabulary, the unsupported OpenAI fields at their neutral values, the one served model), the
-document says what the server really accepts: clients and the property-based tests generated from
-it see the same contract.
+models the routes validate with, so it cannot drift from what they accept. Where a validator or
+the planner accepts more or less than the model's types say (``stop`` as one string, prompts as
+token ids in the vocabulary, the unsupported OpenAI fields at their neutral values, n = 1, the
+one served model, ``--max-tokens-limit``), the document says what the server really accepts:
+clients and the property-based tests generated from it (tests/test_server_schema.py) see the same
+contract. It is built per request from the app's config, so the key's security scheme and the
+limits shown are the running server's.
 """
 
 from __future__ import annotations
 
 import copy
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
@@ -21,9 +24,11 @@ from .config import ServerConfig
 from .schemas import NEUTRAL, ChatRequest, CompletionRequest
 
 REF = "#/components/schemas/{model}"
+ANY = {408: "The request line and headers (or the body) did not arrive in time",
+       503: "Too many connections open, or the server is shutting down"}  # any route
 ERRORS = {400: "Invalid request: bad JSON, a bad field or value, an unsupported parameter, a prompt too long",
-          404: "Unknown model", 408: "The body did not arrive in time", 413: "The body is too large",
-          415: "The body is not JSON", 429: "The queue is full: retry later", 503: "The server is shutting down"}
+          404: "Unknown model", 413: "The body is too large", 415: "The body is compressed (Content-Encoding)",
+          429: "The queue is full: retry later", **ANY}
 UNAUTHORIZED = {401: "Missing or wrong API key"}
 
 
@@ -64,8 +69,11 @@ MODEL = _obj(["id", "object", "created", "owned_by"], {
 MODEL_LIST = _obj(["object", "data"], {"object": {"const": "list"},
                                        "data": {"type": "array", "items": {"$ref": REF.format(model="Model")}}})
 HEALTH = _obj(["status", "model", "active", "waiting"], {
-    "status": {"type": "string"}, "model": {"type": "string"},
-    "active": {"type": "integer", "minimum": 0}, "waiting": {"type": "integer", "minimum": 0}})
+    "status": {"enum": ["ok", "draining"]}, "model": {"type": "string"},
+    "active": {"type": "integer", "minimum": 0}, "waiting": {"type": "integer", "minimum": 0},
+    "kv_tokens": {"type": "integer", "minimum": 0}, "kv_budget": {"type": "integer", "minimum": 0}})
+SSE_EVENT = {"type": "object", "required": ["data"], "description": "one event: an OpenAI chunk as JSON, or [DONE]",
+             "properties": {"data": {"type": "string"}}}  # before OpenAPI 3.2, the schema of one event
 
 
 def _request_schemas(config: ServerConfig, vocab: int | None, context: int | None) -> dict[str, Any]:
@@ -81,6 +89,12 @@ def _request_schemas(config: ServerConfig, vocab: int | None, context: int | Non
                 props[field] = {"enum": list(neutral), "description": "not supported: leave it out"}
         if "stop" in props:
             props["stop"] = {"anyOf": [text, {"type": "array", "items": text, "maxItems": 16}, {"type": "null"}]}
+        if "n" in props:  # one choice per request
+            props["n"] = {**props["n"], "maximum": 1}
+        for field in ("max_tokens", "max_completion_tokens"):  # the server's ceiling (--max-tokens-limit)
+            for branch in props.get(field, {}).get("anyOf", []):
+                if branch.get("type") == "integer":
+                    branch["maximum"] = min(branch.get("maximum", config.max_tokens_limit), config.max_tokens_limit)
     ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
     if vocab:
         ids["items"]["maximum"] = vocab - 1
@@ -88,7 +102,7 @@ def _request_schemas(config: ServerConfig, vocab: int | None, context: int | Non
         ids["maxItems"] = context - 1
     if "prompt" in defs["CompletionRequest"]["properties"]:
         defs["CompletionRequest"]["properties"]["prompt"] = {"anyOf": [
-            {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}, ids]}
+            text, {"type": "array", "items": text, "minItems": 1, "maxItems": 1}, ids]}
     if "Message" in defs and "content" in defs["Message"]["properties"]:
         part = _obj(["type", "text"], {"type": {"const": "text"}, "text": {"type": "string"}})
         defs["Message"]["properties"]["content"] = {"anyOf": [{"type": "string"}, {"type": "array", "items": part},
@@ -118,25 +132,30 @@ def schema(app, config: ServerConfig) -> dict[str, Any]:
 
     def post(summary: str, body: str, reply: str) -> dict[str, Any]:
         ok = {"description": "The completion (stream: server-sent events of OpenAI chunks, then [DONE])",
-              "content": {**_json(reply), "text/event-stream": {"schema": {"type": "string"}}}}
+              "content": {**_json(reply), "text/event-stream": {"schema": SSE_EVENT}}}
         return {"post": op(summary, _responses(ok, {**ERRORS, **auth}), True,
                            requestBody={"required": True, "content": _json(body)})}
 
+    draining = {"description": "Draining for shutdown (the health body), or too many connections (an error)",
+                "content": {"application/json": {"schema": {"anyOf": [{"$ref": REF.format(model="Health")},
+                                                                       {"$ref": REF.format(model="Error")}]}}}}
     model_id = {"name": "model_id", "in": "path", "required": True,
                 "schema": {"type": "string", "enum": [config.served_name]}}
     paths = {
         "/v1/chat/completions": post("Create chat completion", "ChatRequest", "ChatCompletion"),
         "/v1/completions": post("Create completion", "CompletionRequest", "TextCompletion"),
         "/v1/models": {"get": op("List models", _responses(
-            {"description": "The served model", "content": _json("ModelList")}, auth), True)},
+            {"description": "The served model", "content": _json("ModelList")}, {**ANY, **auth}), True)},
         "/v1/models/{model_id}": {"get": op("Retrieve model", _responses(
-            {"description": "The model's card", "content": _json("Model")}, {404: ERRORS[404], **auth}), True,
+            {"description": "The model's card", "content": _json("Model")}, {404: ERRORS[404], **ANY, **auth}), True,
             parameters=[model_id])},
-        "/health": {"get": op("Health", _responses({"description": "Up, with its queue",
-                                                    "content": _json("Health")}, {}), False)},
+        "/health": {"get": op("Health", {**_responses({"description": "Serving, with its queue",
+                                                       "content": _json("Health")}, ANY), "503": draining}, False),
+                    "head": op("Health head", {"200": {"description": "Serving"},
+                                               "503": {"description": "Draining, or too many connections"}}, False)},
         "/metrics": {"get": op("Metrics", _responses({"description": "Prometheus text exposition",
                                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
-                                                     auth), True)},
+                                                     {**ANY, **auth}), True)},
     }
     schemas = {**_request_schemas(config, getattr(backend, "vocab_size", None), getattr(model, "max_length", None)),
                "Error": ERROR, "Usage": USAGE, "ChatCompletion": CHAT_COMPLETION, "TextCompletion": TEXT_COMPLETION,
@@ -149,8 +168,6 @@ def schema(app, config: ServerConfig) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("polyverse")
     except PackageNotFoundError:

@@ -126,10 +126,13 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
         raise invalid(str(exc), None) from None
     ids, raw, chat = _encode(model, req, kind)
     room = model.max_length - len(ids)
-    asked = req.max_tokens if req.max_tokens is not None else getattr(req, "max_completion_tokens", None)
-    if asked is not None and asked > config.max_tokens_limit:
-        raise invalid(f"max_tokens is {asked}; this server allows at most {config.max_tokens_limit} per request",
-                      "max_tokens", "max_tokens_too_large")
+    given = {name: value for name in ("max_tokens", "max_completion_tokens")
+             if (value := getattr(req, name, None)) is not None}
+    for name, value in given.items():
+        if value > config.max_tokens_limit:
+            raise invalid(f"{name} is {value}; this server allows at most {config.max_tokens_limit} per request",
+                          name, "max_tokens_too_large")
+    asked = min(given.values()) if given else None
     if asked is not None and asked > room:
         raise invalid(f"max_tokens is {asked}, but the model's context of {model.max_length} tokens leaves room for "
                       f"{room} after the prompt's {len(ids)}", "max_tokens", "context_length_exceeded")

@@ -206,7 +206,11 @@ class Scheduler:
         self.metrics.kv_reserved.set(self._kv_used)
 
     def _work(self) -> None:
-        curve = self.model.pass_costs() if self.batch_config.budget else None
+        try:
+            curve = self.model.pass_costs() if self.batch_config.budget else None
+        except Exception as exc:  # noqa: BLE001 - the server still serves, with drafts as proposed
+            log.error("the pass costs could not be measured; drafts are not cut to a row budget: %s", exc, exc_info=exc)
+            curve = None
         batch = Batch(curve, self.batch_config)
         running: set[Job] = set()
         trimmed = True
@@ -235,7 +239,16 @@ class Scheduler:
             self._flush()
             if not len(batch):
                 continue
-            events, stats = batch.round()
+            try:
+                events, stats = batch.round()
+            except Exception as exc:  # noqa: BLE001 - a failure outside any one request: its round's requests
+                for job in list(running):  # fail, and the worker lives on for the next ones
+                    batch.remove(job)
+                    running.discard(job)
+                    job.request = None
+                    self._error(job, exc)
+                self._flush()
+                continue
             if stats is not None:
                 self.metrics.pass_rows.observe(stats.rows)
                 self.metrics.pass_requests.observe(stats.requests)

@@ -73,12 +73,12 @@ class Common(Strict):
         """The first field set to a value polyverse does not implement, or None."""
         for name, neutral in NEUTRAL.items():
             value = getattr(self, name)
-            if not any(value is n or (value == n and not isinstance(value, bool)) for n in neutral):
+            if not any(value is n or (type(value) is type(n) and value == n) for n in neutral):
                 return name
         return None
 
 
-NEUTRAL = {"presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None, {}),
+NEUTRAL = {"presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}),
            "logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []), "functions": (None, []),
            "response_format": (None, {"type": "text"})}  # values that change nothing
 
