@@ -388,3 +388,26 @@ def test_a_multiverse_prompt_is_fed_in_chunks_between_the_other_requests_steps(m
     assert first_mv == -(-(len(mv.ids) - 1) // chunk) >= 1
     assert ar.result().token_ids == model.generate(TEXT, method="ar", max_new_tokens=8, chat=False).token_ids
     assert mv.result().token_ids == alone and len(alone) <= 60
+
+
+def test_a_short_prompt_behind_a_long_one_starts_decoding_at_once(models):
+    if "lean" not in models:
+        pytest.skip("the lean pass does not run on this CPU")
+    model = models["lean"]
+    engine = Batch(model.pass_costs(), BatchConfig(prefill_chunk=16))
+    long_one = model.request((TEXT * 20)[:400], method="ar", max_new_tokens=4, chat=False)
+    short = model.request("abc", method="ar", max_new_tokens=4, chat=False)
+    long_one.join(engine, "long")
+    engine.round()  # the long prompt starts first
+    short.join(engine, "short")
+    first = {}
+    for rnd in range(1, 200):
+        events, stats = engine.round()
+        assert stats.prompt_rows <= 16
+        for ev in events:
+            first.setdefault(ev.key, rnd)
+            (long_one if ev.key == "long" else short).push(ev.step)
+        if long_one.done and short.done:
+            break
+    assert first["short"] <= 2 < first["long"]  # its prompt went in beside the long one's, which went on
+    assert short.result().token_ids == model.generate("abc", method="ar", max_new_tokens=4, chat=False).token_ids

@@ -3,7 +3,7 @@
 Requests join and leave between passes. Each round, every request that decodes through the one
 decode loop (a ``loop.Decoding``) puts its rows into one shared pass (``backends.base.forward_many``):
 a request still reading its prompt puts a chunk of it (at most ``prefill_chunk`` prompt tokens per
-pass over all such requests, so a long prompt does not stall the others), a decoding request its
+pass over all such requests, shortest prompt first: ``prefill``; so a long prompt stalls no one), a decoding request its
 pending token and its draft, cut to the pass's row budget (``budget.allocate``) when it decodes
 greedily. Requests of methods that schedule their own passes (a ``Runner``, e.g. Multiverse, whose
 paths already share its passes) run one step each per round, in their own passes.
@@ -24,6 +24,7 @@ from ..backends.base import forward_many
 from ..costs import CostCurve
 from ..loop import Decoding, Step
 from .budget import Acceptance, allocate
+from .prefill import prompt_shares
 
 
 @dataclass(frozen=True)
@@ -178,19 +179,21 @@ class Batch:
         events: list[Event] = []
         cfg = self.config
         parts, owners, drafts = [], [], []
-        # prompt chunks, oldest request first
-        left = cfg.prefill_chunk if cfg.prefill_chunk else None
+        # prompt chunks: the pass's prompt budget shared shortest prompt first (``prefill``)
+        prefilling = [(key, s) for key, s in self._shared.items() if s.decoding.prefilling]
+        # a backend that runs a pass per request feeds prompts in its own fixed pieces (``loop.PROMPT_PASS``):
+        # its passes are not shared, and a prompt cut elsewhere may not give the same bits there (llama.cpp)
+        chunked = [(key, s) for key, s in prefilling if getattr(s.decoding.backend, "shares_passes", False)]
+        shares: dict = {key: None for key, _ in prefilling}
+        if cfg.prefill_chunk:
+            left = [s.decoding.prompt_length - 1 - s.decoding.prefilled for _, s in chunked]
+            shares.update(zip([key for key, _ in chunked], prompt_shares(left, cfg.prefill_chunk)))
         prompt_rows = 0
-        for key, s in list(self._shared.items()):
-            if not s.decoding.prefilling:
-                continue
-            # a backend that runs a pass per request gets whole prompts: its passes are not shared,
-            # and a prompt in pieces may not give the bits of a prompt in one pass there (llama.cpp)
-            whole = not getattr(s.decoding.backend, "shares_passes", False)
-            if not whole and left is not None and left <= 0:
+        for key, s in prefilling:
+            if shares[key] == 0:
                 continue
             try:
-                feed, rows = s.decoding.feed(limit=None if whole else left)
+                feed, rows = s.decoding.feed(limit=shares[key])
             except Exception as exc:  # noqa: BLE001
                 events.append(Event(key, error=exc))
                 self.remove(key)
@@ -198,8 +201,6 @@ class Batch:
             parts.append((s.decoding.backend, feed, rows))
             owners.append(key)
             prompt_rows += len(feed)
-            if left is not None and not whole:
-                left -= len(feed)
         # decoding requests: their drafts, cut to the budget where they decode greedily
         proposed: list[tuple[Hashable, _Shared, object]] = []
         for key, s in list(self._shared.items()):
