@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import threading
 import time
@@ -37,7 +38,10 @@ log = logging.getLogger("polyverse.server")
 
 
 def _release_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise, so RSS stays at its peak)."""
+    """Free what finished requests left in reference cycles (a runner's generators and its engine
+    hold each other, and with them a KV cache), then hand freed heap pages back to the OS (glibc
+    keeps them otherwise, so RSS stays at its peak)."""
+    gc.collect()
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
