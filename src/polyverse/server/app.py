@@ -144,8 +144,8 @@ async def read_body(request: Request, cls):
         raise invalid(f"the body must be a JSON object, got a JSON {type(data).__name__}")
     where = _surrogate(data)
     if where is not None:
-        raise invalid(f"{where or 'the body'} holds a lone UTF-16 surrogate escape (\\ud800 to \\udfff "
-                      "without its pair), which is not a character", where or None)
+        raise invalid(f"{where} holds a lone UTF-16 surrogate escape (\\ud800 to \\udfff without its pair), "
+                      "which is not a character", where)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

@@ -3,8 +3,8 @@
 Requests hold a *slot* (at most ``max_concurrent``) or wait in a bounded queue (``max_queue``;
 one more is refused with 429). A slot also reserves the request's KV tokens (``memory``): the
 requests holding slots never reserve more than ``kv_budget`` together, so a request that does not
-fit waits, in arrival order, and one that could never fit is refused with 400. The worker keeps every request holding a slot in one continuous
-batch (``batching.Batch``): each round is one shared pass in which every request reading its prompt
+fit waits, in arrival order, and one that could never fit is refused with 400. The worker keeps
+every request holding a slot in one continuous batch (``batching.Batch``): each round is one shared pass in which every request reading its prompt
 feeds a chunk of it and every decoding request its pending token and its draft, cut to the pass's
 row budget, so a request joining never stalls the others and torch runs on one thread only.
 Requests of methods that run their own passes (Multiverse) take one step each per round. Each
