@@ -32,6 +32,7 @@ class Chunk:
     tokens: tuple[int, ...]  # tokens accepted in this step
     step: StepStats
     finish_reason: str | None = None
+    logprobs: tuple | None = None  # one ``logprobs.TokenLogprob`` per token kept, when asked for
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Generation:
     finish_reason: str  # "eos" | "length" | "stop"
     method: str
     stats: Stats
+    logprobs: tuple | None = None  # one ``logprobs.TokenLogprob`` per token of token_ids, when asked for
 
     def to_dict(self) -> dict:
         return {
@@ -230,24 +232,31 @@ class Model:
         stop: Sequence[str] = (),
         generator=None,
         on_update=None,
+        logprobs: int | None = None,
     ) -> Stream:
         """Start generating; nothing runs until the stream is iterated. Bad options raise at once.
+
+        ``logprobs=k``: each output token's log-probability under the model, with the k likeliest
+        tokens at its position (``Chunk.logprobs``, ``Generation.logprobs``).
 
         ``on_update(engine, update)`` sees every pass of an engine-style method (Multiverse: the
         paths as they grow). A method may rewrite a text prompt before the chat template is
         applied (Multiverse's guided mode asks for a plan).
         """
         ids, runner, gen_cfg, _ = self._prepare(prompt, method, options, chat, max_new_tokens, temperature, top_k,
-                                                top_p, seed, stop, generator, on_update)
+                                                top_p, seed, stop, generator, on_update, logprobs)
         holder: dict = {}
         return Stream(self._run(ids, runner, gen_cfg, method, holder), holder)
 
     def _prepare(self, prompt, method, options, chat, max_new_tokens, temperature, top_k, top_p, seed, stop,
-                 generator, on_update):
+                 generator, on_update, logprobs=None):
         """(prompt ids, the method's runner on this model's backend, the request config, its generator);
         bad options, sampling values or prompts raise here."""
         spec = registry.get(method)
         method_cfg = spec.make_config(options)
+        if logprobs is not None and spec.runner:
+            raise ConfigError(f"logprobs are not available with '{method}' (it writes tokens outside the one "
+                              "decode loop): use another method")
         if spec.rewrite is not None and isinstance(prompt, str) and chat is not False and self.has_chat_template:
             prompt = spec.rewrite(method_cfg, prompt)
         gen_cfg = GenerationConfig(
@@ -256,6 +265,7 @@ class Model:
             seed=seed,
             stop=tuple(stop),
             eos_token_ids=self.eos_token_ids,
+            logprobs=logprobs,
         )
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, int) for t in prompt):
             ids = [int(t) for t in prompt]
@@ -344,22 +354,28 @@ class Model:
         stats = Stats()
         text = TextStream(self.tokenizer, gen_cfg.stop)
         finish = "length"
+        lps: list | None = [] if gen_cfg.logprobs is not None else None
         for step in runner.run(ids):
             if step.prompt:  # a runner's prompt chunk: nothing to show or count
                 continue
             stats.add(step.stats)
             piece = text.push(step.tokens, final=step.finish_reason is not None)
+            new_lps = None
+            if lps is not None:  # those of the tokens kept (a stop string may cut the step's last ones)
+                new_lps = tuple((step.logprobs or ())[: len(text.ids) - len(lps)])
+                lps.extend(new_lps)
             if text.stopped:
                 finish = "stop"
                 stats.seconds = time.perf_counter() - t0
-                yield Chunk(piece, step.tokens, step.stats, finish)
+                yield Chunk(piece, step.tokens, step.stats, finish, new_lps)
                 break
             if step.finish_reason:
                 finish = step.finish_reason
             stats.seconds = time.perf_counter() - t0
-            yield Chunk(piece, step.tokens, step.stats, step.finish_reason)
+            yield Chunk(piece, step.tokens, step.stats, step.finish_reason, new_lps)
         stats.seconds = time.perf_counter() - t0
-        holder["generation"] = Generation(text.text, tuple(text.ids), finish, method, stats)
+        holder["generation"] = Generation(text.text, tuple(text.ids), finish, method, stats,
+                                          tuple(lps) if lps is not None else None)
 
     def generate(self, prompt, **kwargs) -> Generation:
         """Generate to the end and return text, token ids and statistics (see ``stream``)."""

@@ -32,6 +32,9 @@ class SamplingConfig:
         return self.temperature == 0.0
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's ceiling for top_logprobs
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """What to generate: length, stopping, sampling and the seed of the random stream."""
@@ -41,9 +44,12 @@ class GenerationConfig:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     eos_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None  # None: none; k: each output token's log-probability and the k likeliest
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise ConfigError(f"logprobs must be in 0..{MAX_TOP_LOGPROBS} (top tokens per position), got {self.logprobs}")
         if any(not s for s in self.stop):
             raise ConfigError("stop strings must not be empty")

@@ -18,6 +18,7 @@ from .config import GenerationConfig
 from .draft import Draft
 from .errors import ConfigError
 from .layout import Feed, chain_feed, draft_feed
+from .logprobs import producing_rows, token_logprobs
 from .sampling import make_generator
 from .verify import Verdict, verify
 
@@ -36,6 +37,7 @@ class Step:
     stats: StepStats
     finish_reason: str | None = None  # "eos" | "length" on the last step
     prompt: bool = False  # a pass over prompt tokens only (``prompt_chunks``): no output, not a decode pass
+    logprobs: tuple | None = None  # one ``logprobs.TokenLogprob`` per token, when the request asks for them
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,11 @@ class Decoding:
             self.proposer.observe(Observation(draft, verdict, logits, tuple(self.context)))
         self.finished = finish
         stats = StepStats(len(draft) + 1, len(draft), len(tokens), time.perf_counter() - self._t0)
-        return Step(tuple(tokens), stats, finish)
+        lps = None
+        if self.config.logprobs is not None and tokens:
+            rows = logits[producing_rows(verdict.accepted, len(tokens))]  # [len(tokens), V]
+            lps = token_logprobs(rows, tokens, self.config.logprobs)
+        return Step(tuple(tokens), stats, finish, logprobs=lps)
 
 
 def decode(

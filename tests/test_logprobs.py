@@ -1,0 +1,64 @@
+"""Log-probabilities of output tokens: read from the target's rows that produced them, so every
+method reports what `ar` reports, and what a plain forward over the whole output gives."""
+
+import pytest
+import torch
+
+from polyverse.errors import ConfigError
+
+PROMPT = "abcab cabca bbcca abcab "
+METHODS = [("auto", {}), ("jacobi", {"block": 4}), ("lookahead", {"window": 3, "ngram": 3, "guesses": 2}),
+           ("prompt_lookup", {})]
+
+
+def test_ar_logprobs_are_the_models_own(tiny):
+    g = tiny.generate(PROMPT, method="ar", max_new_tokens=12, chat=False, logprobs=3)
+    assert len(g.logprobs) == len(g.token_ids) == 12
+    ids = tiny.encode(PROMPT, chat=False)
+    with torch.no_grad():
+        logits = tiny.hf_model(torch.tensor([ids + list(g.token_ids)])).logits[0].float()  # [n, V]
+    lp = torch.log_softmax(logits, -1)
+    for j, (tok, entry) in enumerate(zip(g.token_ids, g.logprobs)):
+        row = lp[len(ids) - 1 + j]
+        assert entry.token == tok and abs(entry.logprob - float(row[tok])) < 1e-4
+        assert [t for t, _ in entry.top] == torch.topk(row, 3).indices.tolist()
+        assert entry.top[0][0] == tok  # greedy: the chosen token is the likeliest
+
+
+@pytest.mark.parametrize("method, options", METHODS)
+def test_every_method_reports_ars_logprobs(tiny, method, options):
+    ref = tiny.generate(PROMPT, method="ar", max_new_tokens=20, chat=False, logprobs=2)
+    got = tiny.generate(PROMPT, method=method, options=options, max_new_tokens=20, chat=False, logprobs=2)
+    assert got.token_ids == ref.token_ids
+    assert got.stats.drafted > 0
+    for a, b in zip(got.logprobs, ref.logprobs):
+        assert a.token == b.token and abs(a.logprob - b.logprob) < 1e-4
+        assert [t for t, _ in a.top] == [t for t, _ in b.top]
+
+
+def test_logprobs_follow_a_stop_string_and_streaming(tiny):
+    full = tiny.generate(PROMPT, method="auto", max_new_tokens=20, chat=False, logprobs=0)
+    stop = tiny.tokenizer.decode(list(full.token_ids[5:7]))
+    g = tiny.generate(PROMPT, method="auto", max_new_tokens=20, chat=False, logprobs=0, stop=[stop])
+    assert g.finish_reason == "stop" and len(g.logprobs) == len(g.token_ids) < 20
+    chunks = list(tiny.stream(PROMPT, method="auto", max_new_tokens=20, chat=False, logprobs=1))
+    streamed = [e for c in chunks for e in c.logprobs]
+    assert [e.token for e in streamed] == list(full.token_ids) and all(len(e.top) == 1 for e in streamed)
+
+
+def test_no_logprobs_unless_asked_and_bad_requests_refused(tiny):
+    assert tiny.generate(PROMPT, method="ar", max_new_tokens=3, chat=False).logprobs is None
+    with pytest.raises(ConfigError, match="logprobs"):
+        tiny.generate(PROMPT, method="ar", max_new_tokens=3, chat=False, logprobs=21)
+    with pytest.raises(ConfigError, match="multiverse"):
+        tiny.generate(PROMPT, method="multiverse", max_new_tokens=3, chat=False, logprobs=1)
+
+
+@pytest.mark.bundled
+def test_auto_logprobs_equal_ars_where_drafts_are_accepted(bundled):
+    prompt = ("Add a comment above every line of this function and return the whole function:\n\n"
+              "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)")
+    ref = bundled.generate(prompt, method="ar", max_new_tokens=48, logprobs=1)
+    got = bundled.generate(prompt, method="auto", max_new_tokens=48, logprobs=1)
+    assert got.token_ids == ref.token_ids and got.stats.accepted_draft > 5  # rows of accepted drafts were read
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(got.logprobs, ref.logprobs)) < 1e-4
