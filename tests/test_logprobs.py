@@ -62,3 +62,37 @@ def test_auto_logprobs_equal_ars_where_drafts_are_accepted(bundled):
     got = bundled.generate(prompt, method="auto", max_new_tokens=48, logprobs=1)
     assert got.token_ids == ref.token_ids and got.stats.accepted_draft > 5  # rows of accepted drafts were read
     assert max(abs(a.logprob - b.logprob) for a, b in zip(got.logprobs, ref.logprobs)) < 1e-4
+
+
+def test_the_server_returns_logprobs_in_openais_shapes(tiny):
+    import httpx
+    import openai
+
+    from server_util import running, sse_events
+
+    hi = [{"role": "user", "content": "hi"}]
+    ref = tiny.generate(hi, method="ar", max_new_tokens=6, logprobs=2)
+    with running(tiny, method="auto") as r:
+        client = openai.OpenAI(base_url=r.base + "/v1", api_key="x", max_retries=0)
+        chat = client.chat.completions.create(model="tiny", messages=hi, max_tokens=6, temperature=0, logprobs=True,
+                                              top_logprobs=2)
+        content = chat.choices[0].logprobs.content
+        assert len(content) == chat.usage.completion_tokens == 6
+        for got, want in zip(content, ref.logprobs):
+            assert abs(got.logprob - want.logprob) < 1e-4 and len(got.top_logprobs) == 2
+            assert got.token == tiny.tokenizer.decode([want.token]) and got.bytes == list(got.token.encode())
+        text = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=5, temperature=0, logprobs=3)
+        lp = text.choices[0].logprobs
+        assert "".join(lp.tokens) == text.choices[0].text and len(lp.token_logprobs) == 5
+        assert all(len(t) <= 3 for t in lp.top_logprobs) and lp.text_offset[0] == 0
+        body = {"model": "tiny", "messages": hi, "max_tokens": 6, "temperature": 0, "logprobs": True, "stream": True}
+        with httpx.stream("POST", r.base + "/v1/chat/completions", json=body) as s:
+            events = [e for e in sse_events(s) if e != "[DONE]"]
+        streamed = [x["logprob"] for e in events if e["choices"] and e["choices"][0]["logprobs"]
+                    for x in e["choices"][0]["logprobs"]["content"]]
+        assert len(streamed) == 6 and max(abs(a - b.logprob) for a, b in zip(streamed, ref.logprobs)) < 1e-4
+        bad = httpx.post(r.base + "/v1/chat/completions", json={"model": "tiny", "messages": hi, "top_logprobs": 2})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_logprobs"
+        mv = httpx.post(r.base + "/v1/completions", json={"model": "tiny", "prompt": "hi", "logprobs": 1,
+                                                           "polyverse": {"method": "multiverse"}})
+        assert mv.status_code == 400 and "multiverse" in mv.json()["error"]["message"]

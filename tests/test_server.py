@@ -200,7 +200,7 @@ BAD = {
     "negative temperature": (CHAT, {**OK, "temperature": -0.5}, 400, "temperature"),
     "top_p zero": (CHAT, {**OK, "top_p": 0}, 400, "top_p"),
     "empty stop string": (CHAT, {**OK, "stop": [""]}, 400, "stop"),
-    "unsupported logprobs": (CHAT, {**OK, "logprobs": True}, 400, "logprobs"),
+    "logprobs not a boolean": (CHAT, {**OK, "logprobs": 1}, 400, "logprobs"),
     "several prompts": (COMPLETE, {"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt"),
 }
 

@@ -288,7 +288,7 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
         job = Job(p, asyncio.get_running_loop())
         scheduler.submit(job)
         watcher = asyncio.create_task(_watch(request, job, scheduler))
-        reply = Reply(p, config.served_name)
+        reply = Reply(p, config.served_name, model.tokenizer)
         streaming = False
         try:
             event, payload = await job.events.get()  # "started", or an error before any output
@@ -326,8 +326,8 @@ async def _events(job: Job, reply: Reply, watcher: asyncio.Task, scheduler: Sche
             event, payload = await job.events.get()
             if event == "chunk":
                 passes += 1
-                if payload.text:
-                    yield reply.piece(payload.text, passes, payload.step.accepted)
+                if payload.text or payload.logprobs:
+                    yield reply.piece(payload.text, passes, payload.step.accepted, payload.logprobs)
             elif event == "done":
                 yield reply.last(payload)
                 return

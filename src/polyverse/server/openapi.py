@@ -56,7 +56,7 @@ def _completion(kind: str, choice: dict[str, Any]) -> dict[str, Any]:
         "id": {"type": "string"}, "object": {"const": kind}, "created": {"type": "integer"},
         "model": {"type": "string"}, "usage": {"$ref": REF.format(model="Usage")},
         "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": _obj(
-            ["index", "finish_reason", *choice], {"index": {"const": 0}, "logprobs": {"type": "null"},
+            ["index", "finish_reason", *choice], {"index": {"const": 0}, "logprobs": {"type": ["object", "null"]},
                                                   "finish_reason": FINISH, **choice})}})
 
 

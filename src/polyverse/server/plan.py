@@ -37,6 +37,7 @@ class Plan:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    logprobs: int | None = None  # None: none; k: each token's log-probability and the k likeliest
 
 
 def method_and_options(req: Common, config: ServerConfig) -> tuple[str, dict]:
@@ -119,6 +120,10 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
             raise invalid("suffix is not supported: polyverse completes after the prompt only", "suffix",
                           "unsupported_parameter")
     method, options = method_and_options(req, config)
+    logprobs = _logprobs(req)
+    if logprobs is not None and registry.get(method).runner:
+        raise invalid(f"logprobs are not available with method '{method}': use another method", "logprobs",
+                      "unsupported_parameter")
     top_k = req.polyverse.top_k if req.polyverse else 0
     try:
         SamplingConfig(req.temperature, top_k, req.top_p)
@@ -140,4 +145,13 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
     return Plan(kind=kind, prompt=raw if registry.get(method).rewrite is not None else ids, chat=chat, prompt_tokens=len(ids),
                 method=method, options=options, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                 top_k=top_k, seed=req.seed, stop=tuple(req.stop or ()), stream=req.stream,
-                include_usage=bool(req.stream_options and req.stream_options.include_usage))
+                include_usage=bool(req.stream_options and req.stream_options.include_usage), logprobs=logprobs)
+
+
+def _logprobs(req: Common) -> int | None:
+    """How many top tokens per position the reply lists (None: no logprobs at all)."""
+    if isinstance(req, ChatRequest):
+        if req.top_logprobs is not None and not req.logprobs:
+            raise invalid("top_logprobs needs logprobs: true", "top_logprobs")
+        return (req.top_logprobs or 0) if req.logprobs else None
+    return req.logprobs

@@ -3,7 +3,9 @@
 Every stream chunk that carries text also carries ``"polyverse": {"pass": k, "accepted": n}``:
 the forward pass (1, 2, ...) that accepted that text and how many tokens it accepted (OpenAI
 clients ignore the field; the chat page colours text by it). ``usage`` adds
-``"polyverse": {method, forward_passes, mean_accepted, accepted_per_pass, ...}``.
+``"polyverse": {method, forward_passes, mean_accepted, accepted_per_pass, ...}``. With logprobs,
+each choice (and each stream chunk) carries them in OpenAI's shape: chat ``{"content": [{token,
+logprob, bytes, top_logprobs}]}``, completions ``{tokens, token_logprobs, top_logprobs, text_offset}``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 class Reply:
     """The fixed parts of one reply: id, creation time, model, kind."""
 
-    def __init__(self, plan: Plan, model_name: str) -> None:
+    def __init__(self, plan: Plan, model_name: str, tokenizer=None) -> None:
         self.plan = plan
         self.model = model_name
+        self.tokenizer = tokenizer
+        self._offset = 0  # text offset of the next token (completions' text_offset)
         self.chat = plan.kind == "chat"
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
@@ -44,27 +48,50 @@ class Reply:
     def whole(self, gen) -> dict[str, Any]:
         """The non-streaming response."""
         finish = FINISH.get(gen.finish_reason, "stop")
+        lps = self.logprobs(gen.logprobs)
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": gen.text}, "logprobs": None,
+            choice = {"index": 0, "message": {"role": "assistant", "content": gen.text}, "logprobs": lps,
                       "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": gen.text, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": gen.text, "logprobs": lps, "finish_reason": finish}
         return {**self._head(False), "choices": [choice], "usage": self.usage(gen)}
 
-    def _choice(self, text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+    def _choice(self, text: str | None, finish: str | None, first: bool = False, lps=None) -> dict[str, Any]:
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
             if text:
                 delta["content"] = text
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return {"index": 0, "delta": delta, "logprobs": self.logprobs(lps), "finish_reason": finish}
+        return {"index": 0, "text": text or "", "logprobs": self.logprobs(lps), "finish_reason": finish}
+
+    def _token(self, token: int) -> str:
+        return self.tokenizer.decode([token]) if self.tokenizer is not None else str(token)
+
+    def logprobs(self, entries) -> dict[str, Any] | None:
+        """``logprobs.TokenLogprob`` entries in OpenAI's shape for this reply's kind (None: not asked for)."""
+        if entries is None or self.plan.logprobs is None:
+            return None
+        if self.chat:
+            def one(token: int, logprob: float) -> dict[str, Any]:
+                text = self._token(token)
+                return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+            return {"content": [{**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
+                                for e in entries]}
+        tokens = [self._token(e.token) for e in entries]
+        offsets = []
+        for text in tokens:
+            offsets.append(self._offset)
+            self._offset += len(text)
+        top = [{self._token(t): lp for t, lp in e.top} for e in entries] if self.plan.logprobs else None
+        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries], "top_logprobs": top,
+                "text_offset": offsets}
 
     def first(self) -> str:
         """The opening chunk of a chat stream (the assistant role), as SSE; '' for completions."""
         return sse({**self._head(True), "choices": [self._choice(None, None, first=True)]}) if self.chat else ""
 
-    def piece(self, text: str, pass_index: int, accepted: int) -> str:
-        return sse({**self._head(True), "choices": [self._choice(text, None)],
+    def piece(self, text: str, pass_index: int, accepted: int, lps=None) -> str:
+        return sse({**self._head(True), "choices": [self._choice(text, None, lps=lps)],
                     "polyverse": {"pass": pass_index, "accepted": accepted}})
 
     def last(self, gen) -> str:

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI endpoints as strict pydantic models (no silent "5" -> 5).
 
 Fields the server does not use (``user``, ``metadata``, ...) are ignored; fields that would
-change the output in a way polyverse does not implement (``logprobs``, ``tools``, penalties, ...)
+change the output in a way polyverse does not implement (``tools``, penalties, ...)
 are refused with a 400 by ``unsupported``. The polyverse extra field::
 
     "polyverse": {"method": "lookahead", "options": {"window": 4}, "top_k": 0}
@@ -48,8 +48,6 @@ class Common(Strict):
     presence_penalty: Any = None
     frequency_penalty: Any = None
     logit_bias: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
     tools: Any = None
     functions: Any = None
     response_format: Any = None
@@ -79,7 +77,7 @@ class Common(Strict):
 
 
 NEUTRAL = {"presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}),
-           "logprobs": (None, False), "top_logprobs": (None, 0), "tools": (None, []), "functions": (None, []),
+           "tools": (None, []), "functions": (None, []),
            "response_format": (None, {"type": "text"})}  # values that change nothing
 
 
@@ -103,10 +101,13 @@ class Message(Strict):
 class ChatRequest(Common):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    logprobs: bool = False  # each output token's log-probability
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # and the likeliest tokens at its position (needs logprobs)
 
 
 class CompletionRequest(Common):
     prompt: str | list[int]
+    logprobs: int | None = Field(None, ge=0, le=5)  # the legacy shape: log-probabilities and the top k
     echo: bool = False
     best_of: int | None = Field(None, ge=1, le=1)
     suffix: str | None = None
