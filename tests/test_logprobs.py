@@ -96,3 +96,21 @@ def test_the_server_returns_logprobs_in_openais_shapes(tiny):
         mv = httpx.post(r.base + "/v1/completions", json={"model": "tiny", "prompt": "hi", "logprobs": 1,
                                                            "polyverse": {"method": "multiverse"}})
         assert mv.status_code == 400 and "multiverse" in mv.json()["error"]["message"]
+
+
+def test_generate_command_prints_logprobs(tiny, tiny_dir):
+    import json
+
+    from typer.testing import CliRunner
+
+    from polyverse.cli import app
+
+    run = lambda *a: CliRunner().invoke(app, [str(x) for x in a])  # noqa: E731
+    r = run("generate", PROMPT, "--model", tiny_dir, "--no-chat", "-n", 6, "--logprobs", 2, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    ref = tiny.generate(PROMPT, method="auto", max_new_tokens=6, chat=False, logprobs=2)
+    assert [row["token"] for row in out["logprobs"]] == out["token_ids"] == list(ref.token_ids)
+    assert all(len(row["top"]) == 2 for row in out["logprobs"])
+    bad = run("generate", PROMPT, "--model", tiny_dir, "--logprobs", 21)
+    assert bad.exit_code == 2 and "logprobs" in bad.output and "Traceback" not in bad.output

@@ -85,6 +85,8 @@ def _before_flags(
 def _after_flags(
     option: list[str] = typer.Option([], "--option", "-o", help="Method option KEY=VALUE (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text, token ids, statistics) instead."),
+    logprobs: Optional[int] = typer.Option(None, "--logprobs", help="Also show each token's log-probability and the "
+                                           "K likeliest tokens at its position (0-20; in --json: a 'logprobs' list)."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter name (e.g. cllm-gsm8k) or folder."),
     backend: str = typer.Option("transformers", "--backend", help="transformers, or llamacpp (the model's GGUF "
                                 "through llama.cpp; pip install 'polyverse[llamacpp]')."),
@@ -139,7 +141,8 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
              top_k: int, top_p: float, seed: Optional[int], stop: list[str], option: list[str], as_json: bool,
              adapter: Optional[str], backend: str, flags: list[tuple[MethodFlag, Any]], dtype: Optional[str] = None,
              input: Optional[str] = None, output: Optional[str] = None, concurrency: int = 32, ray: Optional[str] = None,
-             workers: Optional[int] = None, worker_threads: int = 1, shard_size: int = 16) -> None:
+             workers: Optional[int] = None, worker_threads: int = 1, shard_size: int = 16,
+             logprobs: Optional[int] = None) -> None:
     """The command body: ``flags`` are the given method flags with their values."""
     with clean_exit("interrupted: finished prompts are written; rerun the same command to resume" if input else "interrupted"):
         if input is not None or output is not None:
@@ -151,12 +154,15 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
                 raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
         elif prompt is None:
             raise ConfigError("give a prompt, or --input prompts.jsonl --output out.jsonl")
+        if logprobs is not None and input is not None:
+            raise ConfigError("--logprobs is for one prompt, not --input files")
         if ray is not None and input is None:
             raise ConfigError("--ray runs --input files (a single prompt runs here)")
         cluster.check(ray, workers, worker_threads, shard_size)
         if prompt is not None and not prompt.strip():
             raise ConfigError("the prompt is empty")
-        GenerationConfig(max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p), stop=tuple(stop))
+        GenerationConfig(max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p), stop=tuple(stop),
+                         logprobs=logprobs)
         spec = registry.get(method)
         options: dict[str, Any] = {}
         for flag, value in flags:  # the dedicated flags that were given, then --option KEY=VALUE
@@ -212,7 +218,7 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
             live = Live(console=Console(), refresh_per_second=8, transient=False)
         on_update = (lambda engine, update: live.update(render(engine))) if live else None
         stream = lm.stream(prompt, method=method, options=options, chat=chat, max_new_tokens=max_new_tokens,
-                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop,
+                           temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop, logprobs=logprobs,
                            **({"on_update": on_update} if on_update else {}))
         if live:
             with live:
@@ -229,10 +235,25 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
         out["model"] = model
         out["stats"].pop("accepted_per_pass", None)
         out["accepted_per_pass"] = result.stats.accepted_per_pass
+        if result.logprobs is not None:
+            out["logprobs"] = logprob_rows(lm.tokenizer, result.logprobs)
         typer.echo(json.dumps(out))
     else:
         typer.echo("")
+        if result.logprobs is not None:
+            table = Table("token", "logprob", "likeliest")
+            for row in logprob_rows(lm.tokenizer, result.logprobs):
+                table.add_row(repr(row["text"]), f"{row['logprob']:.4f}",
+                              "  ".join(f"{t!r} {lp:.3f}" for _, t, lp in row["top"]))
+            Console(stderr=True).print(table)
         typer.echo(f"[{method}] {result.stats.line()}")
+
+
+def logprob_rows(tokenizer, entries) -> list[dict]:
+    """``logprobs.TokenLogprob`` entries as JSON rows: token id and text, logprob, top [id, text, logprob]."""
+    text = lambda t: tokenizer.decode([t])  # noqa: E731
+    return [{"token": e.token, "text": text(e.token), "logprob": e.logprob,
+             "top": [[t, text(t), lp] for t, lp in e.top]} for e in entries]
 
 
 
