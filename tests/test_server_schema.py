@@ -125,7 +125,8 @@ def assert_openai_error(response) -> None:
 
 
 def assert_completion(response, chat: bool) -> None:
-    """A whole completion object, or a stream of chunks that ends with a finish reason and [DONE]."""
+    """A whole completion object, or a stream of chunks in which every choice ends with one finish
+    reason, then [DONE]."""
     kind = "chat.completion" if chat else "text_completion"
     if response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
         events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
@@ -133,15 +134,22 @@ def assert_completion(response, chat: bool) -> None:
         chunks = [json.loads(e) for e in events[:-1]]
         assert "error" not in chunks[-1], chunks[-1]
         assert all(c["object"] == (kind + ".chunk" if chat else kind) for c in chunks), chunks
-        finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
-        assert finishes[-1] in ("stop", "length") and not any(finishes[:-1]), chunks
+        finishes: dict = {}
+        for c in chunks:
+            for choice in c["choices"]:
+                assert choice["index"] not in finishes, chunks  # nothing after a choice's finish
+                if choice["finish_reason"] is not None:
+                    finishes[choice["index"]] = choice["finish_reason"]
+        assert finishes and set(finishes.values()) <= {"stop", "length"}, chunks
+        assert sorted(finishes) == list(range(len(finishes))), chunks
         return
     body = response.json()
-    assert body["object"] == kind and body["id"] and body["choices"][0]["finish_reason"] in ("stop", "length")
-    text = body["choices"][0]["message"]["content"] if chat else body["choices"][0]["text"]
-    assert isinstance(text, str)
+    assert body["object"] == kind and body["id"] and [c["index"] for c in body["choices"]] == list(range(len(body["choices"])))
+    for choice in body["choices"]:
+        assert choice["finish_reason"] in ("stop", "length")
+        assert isinstance(choice["message"]["content"] if chat else choice["text"], str)
     usage = body["usage"]
-    assert usage["completion_tokens"] <= MAX_TOKENS, usage
+    assert usage["completion_tokens"] <= MAX_TOKENS * len(body["choices"]), usage
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 

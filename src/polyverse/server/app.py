@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import json
 import logging
+from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -182,14 +183,56 @@ def _surrogate(data) -> str | None:
     return None
 
 
-async def _watch(request: Request, job: Job, scheduler: Scheduler) -> None:
-    """Cancel ``job`` as soon as its client disconnects."""
+async def _watch(request: Request, jobs: list[Job], scheduler: Scheduler) -> None:
+    """Cancel the request's jobs (one per choice) as soon as its client disconnects."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            scheduler.cancel(job)
-            job.events.put_nowait(("cancelled", None))
+            for job in jobs:
+                scheduler.cancel(job)
+                job.events.put_nowait(("cancelled", None))
             return
+
+
+class _Choices:
+    """A request's jobs, one per choice, and one queue of their events tagged with the choice's index."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = jobs
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._early: deque = deque()  # events of choices already under way while others were starting
+        self._pumps = [asyncio.create_task(self._pump(i, job)) for i, job in enumerate(jobs)]
+
+    async def _pump(self, index: int, job: Job) -> None:
+        while True:
+            event, payload = await job.events.get()
+            self._queue.put_nowait((index, event, payload))
+            if event in ("done", "error", "cancelled"):
+                return
+
+    async def get(self) -> tuple[int, str, Any]:
+        return self._early.popleft() if self._early else await self._queue.get()
+
+    async def started(self) -> tuple[str, Any] | None:
+        """Wait until every choice has started (None), or the first error or cancellation before that
+        (its event and payload); the events of choices that went on meanwhile are kept for ``get``."""
+        waiting = set(range(len(self.jobs)))
+        while waiting:
+            index, event, payload = await self._queue.get()
+            if event in ("error", "cancelled"):
+                return event, payload
+            if event == "started":
+                waiting.discard(index)
+            else:
+                self._early.append((index, event, payload))
+        return None
+
+    def close(self, scheduler: Scheduler) -> None:
+        """Cancel what is left: the jobs (their slots free at once) and the pumps."""
+        for job in self.jobs:
+            scheduler.cancel(job)
+        for pump in self._pumps:
+            pump.cancel()
 
 
 def create_app(model, config: ServerConfig | None = None) -> FastAPI:
@@ -285,57 +328,71 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     async def generate(request: Request, req, kind: str) -> Response:
         p = plan(model, config, req, kind)
-        job = Job(p, asyncio.get_running_loop())
-        scheduler.submit(job)
-        watcher = asyncio.create_task(_watch(request, job, scheduler))
+        loop = asyncio.get_running_loop()
+        jobs = [Job(p.choice(i), loop) for i in range(p.n)]
+        try:
+            for job in jobs:
+                scheduler.submit(job)
+        except APIError:  # all choices or none
+            for job in jobs:
+                scheduler.cancel(job)
+            raise
+        watcher = asyncio.create_task(_watch(request, jobs, scheduler))
         reply = Reply(p, config.served_name, model.tokenizer)
+        events = _Choices(jobs)
         streaming = False
         try:
-            event, payload = await job.events.get()  # "started", or an error before any output
-            if event == "error":
-                return payload.response()
-            if event == "cancelled":
-                return Response(status_code=499)
+            failed = await events.started()  # every choice started, or an error before any output
+            if failed is not None:
+                event, payload = failed
+                return payload.response() if event == "error" else Response(status_code=499)
             if p.stream:
                 streaming = True
-                return StreamingResponse(_events(job, reply, watcher, scheduler), media_type="text/event-stream",
+                return StreamingResponse(_events(events, reply, watcher, scheduler), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            while True:
-                event, payload = await job.events.get()
+            done: dict[int, Any] = {}
+            while len(done) < len(jobs):
+                index, event, payload = await events.get()
                 if event == "done":
-                    return JSONResponse(reply.whole(payload))
-                if event == "error":
+                    done[index] = payload
+                elif event == "error":
                     return payload.response()
-                if event == "cancelled":
+                elif event == "cancelled":
                     return Response(status_code=499)
+            return JSONResponse(reply.whole([done[i] for i in range(len(jobs))]))
         finally:
             if not streaming:
                 watcher.cancel()
-                scheduler.cancel(job)
+                events.close(scheduler)
 
     return app
 
 
-async def _events(job: Job, reply: Reply, watcher: asyncio.Task, scheduler: Scheduler):
-    """The SSE body: the role chunk, one chunk per forward pass that released text, the end."""
-    passes = 0
+async def _events(events: _Choices, reply: Reply, watcher: asyncio.Task, scheduler: Scheduler):
+    """The SSE body: each choice's role chunk, one chunk per forward pass that released text (tagged
+    with its choice's index), each choice's finish, then usage and [DONE] once all are done."""
+    n = len(events.jobs)
+    passes = [0] * n
+    done: dict[int, Any] = {}
     try:
         if reply.chat:
-            yield reply.first()
-        while True:
-            event, payload = await job.events.get()
+            for index in range(n):
+                yield reply.first(index)
+        while len(done) < n:
+            index, event, payload = await events.get()
             if event == "chunk":
-                passes += 1
+                passes[index] += 1
                 if payload.text or payload.logprobs:
-                    yield reply.piece(payload.text, passes, payload.step.accepted, payload.logprobs)
+                    yield reply.piece(payload.text, passes[index], payload.step.accepted, payload.logprobs, index)
             elif event == "done":
-                yield reply.last(payload)
-                return
+                done[index] = payload
+                yield reply.finish(payload, index)
             elif event == "error":  # the stream ends cleanly: the error, then the end OpenAI clients wait for
                 yield sse(payload.body()) + "data: [DONE]\n\n"
                 return
-            else:  # cancelled: the client is gone
+            elif event == "cancelled":  # the client is gone
                 return
+        yield reply.end([done[i] for i in range(n)])
     finally:
         watcher.cancel()
-        scheduler.cancel(job)
+        events.close(scheduler)

@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 
 from ..registry import registry
 from .config import ServerConfig
+from .plan import MAX_CHOICES
 from .schemas import NEUTRAL, ChatRequest, CompletionRequest
 
 REF = "#/components/schemas/{model}"
@@ -55,8 +56,9 @@ def _completion(kind: str, choice: dict[str, Any]) -> dict[str, Any]:
     return _obj(["id", "object", "created", "model", "choices", "usage"], {
         "id": {"type": "string"}, "object": {"const": kind}, "created": {"type": "integer"},
         "model": {"type": "string"}, "usage": {"$ref": REF.format(model="Usage")},
-        "choices": {"type": "array", "minItems": 1, "maxItems": 1, "items": _obj(
-            ["index", "finish_reason", *choice], {"index": {"const": 0}, "logprobs": {"type": ["object", "null"]},
+        "choices": {"type": "array", "minItems": 1, "maxItems": MAX_CHOICES, "items": _obj(
+            ["index", "finish_reason", *choice], {"index": {"type": "integer", "minimum": 0, "maximum": MAX_CHOICES - 1},
+                                                  "logprobs": {"type": ["object", "null"]},
                                                   "finish_reason": FINISH, **choice})}})
 
 
@@ -89,8 +91,8 @@ def _request_schemas(config: ServerConfig, vocab: int | None, context: int | Non
                 props[field] = {"enum": list(neutral), "description": "not supported: leave it out"}
         if "stop" in props:
             props["stop"] = {"anyOf": [text, {"type": "array", "items": text, "maxItems": 16}, {"type": "null"}]}
-        if "n" in props:  # one choice per request
-            props["n"] = {**props["n"], "maximum": 1}
+        if "n" in props:  # each choice is a request of its own
+            props["n"] = {**props["n"], "maximum": MAX_CHOICES}
         for field in ("max_tokens", "max_completion_tokens"):  # the server's ceiling (--max-tokens-limit)
             for branch in props.get(field, {}).get("anyOf", []):
                 if branch.get("type") == "integer":

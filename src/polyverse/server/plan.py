@@ -8,7 +8,7 @@ chat template, its length against the context) and max_tokens against the server
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import SamplingConfig
@@ -18,6 +18,7 @@ from .config import ServerConfig
 from .errors import APIError, invalid
 from .schemas import ChatRequest, Common, CompletionRequest
 
+MAX_CHOICES = 16  # n: each choice is a request of its own (a slot, a KV cache)
 SERVER_ONLY = {("draft", "model")}  # options that load files: set with `polyverse serve -o`, not per request
 
 
@@ -38,6 +39,12 @@ class Plan:
     stream: bool
     include_usage: bool
     logprobs: int | None = None  # None: none; k: each token's log-probability and the k likeliest
+    n: int = 1  # choices: independent requests, choice i seeded with seed + i
+
+    def choice(self, index: int) -> "Plan":
+        """The plan of choice ``index``: its own seed (seed + index), so n choices are n samples,
+        reproducible with a seed (as ``Model.generate_many`` seeds prompt i)."""
+        return replace(self, seed=None if self.seed is None else self.seed + index)
 
 
 def method_and_options(req: Common, config: ServerConfig) -> tuple[str, dict]:
@@ -110,9 +117,9 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
     field = req.unsupported()
     if field:
         raise invalid(f"{field} is not supported by polyverse: leave it out", field, "unsupported_parameter")
-    if req.n != 1:
-        raise invalid(f"n must be 1: polyverse returns one choice per request (got {req.n}); send n requests instead",
-                      "n", "unsupported_parameter")
+    most = min(MAX_CHOICES, config.max_concurrent + config.max_queue)
+    if req.n > most:
+        raise invalid(f"n is {req.n}; a request may ask for at most {most} choices on this server", "n")
     if isinstance(req, CompletionRequest):
         if req.echo:
             raise invalid("echo is not supported: the prompt is not repeated in the reply", "echo", "unsupported_parameter")
@@ -145,7 +152,8 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
     return Plan(kind=kind, prompt=raw if registry.get(method).rewrite is not None else ids, chat=chat, prompt_tokens=len(ids),
                 method=method, options=options, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                 top_k=top_k, seed=req.seed, stop=tuple(req.stop or ()), stream=req.stream,
-                include_usage=bool(req.stream_options and req.stream_options.include_usage), logprobs=logprobs)
+                include_usage=bool(req.stream_options and req.stream_options.include_usage), logprobs=logprobs,
+                n=req.n)
 
 
 def _logprobs(req: Common) -> int | None:

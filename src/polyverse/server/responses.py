@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, Sequence
 
 from .plan import Plan
 
@@ -21,13 +21,13 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
 
 class Reply:
-    """The fixed parts of one reply: id, creation time, model, kind."""
+    """The fixed parts of one reply (id, creation time, model, kind) and its choices' shapes."""
 
     def __init__(self, plan: Plan, model_name: str, tokenizer=None) -> None:
         self.plan = plan
         self.model = model_name
         self.tokenizer = tokenizer
-        self._offset = 0  # text offset of the next token (completions' text_offset)
+        self._offsets: dict[int, int] = {}  # per choice: text offset of its next token (completions' text_offset)
         self.chat = plan.kind == "chat"
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
@@ -36,38 +36,49 @@ class Reply:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def usage(self, gen) -> dict[str, Any]:
+    @staticmethod
+    def _stats(gen) -> dict[str, Any]:
         s = gen.stats
-        return {"prompt_tokens": self.plan.prompt_tokens, "completion_tokens": len(gen.token_ids),
-                "total_tokens": self.plan.prompt_tokens + len(gen.token_ids),
-                "polyverse": {"method": gen.method, "forward_passes": s.passes, "mean_accepted": round(s.mean_accepted, 4),
-                              "accepted_per_pass": list(s.accepted_per_pass), "drafted": s.drafted,
-                              "accepted_draft": s.accepted_draft, "tokens_per_second": round(s.tokens_per_second, 3),
-                              "seconds": round(s.seconds, 4)}}
+        return {"method": gen.method, "forward_passes": s.passes, "mean_accepted": round(s.mean_accepted, 4),
+                "accepted_per_pass": list(s.accepted_per_pass), "drafted": s.drafted,
+                "accepted_draft": s.accepted_draft, "tokens_per_second": round(s.tokens_per_second, 3),
+                "seconds": round(s.seconds, 4)}
 
-    def whole(self, gen) -> dict[str, Any]:
-        """The non-streaming response."""
-        finish = FINISH.get(gen.finish_reason, "stop")
-        lps = self.logprobs(gen.logprobs)
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": gen.text}, "logprobs": lps,
-                      "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": gen.text, "logprobs": lps, "finish_reason": finish}
-        return {**self._head(False), "choices": [choice], "usage": self.usage(gen)}
+    def usage(self, gens: Sequence) -> dict[str, Any]:
+        """Prompt tokens once, completion tokens of every choice; polyverse's figures of the one choice
+        (several choices: ``{"method", "choices": [per choice]}``)."""
+        done = sum(len(g.token_ids) for g in gens)
+        ours = self._stats(gens[0]) if len(gens) == 1 else {"method": gens[0].method,
+                                                              "choices": [self._stats(g) for g in gens]}
+        return {"prompt_tokens": self.plan.prompt_tokens, "completion_tokens": done,
+                "total_tokens": self.plan.prompt_tokens + done, "polyverse": ours}
 
-    def _choice(self, text: str | None, finish: str | None, first: bool = False, lps=None) -> dict[str, Any]:
+    def whole(self, gens: Sequence) -> dict[str, Any]:
+        """The non-streaming response: one choice per Generation, in order."""
+        choices = []
+        for index, gen in enumerate(gens):
+            finish = FINISH.get(gen.finish_reason, "stop")
+            lps = self.logprobs(gen.logprobs, index)
+            if self.chat:
+                choices.append({"index": index, "message": {"role": "assistant", "content": gen.text},
+                                "logprobs": lps, "finish_reason": finish})
+            else:
+                choices.append({"index": index, "text": gen.text, "logprobs": lps, "finish_reason": finish})
+        return {**self._head(False), "choices": choices, "usage": self.usage(gens)}
+
+    def _choice(self, text: str | None, finish: str | None, first: bool = False, lps=None,
+                index: int = 0) -> dict[str, Any]:
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
             if text:
                 delta["content"] = text
-            return {"index": 0, "delta": delta, "logprobs": self.logprobs(lps), "finish_reason": finish}
-        return {"index": 0, "text": text or "", "logprobs": self.logprobs(lps), "finish_reason": finish}
+            return {"index": index, "delta": delta, "logprobs": self.logprobs(lps, index), "finish_reason": finish}
+        return {"index": index, "text": text or "", "logprobs": self.logprobs(lps, index), "finish_reason": finish}
 
     def _token(self, token: int) -> str:
         return self.tokenizer.decode([token]) if self.tokenizer is not None else str(token)
 
-    def logprobs(self, entries) -> dict[str, Any] | None:
+    def logprobs(self, entries, index: int = 0) -> dict[str, Any] | None:
         """``logprobs.TokenLogprob`` entries in OpenAI's shape for this reply's kind (None: not asked for)."""
         if entries is None or self.plan.logprobs is None:
             return None
@@ -80,26 +91,33 @@ class Reply:
         tokens = [self._token(e.token) for e in entries]
         offsets = []
         for text in tokens:
-            offsets.append(self._offset)
-            self._offset += len(text)
+            offsets.append(self._offsets.get(index, 0))
+            self._offsets[index] = offsets[-1] + len(text)
         top = [{self._token(t): lp for t, lp in e.top} for e in entries] if self.plan.logprobs else None
         return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries], "top_logprobs": top,
                 "text_offset": offsets}
 
-    def first(self) -> str:
-        """The opening chunk of a chat stream (the assistant role), as SSE; '' for completions."""
-        return sse({**self._head(True), "choices": [self._choice(None, None, first=True)]}) if self.chat else ""
+    def first(self, index: int = 0) -> str:
+        """The opening chunk of a chat stream's choice (the assistant role), as SSE; '' for completions."""
+        return sse({**self._head(True), "choices": [self._choice(None, None, first=True, index=index)]}) if self.chat else ""
 
-    def piece(self, text: str, pass_index: int, accepted: int, lps=None) -> str:
-        return sse({**self._head(True), "choices": [self._choice(text, None, lps=lps)],
+    def piece(self, text: str, pass_index: int, accepted: int, lps=None, index: int = 0) -> str:
+        return sse({**self._head(True), "choices": [self._choice(text, None, lps=lps, index=index)],
                     "polyverse": {"pass": pass_index, "accepted": accepted}})
 
-    def last(self, gen) -> str:
-        """The closing chunk(s): finish reason, usage when asked, then [DONE]."""
-        out = sse({**self._head(True), "choices": [self._choice(None, FINISH.get(gen.finish_reason, "stop"))]})
-        if self.plan.include_usage:
-            out += sse({**self._head(True), "choices": [], "usage": self.usage(gen)})
+    def finish(self, gen, index: int = 0) -> str:
+        """A choice's closing chunk: its finish reason."""
+        return sse({**self._head(True), "choices": [self._choice(None, FINISH.get(gen.finish_reason, "stop"),
+                                                                 index=index)]})
+
+    def end(self, gens: Sequence) -> str:
+        """After every choice closed: usage when asked, then [DONE]."""
+        out = sse({**self._head(True), "choices": [], "usage": self.usage(gens)}) if self.plan.include_usage else ""
         return out + "data: [DONE]\n\n"
+
+    def last(self, gen) -> str:
+        """The closing chunks of a one-choice stream: finish reason, usage when asked, then [DONE]."""
+        return self.finish(gen) + self.end([gen])
 
 
 def sse(obj: dict) -> str:
