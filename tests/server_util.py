@@ -14,6 +14,16 @@ from polyverse.server import ServerConfig
 from polyverse.server.run import make_server
 
 
+def wait_until(check, timeout=5.0) -> bool:
+    """Poll ``check`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

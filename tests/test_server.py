@@ -15,7 +15,7 @@ import openai
 import pytest
 
 import polyverse
-from server_util import Wrapped, failing, free_port, running, slowed, sse_events
+from server_util import Wrapped, failing, free_port, running, slowed, sse_events, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -42,15 +42,6 @@ def metric(base: str, name: str, headers=None, **labels) -> float:
             if sample.name == name and labels.items() <= sample.labels.items():
                 return sample.value
     return 0.0
-
-
-def wait_until(check, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # ---------------------------------------------------------------- the OpenAI API through the official client
@@ -138,42 +129,6 @@ def test_stop_seed_and_top_p(tiny, client):
     c = client.chat.completions.create(seed=8, **kw).choices[0].message.content
     assert a == b == tiny.generate(HI, method="ar", max_new_tokens=20, temperature=1.0, top_p=0.9, seed=7).text
     assert a != c
-
-
-def test_n_choices_are_seeded_samples_reproducible_with_a_seed(tiny, srv, client):
-    kw = dict(model="tiny", messages=HI, max_tokens=12, temperature=1.0, n=4, seed=11)
-    first = client.chat.completions.create(**kw)
-    again = client.chat.completions.create(**kw)
-    texts = [c.message.content for c in first.choices]
-    assert [c.index for c in first.choices] == [0, 1, 2, 3] and texts == [c.message.content for c in again.choices]
-    # choice i is the request seeded with seed + i, alone
-    alone = [tiny.generate(HI, method="ar", max_new_tokens=12, temperature=1.0, seed=11 + i) for i in range(4)]
-    total = sum(len(g.token_ids) for g in alone)
-    assert texts == [g.text for g in alone] and len(set(texts)) > 1 and first.usage.completion_tokens == total
-    # streamed: every chunk names its choice; the texts are the same
-    body = {**kw, "stream": True, "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", srv.base + CHAT, json=body) as s:
-        events = list(sse_events(s))
-    assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] == total
-    got = {i: "" for i in range(4)}
-    for e in events[:-2]:
-        for c in e["choices"]:
-            got[c["index"]] += c["delta"].get("content") or ""
-    assert [got[i] for i in range(4)] == texts
-    with pytest.raises(openai.BadRequestError) as e:  # more than the server's slots and queue hold
-        client.chat.completions.create(model="tiny", messages=HI, max_tokens=4, n=13)
-    assert e.value.body["param"] == "n"
-
-
-def test_many_choices_streamed_all_finish(srv):
-    """Choices that finish while others are still starting: none of their events is lost."""
-    for _ in range(5):
-        body = {"model": "tiny", "messages": HI, "max_tokens": 3, "n": 12, "stream": True}
-        with httpx.stream("POST", srv.base + CHAT, json=body, timeout=30) as s:
-            events = list(sse_events(s))
-        assert events[-1] == "[DONE]"
-        finished = sorted(c["index"] for e in events[:-1] for c in e["choices"] if c["finish_reason"])
-        assert finished == list(range(12))
 
 
 def test_concurrent_requests_each_get_their_own_output(tiny, srv):

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from polyverse.server.memory import default_budget, kv_bytes_per_token, request_tokens
-from server_util import Wrapped, running, slowed
+from server_util import Wrapped, running, slowed, wait_until
 
 COMPLETE = "/v1/completions"
 HELLO = {"model": "tiny", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
@@ -121,7 +121,7 @@ def test_a_client_leaving_mid_body_is_one_log_line(tiny, server_log):
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mode")
         time.sleep(0.2)
         s.close()
-        assert _wait(lambda: any("left before its whole body" in m.getMessage() for m in server_log.records))
+        assert wait_until(lambda: any("left before its whole body" in m.getMessage() for m in server_log.records))
         assert httpx.get(r.base + "/health").status_code == 200
     assert no_tracebacks(server_log)
 
@@ -135,7 +135,7 @@ def test_connections_past_the_limit_get_503(tiny):
         assert status == 503 and is_openai_error(body) and body["error"]["code"] == "too_many_connections"
         for s in held:
             s.close()
-        assert _wait(lambda: _ok(r.base))  # the slots of the closed ones are free again
+        assert wait_until(lambda: _ok(r.base))  # the slots of the closed ones are free again
 
 
 def _ok(base: str) -> bool:
@@ -143,15 +143,6 @@ def _ok(base: str) -> bool:
         return httpx.get(base + "/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _wait(check, timeout=5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # ---------------------------------------------------------------- bodies and values
@@ -239,7 +230,7 @@ def test_requests_wait_for_kv_room_and_one_that_never_fits_is_400(tiny):
         for t in threads:
             t.start()
         # two fit the slots, not the budget: one decodes, the other waits for its KV room
-        assert _wait(lambda: httpx.get(r.base + "/health").json()["waiting"] == 1)
+        assert wait_until(lambda: httpx.get(r.base + "/health").json()["waiting"] == 1)
         health = httpx.get(r.base + "/health").json()
         assert health["active"] == 1 and health["kv_tokens"] == need
         for t in threads:

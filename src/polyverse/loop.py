@@ -113,14 +113,12 @@ def prefill(backend: Backend, prompt: Sequence[int]) -> list[int]:
 
     Example: prompt [5, 6, 7] -> one pass over (5, 6) at positions (0, 1), both committed.
     """
-    context = [int(t) for t in prompt]
-    check_prompt(context, backend.max_length)
-    backend.reset()
-    for start in range(0, len(context) - 1, PROMPT_PASS):
-        end = min(start + PROMPT_PASS, len(context) - 1)
-        backend.forward(chain_feed(context[start:end], start), logits_for=[])
-        backend.commit(range(end - start))
-    return context
+    steps = prompt_chunks(backend, prompt, PROMPT_PASS)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 PROMPT_CHUNK = 64  # prompt tokens per pass of a runner that prefills between its steps (``prompt_chunks``)
