@@ -21,3 +21,20 @@ def tiny(tiny_dir):
 @pytest.fixture(scope="session")
 def bundled():
     return polyverse.load(progress=False)
+
+
+@pytest.fixture(scope="module")
+def srv(tiny):
+    """The real server on the tiny model (ar, 4 slots, a queue of 8), for a test module."""
+    from server_util import running
+
+    with running(tiny, method="ar", max_concurrent=4, max_queue=8) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def client(srv):
+    """The official openai client against ``srv``."""
+    import openai
+
+    return openai.OpenAI(base_url=srv.base + "/v1", api_key="unused", max_retries=0, timeout=30)

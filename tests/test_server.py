@@ -24,17 +24,6 @@ from polyverse.cli import app as cli_app
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def srv(tiny):
-    with running(tiny, method="ar", max_concurrent=4, max_queue=8) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def client(srv):
-    return openai.OpenAI(base_url=srv.base + "/v1", api_key="unused", max_retries=0, timeout=30)
-
-
 def metric(base: str, name: str, headers=None, **labels) -> float:
     """The value of the Prometheus sample ``name`` whose labels include ``labels`` (0 when absent)."""
     for family in text_string_to_metric_families(httpx.get(base + "/metrics", headers=headers).text):

@@ -4,21 +4,10 @@ import httpx
 import openai
 import pytest
 
-from server_util import running, sse_events
+from server_util import sse_events
 
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def srv(tiny):
-    with running(tiny, method="ar", max_concurrent=4, max_queue=8) as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def client(srv):
-    return openai.OpenAI(base_url=srv.base + "/v1", api_key="unused", max_retries=0, timeout=30)
 
 
 def test_n_choices_are_seeded_samples_reproducible_with_a_seed(tiny, srv, client):
