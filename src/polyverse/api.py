@@ -19,9 +19,11 @@ from .backends.base import Backend
 from .backends.transformers import TransformersBackend
 from .config import GenerationConfig, SamplingConfig
 from .errors import ConfigError
+from .grammar import GrammarSpec, compile_grammar
 from .loop import Runner, Step, StepStats, check_prompt
 from .registry import MethodContext, registry
 from .sampling import make_generator
+from .shaping import Penalties
 from .stats import Stats
 from .text import TextStream
 
@@ -233,30 +235,49 @@ class Model:
         generator=None,
         on_update=None,
         logprobs: int | None = None,
+        grammar: "GrammarSpec | None" = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: dict | None = None,
+        forced_drafts: bool = True,
     ) -> Stream:
         """Start generating; nothing runs until the stream is iterated. Bad options raise at once.
 
-        ``logprobs=k``: each output token's log-probability under the model, with the k likeliest
-        tokens at its position (``Chunk.logprobs``, ``Generation.logprobs``).
+        ``logprobs=k``: each output token's log-probability under the model (before penalties and
+        grammar), with the k likeliest tokens at its position (``Chunk.logprobs``, ``Generation.logprobs``).
+
+        ``grammar``: structured output, a ``GrammarSpec`` (``GrammarSpec.json_schema(schema)``,
+        ``.json_object()``, ``.regex(pattern)``, ``.lark(grammar)``); the output follows it and every
+        method stays lossless against ``ar`` under it. ``forced_drafts=False`` stops drafting the tokens
+        the grammar forces. ``presence_penalty``, ``frequency_penalty``, ``logit_bias`` ({token id:
+        bias}): OpenAI's, applied at every row of a pass with the draft's own tokens counted.
 
         ``on_update(engine, update)`` sees every pass of an engine-style method (Multiverse: the
         paths as they grow). A method may rewrite a text prompt before the chat template is
         applied (Multiverse's guided mode asks for a plan).
         """
         ids, runner, gen_cfg, _ = self._prepare(prompt, method, options, chat, max_new_tokens, temperature, top_k,
-                                                top_p, seed, stop, generator, on_update, logprobs)
+                                                top_p, seed, stop, generator, on_update, logprobs, grammar,
+                                                presence_penalty, frequency_penalty, logit_bias, forced_drafts)
         holder: dict = {}
         return Stream(self._run(ids, runner, gen_cfg, method, holder), holder)
 
     def _prepare(self, prompt, method, options, chat, max_new_tokens, temperature, top_k, top_p, seed, stop,
-                 generator, on_update, logprobs=None):
+                 generator, on_update, logprobs=None, grammar=None, presence_penalty=0.0, frequency_penalty=0.0,
+                 logit_bias=None, forced_drafts=True):
         """(prompt ids, the method's runner on this model's backend, the request config, its generator);
-        bad options, sampling values or prompts raise here."""
+        bad options, sampling values, grammars or prompts raise here."""
         spec = registry.get(method)
         method_cfg = spec.make_config(options)
-        if logprobs is not None and spec.runner:
-            raise ConfigError(f"logprobs are not available with '{method}' (it writes tokens outside the one "
+        penalties = Penalties.of(presence_penalty, frequency_penalty, logit_bias)
+        asked = [name for name, on in (("logprobs", logprobs is not None), ("a grammar", grammar is not None),
+                                       ("penalties and logit_bias", bool(penalties))) if on]
+        if asked and spec.runner:
+            raise ConfigError(f"{asked[0]} are not available with '{method}' (it writes tokens outside the one "
                               "decode loop): use another method")
+        if grammar is not None and not isinstance(grammar, GrammarSpec):
+            raise ConfigError("grammar must be a GrammarSpec (GrammarSpec.json_schema(...), .regex(...), ...)")
+        compiled = None if grammar is None else self.grammar(grammar)
         if spec.rewrite is not None and isinstance(prompt, str) and chat is not False and self.has_chat_template:
             prompt = spec.rewrite(method_cfg, prompt)
         gen_cfg = GenerationConfig(
@@ -266,6 +287,9 @@ class Model:
             stop=tuple(stop),
             eos_token_ids=self.eos_token_ids,
             logprobs=logprobs,
+            penalties=penalties,
+            grammar=compiled,
+            forced_drafts=bool(forced_drafts),
         )
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, int) for t in prompt):
             ids = [int(t) for t in prompt]
@@ -275,6 +299,11 @@ class Model:
         gen = generator if generator is not None else make_generator(seed)
         ctx = MethodContext(self.backend, gen_cfg.sampling, gen, self, gen_cfg, on_update)
         return ids, spec.build(method_cfg, ctx), gen_cfg, gen
+
+    def grammar(self, spec: GrammarSpec):
+        """``spec`` compiled for this model's tokenizer (``grammar.Grammar``); an invalid one raises
+        ConfigError naming the problem."""
+        return compile_grammar(spec, self.tokenizer, self.backend.vocab_size, self.eos_token_ids)
 
     def request(self, prompt: str | Sequence[dict] | Sequence[int], **kwargs) -> "Request":
         """One request to run in a ``Batch`` with others (arguments as ``stream``), on a session of its

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigError
+from .shaping import Penalties
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     eos_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: none; k: each output token's log-probability and the k likeliest
+    penalties: Penalties = field(default_factory=Penalties)  # presence / frequency penalties, logit bias
+    grammar: Any = None  # a ``grammar.Grammar`` the output follows (structured output), or None
+    forced_drafts: bool = True  # draft the tokens the grammar forces (off only to measure what they bring)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -78,10 +78,27 @@ class Draft:
         """Nodes hanging directly below ``node`` (-1 = the root), in draft order."""
         return [i for i, p in enumerate(self.parents) if p == node]
 
+    def paths(self) -> tuple[tuple[int, ...], ...]:
+        """Each node's path: the nodes from the root's child down to it.
+
+        Example: parents (-1, 0, -1) -> ((0,), (0, 1), (2,)).
+        """
+        out: list[tuple[int, ...]] = []
+        for i, p in enumerate(self.parents):
+            out.append((out[p] if p >= 0 else ()) + (i,))
+        return tuple(out)
+
     def pruned(self, max_depth: int) -> "Draft":
         """The draft without nodes deeper than ``max_depth`` (parents come first, so indices stay valid)."""
         depths = self.depths()
-        keep = [i for i, d in enumerate(depths) if d <= max_depth]
+        return self.only([i for i, d in enumerate(depths) if d <= max_depth])
+
+    def only(self, keep) -> "Draft":
+        """The draft with only the nodes ``keep`` (ascending; every kept node's parent kept too).
+
+        Example: tokens (1, 2, 3), parents (-1, 0, -1), keep [0, 2] -> tokens (1, 3), parents (-1, -1).
+        """
+        keep = list(keep)
         if len(keep) == len(self.tokens):
             return self
         remap = {old: new for new, old in enumerate(keep)}

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .layout import Feed, chain_feed, draft_feed
 from .logprobs import producing_rows, token_logprobs
 from .sampling import make_generator
+from .shaping import Shaper
 from .verify import Verdict, verify
 
 
@@ -46,7 +47,7 @@ class Observation:
 
     draft: Draft
     verdict: Verdict
-    logits: torch.Tensor  # [1 + len(draft), V] target logits, feed order (root first)
+    logits: torch.Tensor  # [1 + len(draft), V] target logits, feed order (root first), shaped as verified
     context: tuple[int, ...]  # all tokens so far; the last one is the new pending token
 
 
@@ -60,6 +61,9 @@ class Proposer:
     reads_every_row: bool = False
     """Whether ``observe`` reads every logits row (Jacobi's update): the loop then asks the backend
     for all rows in one LM-head product instead of lazily, which would pay two products."""
+
+    forced_drafts: bool = True
+    """Whether the loop adds the tokens a grammar forces (structured output) to this proposer's drafts."""
 
     def start(self, context: Sequence[int]) -> None:
         """Called once with the prompt tokens before the first step."""
@@ -181,6 +185,7 @@ class Decoding:
         self._chunk = 0  # prompt tokens in the pass under way (0: a decoding pass)
         self._draft: Draft | None = None
         self.last_verdict: Verdict | None = None  # the last decoding pass's verification
+        self.shaper = make_shaper(config, backend.vocab_size, proposer.forced_drafts)
         self._t0 = 0.0
 
     @property
@@ -202,6 +207,8 @@ class Decoding:
         draft = self.proposer.propose(tuple(self.context))
         if draft and max(draft.depths()) > self.room - 1:
             draft = draft.pruned(self.room - 1)
+        if self.shaper is not None:
+            draft = self.shaper.draft(draft, self.room - 1)
         return draft
 
     def feed(self, draft: Draft | None = None, limit: int | None = None) -> tuple[Feed, Sequence[int] | None]:
@@ -228,7 +235,8 @@ class Decoding:
                 store(self.context[: self.prefilled])
             return None
         draft = self._draft
-        verdict = verify(draft, logits, self.config.sampling, self.generator)
+        target = logits if self.shaper is None else self.shaper.rows(logits, draft)
+        verdict = verify(draft, target, self.config.sampling, self.generator)
         self.last_verdict = verdict
         self.backend.commit([0] + [i + 1 for i in verdict.accepted])
         tokens = list(verdict.tokens)
@@ -243,7 +251,9 @@ class Decoding:
         self.context.extend(tokens)
         self.produced += len(tokens)
         if finish is None:
-            self.proposer.observe(Observation(draft, verdict, logits, tuple(self.context)))
+            self.proposer.observe(Observation(draft, verdict, target, tuple(self.context)))
+            if self.shaper is not None:  # after observe: the rows it reads are shaped before the step
+                self.shaper.advance(tokens)
         self.finished = finish
         stats = StepStats(len(draft) + 1, len(draft), len(tokens), time.perf_counter() - self._t0)
         lps = None
@@ -251,6 +261,15 @@ class Decoding:
             rows = logits[producing_rows(verdict.accepted, len(tokens))]  # [len(tokens), V]
             lps = token_logprobs(rows, tokens, self.config.logprobs)
         return Step(tuple(tokens), stats, finish, logprobs=lps)
+
+
+def make_shaper(config: GenerationConfig, vocab: int, forced_drafts: bool = True) -> Shaper | None:
+    """The request's shaping of the target distribution (``shaping``), or None when it asks for none;
+    the grammar's forced tokens are drafted where both the request and the proposer want them."""
+    if not config.penalties and config.grammar is None:
+        return None
+    grammar = None if config.grammar is None else config.grammar.state()
+    return Shaper(vocab, config.penalties, grammar, config.forced_drafts and forced_drafts)
 
 
 def decode(

@@ -18,6 +18,8 @@ class ARConfig:
 class ARProposer(Proposer):
     """Proposes nothing: each pass feeds the pending token and yields one token."""
 
+    forced_drafts = False  # the one-token reference, under a grammar too
+
     def propose(self, context: Sequence[int]) -> Draft:
         return Draft.empty()
 
