@@ -144,13 +144,14 @@ def test_forced_tokens_are_drafted_and_accepted():
 
 
 @torch.no_grad()
-def exact_shaped(m, prompt, make_shaper, length=3):
-    """P(t1..t_length | prompt) of shaped AR sampling at temperature 1, enumerated exactly."""
+def exact_shaped(m, prompt, make_shaper, length=3, eos=None):
+    """P(t1..t_length | prompt) of shaped AR sampling at temperature 1, enumerated exactly (a
+    sequence stops at ``eos``)."""
     probs = {(): 1.0}
     for _ in range(length):
         nxt = {}
         for seq, p in probs.items():
-            if seq and seq[-1] == EOS:  # ended
+            if seq and seq[-1] == eos:  # ended
                 nxt[seq] = p
                 continue
             logits = m(input_ids=torch.tensor([prompt + list(seq)])).logits[0, -1]
@@ -180,9 +181,9 @@ def sample_counts(method, options, m, prompt, cfg, n):
 def test_sampling_under_a_grammar_has_the_constrained_distribution(method, options):
     m = model(4, 8)
     g = grammar("[0-4](12|3|4[0-4])[0-4]*")
-    exact = exact_shaped(m, PROMPT, lambda: Shaper(8, grammar=g.state()))
+    exact = exact_shaped(m, PROMPT, lambda: Shaper(8, grammar=g.state()), eos=EOS)
     cfg = GenerationConfig(max_new_tokens=3, sampling=SamplingConfig(1.0), eos_token_ids=(EOS,), grammar=g)
-    counts, accepted = sample_counts(method, options, m, PROMPT, cfg, 2000)
+    counts, accepted = sample_counts(method, options, m, PROMPT, cfg, 1500)
     assert chi_square_z(counts, exact) < Z_REJECT
     if method != "ar":
-        assert accepted > 200, accepted
+        assert accepted > 100, accepted
