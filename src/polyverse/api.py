@@ -19,7 +19,7 @@ from .backends.base import Backend
 from .backends.transformers import TransformersBackend
 from .config import GenerationConfig, SamplingConfig
 from .errors import ConfigError
-from .grammar import GrammarSpec, compile_grammar
+from .grammar import Grammar, GrammarSpec, compile_grammar
 from .loop import Runner, Step, StepStats, check_prompt
 from .registry import MethodContext, registry
 from .sampling import make_generator
@@ -275,9 +275,9 @@ class Model:
         if asked and spec.runner:
             raise ConfigError(f"{asked[0]} are not available with '{method}' (it writes tokens outside the one "
                               "decode loop): use another method")
-        if grammar is not None and not isinstance(grammar, GrammarSpec):
+        if grammar is not None and not isinstance(grammar, (GrammarSpec, Grammar)):
             raise ConfigError("grammar must be a GrammarSpec (GrammarSpec.json_schema(...), .regex(...), ...)")
-        compiled = None if grammar is None else self.grammar(grammar)
+        compiled = self.grammar(grammar) if isinstance(grammar, GrammarSpec) else grammar  # or compiled already
         if spec.rewrite is not None and isinstance(prompt, str) and chat is not False and self.has_chat_template:
             prompt = spec.rewrite(method_cfg, prompt)
         gen_cfg = GenerationConfig(

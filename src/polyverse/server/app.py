@@ -327,7 +327,8 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
         return await generate(request, await read_body(request, CompletionRequest), "completion")
 
     async def generate(request: Request, req, kind: str) -> Response:
-        p = plan(model, config, req, kind)
+        # in a worker thread: tokenizing a long prompt or compiling a grammar must not stall other clients
+        p = await asyncio.to_thread(plan, model, config, req, kind)
         loop = asyncio.get_running_loop()
         jobs = [Job(p.choice(i), loop) for i in range(p.n)]
         try:

@@ -8,11 +8,13 @@ chat template, its length against the context) and max_tokens against the server
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import SamplingConfig
 from ..errors import ConfigError, PolyverseError
+from ..grammar import GrammarSpec
+from ..shaping import Penalties
 from ..registry import registry
 from .config import ServerConfig
 from .errors import APIError, invalid
@@ -40,6 +42,8 @@ class Plan:
     include_usage: bool
     logprobs: int | None = None  # None: none; k: each token's log-probability and the k likeliest
     n: int = 1  # choices: independent requests, choice i seeded with seed + i
+    grammar: Any = None  # the compiled ``grammar.Grammar`` of response_format / polyverse.regex / .grammar
+    penalties: Penalties = field(default_factory=Penalties)
 
     def choice(self, index: int) -> "Plan":
         """The plan of choice ``index``: its own seed (seed + index), so n choices are n samples,
@@ -128,9 +132,22 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
                           "unsupported_parameter")
     method, options = method_and_options(req, config)
     logprobs = _logprobs(req)
-    if logprobs is not None and registry.get(method).runner:
-        raise invalid(f"logprobs are not available with method '{method}': use another method", "logprobs",
+    penalties = _penalties(req)
+    spec = _grammar_spec(req)
+    asked = [name for name, on in (("logprobs", logprobs is not None), ("response_format", spec is not None),
+                                   ("logit_bias" if req.logit_bias else "presence_penalty", bool(penalties))) if on]
+    if asked and registry.get(method).runner:
+        raise invalid(f"{asked[0]} is not available with method '{method}': use another method", asked[0],
                       "unsupported_parameter")
+    grammar = None
+    if spec is not None:
+        try:
+            grammar = model.grammar(spec)
+        except ConfigError as exc:
+            raise invalid(str(exc), _GRAMMAR_PARAM[spec.kind], "invalid_grammar") from None
+    if penalties.logit_bias and (bad := next((t for t, _ in penalties.logit_bias if t >= model.backend.vocab_size), None)) is not None:
+        raise invalid(f"logit_bias names token id {bad}, outside the vocabulary (0 to {model.backend.vocab_size - 1})",
+                      "logit_bias")
     top_k = req.polyverse.top_k if req.polyverse else 0
     try:
         SamplingConfig(req.temperature, top_k, req.top_p)
@@ -153,7 +170,45 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
                 method=method, options=options, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                 top_k=top_k, seed=req.seed, stop=tuple(req.stop or ()), stream=req.stream,
                 include_usage=bool(req.stream_options and req.stream_options.include_usage), logprobs=logprobs,
-                n=req.n)
+                n=req.n, grammar=grammar, penalties=penalties)
+
+
+_GRAMMAR_PARAM = {"json_object": "response_format", "json_schema": "response_format.json_schema.schema",
+                  "regex": "polyverse.regex", "lark": "polyverse.grammar"}
+
+
+def _grammar_spec(req: Common) -> GrammarSpec | None:
+    """The one grammar the request asks for (response_format, polyverse.regex or polyverse.grammar)."""
+    specs = []
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_object":
+        specs.append(("response_format", GrammarSpec.json_object))
+    elif fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None:
+            raise invalid("response_format of type json_schema needs a json_schema object ({'name': ..., "
+                          "'schema': {...}})", "response_format.json_schema")
+        specs.append(("response_format", lambda: GrammarSpec.json_schema(fmt.json_schema.schema_)))
+    pv = req.polyverse
+    if pv is not None and pv.regex is not None:
+        specs.append(("polyverse.regex", lambda: GrammarSpec.regex(pv.regex)))
+    if pv is not None and pv.grammar is not None:
+        specs.append(("polyverse.grammar", lambda: GrammarSpec.lark(pv.grammar)))
+    if len(specs) > 1:
+        raise invalid(f"{specs[0][0]} and {specs[1][0]} both constrain the output: give one", specs[1][0])
+    if not specs:
+        return None
+    name, make = specs[0]
+    try:
+        return make()
+    except ConfigError as exc:
+        raise invalid(str(exc), name, "invalid_grammar") from None
+
+
+def _penalties(req: Common) -> Penalties:
+    try:
+        return Penalties.of(req.presence_penalty or 0.0, req.frequency_penalty or 0.0, req.logit_bias)
+    except ConfigError as exc:
+        raise invalid(str(exc), "logit_bias") from None
 
 
 def _logprobs(req: Common) -> int | None:

@@ -303,7 +303,10 @@ class Scheduler:
             self.metrics.queue_wait.labels(p.method).observe(job.started - job.arrived)
             job.request = self.model.request(p.prompt, method=p.method, options=p.options, chat=p.chat,
                                              max_new_tokens=p.max_tokens, temperature=p.temperature, top_k=p.top_k,
-                                             top_p=p.top_p, seed=p.seed, stop=p.stop, logprobs=p.logprobs)
+                                             top_p=p.top_p, seed=p.seed, stop=p.stop, logprobs=p.logprobs,
+                                             grammar=p.grammar, presence_penalty=p.penalties.presence,
+                                             frequency_penalty=p.penalties.frequency,
+                                             logit_bias=dict(p.penalties.logit_bias))
             job.request.join(batch, job)
         except Exception as exc:  # noqa: BLE001
             self._error(job, exc)

@@ -1,10 +1,10 @@
 """Request bodies of the OpenAI endpoints as strict pydantic models (no silent "5" -> 5).
 
 Fields the server does not use (``user``, ``metadata``, ...) are ignored; fields that would
-change the output in a way polyverse does not implement (``tools``, penalties, ...)
-are refused with a 400 by ``unsupported``. The polyverse extra field::
+change the output in a way polyverse does not implement (``tools``) are refused with a 400 by
+``unsupported``. The polyverse extra field::
 
-    "polyverse": {"method": "lookahead", "options": {"window": 4}, "top_k": 0}
+    "polyverse": {"method": "lookahead", "options": {"window": 4}, "top_k": 0, "regex": "[0-9]+"}
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..grammar import MAX_SOURCE as MAX_GRAMMAR
+from ..shaping import MAX_BIAS, MAX_BIASED, MAX_PENALTY
 
 
 class Strict(BaseModel):
@@ -23,12 +26,30 @@ class StreamOptions(Strict):
 
 
 class PolyverseParams(Strict):
-    """The extra body field: the decoding method, its options, and top-k sampling."""
+    """The extra body field: the decoding method, its options, top-k sampling, and structured output
+    beyond JSON: a regular expression or a Lark grammar the output must match."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
     method: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     top_k: int = Field(0, ge=0, le=2**31 - 1)
+    regex: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR)
+    grammar: str | None = Field(None, min_length=1, max_length=MAX_GRAMMAR)  # Lark syntax
+
+
+class JsonSchemaFormat(Strict):
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Strict):
+    """OpenAI's ``response_format``: plain text, any JSON object, or JSON following a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class Common(Strict):
@@ -44,13 +65,23 @@ class Common(Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     polyverse: PolyverseParams | None = None
+    presence_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY)
+    frequency_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY)
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_BIASED)  # token id (as text) -> bias
+    response_format: ResponseFormat | None = None
     # accepted only at their neutral values
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    logit_bias: Any = None
     tools: Any = None
     functions: Any = None
-    response_format: Any = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key, value in (v or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"keys are token ids, got {key!r}")
+            if not -MAX_BIAS <= value <= MAX_BIAS:
+                raise ValueError(f"the bias of token {key} is {value}; biases are in -{MAX_BIAS:g}..{MAX_BIAS:g}")
+        return v
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -76,9 +107,7 @@ class Common(Strict):
         return None
 
 
-NEUTRAL = {"presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logit_bias": (None, {}),
-           "tools": (None, []), "functions": (None, []),
-           "response_format": (None, {"type": "text"})}  # values that change nothing
+NEUTRAL = {"tools": (None, []), "functions": (None, [])}  # values that change nothing
 
 
 class Message(Strict):
