@@ -187,3 +187,24 @@ def test_sampling_under_a_grammar_has_the_constrained_distribution(method, optio
     assert chi_square_z(counts, exact) < Z_REJECT
     if method != "ar":
         assert accepted > 100, accepted
+
+
+def test_generate_command_takes_the_structured_output_flags(tiny_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from polyverse.cli import app
+
+    run = lambda *a: CliRunner().invoke(app, [str(x) for x in a])  # noqa: E731
+    r = run("generate", "pick", "--model", tiny_dir, "--no-chat", "-n", 20, "--regex", "(ab|c)+[0-9]", "--json")
+    assert r.exit_code == 0, r.output
+    assert re.fullmatch("(ab|c)+[0-9]", json.loads(r.output.strip().splitlines()[-1])["text"])
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                                  "additionalProperties": False}))
+    r = run("generate", "pick", "--model", tiny_dir, "--no-chat", "-n", 20, "--json-schema", schema, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(json.loads(r.output.strip().splitlines()[-1])["text"]) in ({"ok": True}, {"ok": False})
+    for args, words in [(("--regex", "(ab"), "regex is invalid"), (("--json-schema", tmp_path / "none.json"), "cannot read"),
+                        (("--regex", "a", "--json-object"), "give one"), (("--presence-penalty", 3), "presence_penalty")]:
+        bad = run("generate", "pick", "--model", tiny_dir, *args)
+        assert bad.exit_code == 2 and words in bad.output and "Traceback" not in bad.output, bad.output

@@ -13,6 +13,7 @@ import inspect
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import typer
@@ -21,6 +22,8 @@ from rich.table import Table
 
 from ..config import GenerationConfig, SamplingConfig
 from ..errors import ConfigError
+from ..grammar import GrammarSpec
+from ..shaping import Penalties
 from ..options import OptionSpec
 from ..registry import Method, registry
 from . import cluster
@@ -87,6 +90,15 @@ def _after_flags(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text, token ids, statistics) instead."),
     logprobs: Optional[int] = typer.Option(None, "--logprobs", help="Also show each token's log-probability and the "
                                            "K likeliest tokens at its position (0-20; in --json: a 'logprobs' list)."),
+    json_schema: Optional[str] = typer.Option(None, "--json-schema", help="Structured output: JSON following the "
+                                              "JSON schema in this file."),
+    json_object: bool = typer.Option(False, "--json-object", help="Structured output: any JSON object."),
+    regex: Optional[str] = typer.Option(None, "--regex", help="Structured output: text matching this regular expression."),
+    grammar: Optional[str] = typer.Option(None, "--grammar", help="Structured output: text of the Lark grammar in this file."),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Lower the logits of tokens already written "
+                                           "(-2 to 2, as OpenAI)."),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Lower each token's logit by this much per "
+                                            "time it was written (-2 to 2, as OpenAI)."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter name (e.g. cllm-gsm8k) or folder."),
     backend: str = typer.Option("transformers", "--backend", help="transformers, or llamacpp (the model's GGUF "
                                 "through llama.cpp; pip install 'polyverse[llamacpp]')."),
@@ -142,7 +154,9 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
              adapter: Optional[str], backend: str, flags: list[tuple[MethodFlag, Any]], dtype: Optional[str] = None,
              input: Optional[str] = None, output: Optional[str] = None, concurrency: int = 32, ray: Optional[str] = None,
              workers: Optional[int] = None, worker_threads: int = 1, shard_size: int = 16,
-             logprobs: Optional[int] = None) -> None:
+             logprobs: Optional[int] = None, json_schema: Optional[str] = None, json_object: bool = False,
+             regex: Optional[str] = None, grammar: Optional[str] = None, presence_penalty: float = 0.0,
+             frequency_penalty: float = 0.0) -> None:
     """The command body: ``flags`` are the given method flags with their values."""
     with clean_exit("interrupted: finished prompts are written; rerun the same command to resume" if input else "interrupted"):
         if input is not None or output is not None:
@@ -161,8 +175,10 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
         cluster.check(ray, workers, worker_threads, shard_size)
         if prompt is not None and not prompt.strip():
             raise ConfigError("the prompt is empty")
+        shaping = dict(grammar=constraint(json_schema, json_object, regex, grammar), presence_penalty=presence_penalty,
+                       frequency_penalty=frequency_penalty)
         GenerationConfig(max_new_tokens=max_new_tokens, sampling=SamplingConfig(temperature, top_k, top_p), stop=tuple(stop),
-                         logprobs=logprobs)
+                         logprobs=logprobs, penalties=Penalties.of(presence_penalty, frequency_penalty))
         spec = registry.get(method)
         options: dict[str, Any] = {}
         for flag, value in flags:  # the dedicated flags that were given, then --option KEY=VALUE
@@ -176,8 +192,6 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
         from ..api import load
 
         if input is not None:
-            from pathlib import Path
-
             from . import generate_file
 
             rows = generate_file.read_prompts(Path(input))
@@ -186,7 +200,7 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
 
                 kwargs = dict(method=method, options=options, chat=chat, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=tuple(stop),
-                              concurrency=concurrency)
+                              concurrency=concurrency, **shaping)
                 spec = JobSpec("generate", model, {"adapter": adapter, "backend": backend, "dtype": dtype}, kwargs)
                 counts = cluster.run(spec, rows, Path(output), generate_file.written_ids(Path(output)), ray, workers,
                                      worker_threads, shard_size, "generate")
@@ -196,7 +210,7 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
                 return
             lm = load(model, adapter=adapter, progress=not as_json, backend=backend, dtype=dtype)
             kwargs = dict(method=method, options=options, chat=chat, max_new_tokens=max_new_tokens,
-                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop, **shaping)
             from .common import progress
 
             with progress() as bar:
@@ -219,7 +233,7 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
         on_update = (lambda engine, update: live.update(render(engine))) if live else None
         stream = lm.stream(prompt, method=method, options=options, chat=chat, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop, logprobs=logprobs,
-                           **({"on_update": on_update} if on_update else {}))
+                           **shaping, **({"on_update": on_update} if on_update else {}))
         if live:
             with live:
                 result = stream.result()
@@ -247,6 +261,27 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
                               "  ".join(f"{t!r} {lp:.3f}" for _, t, lp in row["top"]))
             Console(stderr=True).print(table)
         typer.echo(f"[{method}] {result.stats.line()}")
+
+
+def constraint(json_schema: Optional[str], json_object: bool, regex: Optional[str],
+               grammar: Optional[str]) -> Optional[GrammarSpec]:
+    """The structured-output flags as one GrammarSpec (None: none given); files are read here."""
+    given = [flag for flag, value in (("--json-schema", json_schema), ("--json-object", json_object or None),
+                                      ("--regex", regex), ("--grammar", grammar)) if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{given[0]} and {given[1]} both constrain the output: give one")
+    if json_object:
+        return GrammarSpec.json_object()
+    if regex is not None:
+        return GrammarSpec.regex(regex)
+    for path, make in ((json_schema, GrammarSpec.json_schema), (grammar, GrammarSpec.lark)):
+        if path is not None:
+            try:
+                text = Path(path).read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+            return make(text)
+    return None
 
 
 def logprob_rows(tokenizer, entries) -> list[dict]:
