@@ -483,4 +483,4 @@ def bench_multiverse(
         Path(out).write_text(json.dumps([asdict(r) | {"degree": r.degree, "speedup": r.speedup} for r in rows], indent=1))
 
 
-from . import bench_serving  # noqa: E402,F401  (bench load, bench serve: registered on bench_app)
+from . import bench_serving, bench_structured  # noqa: E402,F401  (more commands registered on bench_app)
