@@ -199,8 +199,9 @@ class Model:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def encode(self, prompt: str | Sequence[dict], chat: bool | None = None) -> list[int]:
-        """Prompt text (or chat messages) -> token ids; chat template applied when asked or available."""
+    def encode(self, prompt: str | Sequence[dict], chat: bool | None = None, tools: list[dict] | None = None) -> list[int]:
+        """Prompt text (or chat messages) -> token ids; chat template applied when asked or available
+        (``tools``: OpenAI tool entries, for a template that renders them)."""
         if isinstance(prompt, str) and not prompt.strip():
             raise ConfigError("the prompt is empty")
         has_template = self.has_chat_template
@@ -211,7 +212,8 @@ class Model:
             if not has_template:
                 raise ConfigError(f"model '{self.name}' has no chat template: use --no-chat")
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            extra = {"tools": tools} if tools else {}
+            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
             ids = out["input_ids"] if hasattr(out, "keys") else out
         else:
             ids = self.tokenizer(prompt)["input_ids"]

@@ -383,7 +383,7 @@ async def _events(events: _Choices, reply: Reply, watcher: asyncio.Task, schedul
             index, event, payload = await events.get()
             if event == "chunk":
                 passes[index] += 1
-                if payload.text or payload.logprobs:
+                if (payload.text or payload.logprobs) and not reply.holds_text:
                     yield reply.piece(payload.text, passes[index], payload.step.accepted, payload.logprobs, index)
             elif event == "done":
                 done[index] = payload

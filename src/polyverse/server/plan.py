@@ -8,6 +8,7 @@ chat template, its length against the context) and max_tokens against the server
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..config import SamplingConfig
 from ..errors import ConfigError, PolyverseError
 from ..grammar import GrammarSpec
 from ..shaping import Penalties
+from ..tools import Tool, call_grammar, render
 from ..registry import registry
 from .config import ServerConfig
 from .errors import APIError, invalid
@@ -44,6 +46,7 @@ class Plan:
     n: int = 1  # choices: independent requests, choice i seeded with seed + i
     grammar: Any = None  # the compiled ``grammar.Grammar`` of response_format / polyverse.regex / .grammar
     penalties: Penalties = field(default_factory=Penalties)
+    tools: tuple[str, ...] = ()  # names of the tools the model was told about: its calls are parsed back
 
     def choice(self, index: int) -> "Plan":
         """The plan of choice ``index``: its own seed (seed + index), so n choices are n samples,
@@ -73,22 +76,67 @@ def method_and_options(req: Common, config: ServerConfig) -> tuple[str, dict]:
 
 def _messages(req: ChatRequest) -> list[dict]:
     out = []
-    for m in req.messages:
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": m.content or ""})
-    if not any(m["content"].strip() for m in out):
+    for i, m in enumerate(req.messages):
+        message = {"role": "system" if m.role == "developer" else m.role, "content": m.content or ""}
+        if m.tool_calls:
+            if m.role != "assistant":
+                raise invalid("only assistant messages carry tool_calls", f"messages.{i}.tool_calls")
+            calls = []
+            for j, call in enumerate(m.tool_calls):
+                try:
+                    arguments = json.loads(call.function.arguments or "{}")
+                except json.JSONDecodeError:
+                    arguments = None
+                if not isinstance(arguments, dict):
+                    raise invalid("the arguments of a tool call must be a JSON object (as text)",
+                                  f"messages.{i}.tool_calls.{j}.function.arguments")
+                calls.append({"name": call.function.name, "arguments": arguments})
+            message["tool_calls"] = calls
+        out.append(message)
+    if not any(m["content"].strip() or m.get("tool_calls") for m in out):
         raise invalid("the messages hold no text", "messages")
     return out
 
 
-def _encode(model, req: Common, kind: str) -> tuple[list[int], Any, bool]:
+def _tools(req: Common) -> tuple[list[Tool], Any]:
+    """(the tools the model is told about, the grammar spec tool_choice imposes or None); tool_choice
+    "none" (or no tools) tells the model of none."""
+    if not isinstance(req, ChatRequest):
+        if req.tools:
+            raise invalid("tools are for /v1/chat/completions", "tools", "unsupported_parameter")
+        return [], None
+    choice = req.tool_choice
+    if not req.tools:
+        if choice not in (None, "none", "auto"):
+            raise invalid("tool_choice names a tool, but the request has no tools", "tool_choice")
+        return [], None
+    names = [t.function.name for t in req.tools]
+    if len(set(names)) != len(names):
+        raise invalid("two tools have the same name", "tools")
+    tools = [Tool.of(t.function.name, t.function.description, t.function.parameters) for t in req.tools]
+    if choice == "none":
+        return [], None
+    if choice == "required":
+        return tools, call_grammar(tools, req.parallel_tool_calls)
+    if choice is not None and choice != "auto":
+        chosen = [t for t in tools if t.name == choice.function.name]
+        if not chosen:
+            raise invalid(f"tool_choice names '{choice.function.name}', which is not among the tools",
+                          "tool_choice.function.name")
+        return tools, call_grammar(chosen, parallel=False)
+    return tools, None
+
+
+def _encode(model, req: Common, kind: str, tools: list[Tool] = ()) -> tuple[list[int], Any, bool]:
     """(prompt ids, the raw text/messages (for a method that rewrites prompts), chat flag)."""
     limit = model.max_length
     if kind == "chat":
         if not getattr(model.tokenizer, "chat_template", None):
             raise invalid(f"model '{model.name}' has no chat template: use /v1/completions", "messages")
-        messages = _messages(req)
+        takes_tools = "tools" in (model.tokenizer.chat_template or "")
+        messages = render(_messages(req), tools, takes_tools)
         try:
-            ids = model.encode(messages, chat=True)
+            ids = model.encode(messages, chat=True, tools=[t.openai() for t in tools] if takes_tools and tools else None)
         except ConfigError as exc:
             raise invalid(str(exc), "messages", "context_length_exceeded" if "context" in str(exc) else None) from None
         except Exception as exc:  # the chat template's own checks (role order, ...)
@@ -134,6 +182,12 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
     logprobs = _logprobs(req)
     penalties = _penalties(req)
     spec = _grammar_spec(req)
+    tools, forced_call = _tools(req)
+    if forced_call is not None:
+        if spec is not None:
+            raise invalid("tool_choice makes the reply a tool call, so it cannot also follow response_format or a "
+                          "polyverse grammar", "tool_choice")
+        spec = forced_call
     asked = [name for name, on in (("logprobs", logprobs is not None), ("response_format", spec is not None),
                                    ("logit_bias" if req.logit_bias else "presence_penalty", bool(penalties))) if on]
     if asked and registry.get(method).runner:
@@ -144,7 +198,9 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
         try:
             grammar = model.grammar(spec)
         except ConfigError as exc:
-            raise invalid(str(exc), _GRAMMAR_PARAM[spec.kind], "invalid_grammar") from None
+            param = "tools" if forced_call is not None else _GRAMMAR_PARAM[spec.kind]
+            raise invalid(str(exc).replace("the lark is", "a tool's parameters are") if forced_call is not None
+                          else str(exc), param, "invalid_grammar") from None
     if penalties.logit_bias and (bad := next((t for t, _ in penalties.logit_bias if t >= model.backend.vocab_size), None)) is not None:
         raise invalid(f"logit_bias names token id {bad}, outside the vocabulary (0 to {model.backend.vocab_size - 1})",
                       "logit_bias")
@@ -153,7 +209,7 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
         SamplingConfig(req.temperature, top_k, req.top_p)
     except ConfigError as exc:
         raise invalid(str(exc), None) from None
-    ids, raw, chat = _encode(model, req, kind)
+    ids, raw, chat = _encode(model, req, kind, tools)
     room = model.max_length - len(ids)
     given = {name: value for name in ("max_tokens", "max_completion_tokens")
              if (value := getattr(req, name, None)) is not None}
@@ -170,7 +226,7 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
                 method=method, options=options, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                 top_k=top_k, seed=req.seed, stop=tuple(req.stop or ()), stream=req.stream,
                 include_usage=bool(req.stream_options and req.stream_options.include_usage), logprobs=logprobs,
-                n=req.n, grammar=grammar, penalties=penalties)
+                n=req.n, grammar=grammar, penalties=penalties, tools=tuple(t.name for t in tools))
 
 
 _GRAMMAR_PARAM = {"json_object": "response_format", "json_schema": "response_format.json_schema.schema",

@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Any, Sequence
 
+from ..tools import parse_calls
 from .plan import Plan
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -60,11 +61,28 @@ class Reply:
             finish = FINISH.get(gen.finish_reason, "stop")
             lps = self.logprobs(gen.logprobs, index)
             if self.chat:
-                choices.append({"index": index, "message": {"role": "assistant", "content": gen.text},
-                                "logprobs": lps, "finish_reason": finish})
+                message, finish = self._message(gen)
+                choices.append({"index": index, "message": message, "logprobs": lps, "finish_reason": finish})
             else:
                 choices.append({"index": index, "text": gen.text, "logprobs": lps, "finish_reason": finish})
         return {**self._head(False), "choices": choices, "usage": self.usage(gens)}
+
+    @property
+    def holds_text(self) -> bool:
+        """Whether a stream holds each choice's text until it ends: with tools, text may turn out to be a
+        tool call, which is sent whole (OpenAI's ``tool_calls`` delta) rather than as text."""
+        return self.chat and bool(self.plan.tools)
+
+    def _message(self, gen) -> tuple[dict[str, Any], str]:
+        """A chat choice's message and finish reason: its tool calls parsed out when it had tools."""
+        finish = FINISH.get(gen.finish_reason, "stop")
+        calls = []
+        content = gen.text
+        if self.plan.tools:
+            content, calls = parse_calls(gen.text, self.plan.tools)
+        if not calls:
+            return {"role": "assistant", "content": gen.text}, finish
+        return {"role": "assistant", "content": content, "tool_calls": [c.openai() for c in calls]}, "tool_calls"
 
     def _choice(self, text: str | None, finish: str | None, first: bool = False, lps=None,
                 index: int = 0) -> dict[str, Any]:
@@ -106,9 +124,20 @@ class Reply:
                     "polyverse": {"pass": pass_index, "accepted": accepted}})
 
     def finish(self, gen, index: int = 0) -> str:
-        """A choice's closing chunk: its finish reason."""
-        return sse({**self._head(True), "choices": [self._choice(None, FINISH.get(gen.finish_reason, "stop"),
-                                                                 index=index)]})
+        """A choice's closing chunk: its finish reason; first, where the stream held the text (``holds_text``),
+        the text or the tool calls, whole."""
+        if not self.holds_text:
+            return sse({**self._head(True), "choices": [self._choice(None, FINISH.get(gen.finish_reason, "stop"),
+                                                                     index=index)]})
+        message, finish = self._message(gen)
+        delta = {"content": message["content"]} if message["content"] else {}
+        if "tool_calls" in message:
+            delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
+        held = sse({**self._head(True), "choices": [{"index": index, "delta": delta,
+                                                     "logprobs": self.logprobs(gen.logprobs, index),
+                                                     "finish_reason": None}]}) if delta else ""
+        return held + sse({**self._head(True), "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                                            "finish_reason": finish}]})
 
     def end(self, gens: Sequence) -> str:
         """After every choice closed: usage when asked, then [DONE]."""

@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI endpoints as strict pydantic models (no silent "5" -> 5).
 
 Fields the server does not use (``user``, ``metadata``, ...) are ignored; fields that would
-change the output in a way polyverse does not implement (``tools``) are refused with a 400 by
-``unsupported``. The polyverse extra field::
+change the output in a way polyverse does not implement (``functions``, the legacy form of
+``tools``) are refused with a 400 by ``unsupported``. The polyverse extra field::
 
     "polyverse": {"method": "lookahead", "options": {"window": 4}, "top_k": 0, "regex": "[0-9]+"}
 """
@@ -70,7 +70,6 @@ class Common(Strict):
     logit_bias: dict[str, float] | None = Field(None, max_length=MAX_BIASED)  # token id (as text) -> bias
     response_format: ResponseFormat | None = None
     # accepted only at their neutral values
-    tools: Any = None
     functions: Any = None
 
     @field_validator("logit_bias")
@@ -107,12 +106,48 @@ class Common(Strict):
         return None
 
 
-NEUTRAL = {"tools": (None, []), "functions": (None, [])}  # values that change nothing
+NEUTRAL = {"functions": (None, [])}  # values that change nothing (the legacy form of tools)
+
+
+class FunctionCall(Strict):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(max_length=MAX_GRAMMAR)  # JSON text
+
+
+class ToolCall(Strict):
+    """An earlier call of the assistant's, sent back in the conversation."""
+
+    id: str = Field(max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = Field(None, max_length=4096)
+    parameters: dict[str, Any] | None = None  # a JSON schema
+    strict: bool | None = None
+
+
+class ToolDef(Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(Strict):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, max_length=64)  # assistant messages
+    tool_call_id: str | None = Field(None, max_length=128)  # tool messages
 
     @field_validator("content", mode="before")
     @classmethod
@@ -132,11 +167,15 @@ class ChatRequest(Common):
     max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     logprobs: bool = False  # each output token's log-probability
     top_logprobs: int | None = Field(None, ge=0, le=20)  # and the likeliest tokens at its position (needs logprobs)
+    tools: list[ToolDef] | None = Field(None, max_length=64)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
 
 class CompletionRequest(Common):
     prompt: str | list[int]
     logprobs: int | None = Field(None, ge=0, le=5)  # the legacy shape: log-probabilities and the top k
+    tools: Any = None  # chat completions only: refused here
     echo: bool = False
     best_of: int | None = Field(None, ge=1, le=1)
     suffix: str | None = None
