@@ -183,7 +183,8 @@ def test_sampling_under_a_grammar_has_the_constrained_distribution(method, optio
     g = grammar("[0-4](12|3|4[0-4])[0-4]*")
     exact = exact_shaped(m, PROMPT, lambda: Shaper(8, grammar=g.state()), eos=EOS)
     cfg = GenerationConfig(max_new_tokens=3, sampling=SamplingConfig(1.0), eos_token_ids=(EOS,), grammar=g)
-    counts, accepted = sample_counts(method, options, m, PROMPT, cfg, 1500)
+    # the sampled draft (the draft model's) is the case a wrong cut would bias: more runs there
+    counts, accepted = sample_counts(method, options, m, PROMPT, cfg, 1500 if method == "draft" else 1000)
     assert chi_square_z(counts, exact) < Z_REJECT
     if method != "ar":
         assert accepted > 100, accepted

@@ -142,12 +142,16 @@ def assert_completion(response, chat: bool) -> None:
                 assert choice["index"] not in finishes, chunks  # nothing after a choice's finish
                 if choice["finish_reason"] is not None:
                     finishes[choice["index"]] = choice["finish_reason"]
-        assert finishes and set(finishes.values()) <= {"stop", "length"}, chunks
+        assert finishes and set(finishes.values()) <= {"stop", "length", "tool_calls"}, chunks
         assert sorted(finishes) == list(range(len(finishes))), chunks
         return
     body = response.json()
     assert body["object"] == kind and body["id"] and [c["index"] for c in body["choices"]] == list(range(len(body["choices"])))
     for choice in body["choices"]:
+        if chat and choice["finish_reason"] == "tool_calls":  # content may be null beside the calls
+            assert choice["message"]["tool_calls"] and all(json.loads(c["function"]["arguments"]) is not None
+                                                          for c in choice["message"]["tool_calls"])
+            continue
         assert choice["finish_reason"] in ("stop", "length")
         assert isinstance(choice["message"]["content"] if chat else choice["text"], str)
     usage = body["usage"]

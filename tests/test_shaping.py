@@ -73,8 +73,7 @@ def test_penalties_change_the_output():
     assert max(shaped.count(t) for t in set(shaped)) < max(plain.count(t) for t in set(plain))
 
 
-@pytest.mark.parametrize("method,options", [("auto", {}), ("lookahead", {"window": 3, "ngram": 3, "guesses": 2}),
-                                            ("draft", {"k": 2})])
+@pytest.mark.parametrize("method,options", [("auto", {}), ("lookahead", {"window": 3, "ngram": 3, "guesses": 2})])
 def test_sampling_under_penalties_has_the_penalised_distribution(method, options):
     m = model(4, 8)
     penalties = Penalties.of(presence=1.0, frequency=0.5, logit_bias={5: 1.5})

@@ -47,23 +47,28 @@ ERROR = _obj(["error"], {"error": _obj(["message", "type", "param", "code"], {
     "message": {"type": "string"}, "type": {"type": "string"}, "param": NULLABLE_STRING, "code": NULLABLE_STRING},
     closed=True)}, closed=True)
 FINISH = {"enum": ["stop", "length"]}
+CHAT_FINISH = {"enum": ["stop", "length", "tool_calls"]}
 USAGE = _obj(["prompt_tokens", "completion_tokens", "total_tokens"], {
     "prompt_tokens": {"type": "integer", "minimum": 0}, "completion_tokens": {"type": "integer", "minimum": 0},
     "total_tokens": {"type": "integer", "minimum": 0}, "polyverse": {"type": "object"}})
 
 
-def _completion(kind: str, choice: dict[str, Any]) -> dict[str, Any]:
+def _completion(kind: str, choice: dict[str, Any], finish: dict[str, Any] = FINISH) -> dict[str, Any]:
     return _obj(["id", "object", "created", "model", "choices", "usage"], {
         "id": {"type": "string"}, "object": {"const": kind}, "created": {"type": "integer"},
         "model": {"type": "string"}, "usage": {"$ref": REF.format(model="Usage")},
         "choices": {"type": "array", "minItems": 1, "maxItems": MAX_CHOICES, "items": _obj(
             ["index", "finish_reason", *choice], {"index": {"type": "integer", "minimum": 0, "maximum": MAX_CHOICES - 1},
                                                   "logprobs": {"type": ["object", "null"]},
-                                                  "finish_reason": FINISH, **choice})}})
+                                                  "finish_reason": finish, **choice})}})
 
 
+TOOL_CALL = _obj(["id", "type", "function"], {
+    "id": {"type": "string"}, "type": {"const": "function"},
+    "function": _obj(["name", "arguments"], {"name": {"type": "string"}, "arguments": {"type": "string"}})})
 CHAT_COMPLETION = _completion("chat.completion", {"message": _obj(["role", "content"], {
-    "role": {"const": "assistant"}, "content": {"type": "string"}})})
+    "role": {"const": "assistant"}, "content": NULLABLE_STRING,
+    "tool_calls": {"type": "array", "minItems": 1, "items": TOOL_CALL}})}, finish=CHAT_FINISH)
 TEXT_COMPLETION = _completion("text_completion", {"text": {"type": "string"}})
 MODEL = _obj(["id", "object", "created", "owned_by"], {
     "id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
