@@ -118,7 +118,7 @@ def run(method, options, m, prompt, cfg, seed=0):
     return [t for s in steps for t in s.tokens], steps
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 7), pattern=st.sampled_from(PATTERNS), prompt=st.lists(st.integers(3, 7), min_size=1, max_size=16),
        max_new=st.integers(1, 32), case=st.sampled_from(LOSSLESS_CASES))
 def test_greedy_under_a_grammar_equals_constrained_ar(seed, pattern, prompt, max_new, case):

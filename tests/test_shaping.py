@@ -51,7 +51,7 @@ def test_a_bias_outside_the_vocabulary_is_refused():
 PENALTIES = [Penalties(presence=1.5), Penalties(frequency=0.7), Penalties.of(0.4, 0.4, {4: 2.0, 6: -100.0})]
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 7), penalties=st.sampled_from(PENALTIES),
        prompt=st.lists(st.integers(3, 7), min_size=1, max_size=16), max_new=st.integers(1, 32),
        case=st.sampled_from(LOSSLESS_CASES))

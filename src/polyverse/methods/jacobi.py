@@ -54,7 +54,13 @@ class JacobiProposer(Proposer):
         rows 2..4 of the logits (fed b, c, d) predict the 3rd to 5th positions -> next guesses.
         """
         k = len(obs.verdict.accepted)
-        self.guess = obs.logits[k + 1 :].argmax(dim=-1).tolist()  # [n - k]
+        # the block as fed: the loop may have cut it short (the budget, a grammar) or added a branch
+        # after it (a grammar's forced tokens); a path through such a branch leaves nothing to refine
+        fed = next((i for i, p in enumerate(obs.draft.parents) if p != i - 1), len(obs.draft))
+        if tuple(obs.verdict.accepted) != tuple(range(k)) or k >= fed:
+            self.guess = []
+            return
+        self.guess = obs.logits[k + 1 : fed + 1].argmax(dim=-1).tolist()  # [fed - k]
 
 
 def trained_block(model, default: int = DEFAULT_BLOCK) -> int:

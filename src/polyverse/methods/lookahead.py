@@ -100,8 +100,8 @@ class LookaheadProposer(Proposer):
         if self.cfg.prompt_pool:
             self._pool_text(obs.context)
         win = self._window
-        if obs.draft.parents[: len(win)] != win.parents:
-            return  # the loop cut the draft (near the length budget): no window update this step
+        if obs.draft.parents[: len(win)] != win.parents or obs.draft.tokens[: len(win)] != win.tokens:
+            return  # the loop cut the draft (near the length budget, or a grammar): no window update this step
         w, n = self.cfg.window, self.cfg.ngram
         last = (n - 2) * w  # first node of the last level
         out = obs.logits[last + 1 : last + 1 + w].argmax(dim=-1).tolist()  # [W]

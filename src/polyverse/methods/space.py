@@ -109,19 +109,15 @@ class SpaceProposer(Proposer):
         return self.draft
 
     def observe(self, obs: Observation) -> None:
-        # near the token budget the loop prunes deep nodes and renumbers the rest: follow it
-        if len(obs.draft) == len(self.draft):
-            index = {i: i for i in range(len(self.draft))}
-        else:
-            depth = max(obs.draft.depths(), default=0)
-            kept = [i for i, d in enumerate(self.draft.depths()) if d <= depth]
-            index = {old: new for new, old in enumerate(kept)}
-        n = sum(1 for i in range(len(self.candidates)) if i in index)
-        accepted = [i for i in obs.verdict.accepted if i < n]  # candidate nodes on the accepted path
-        if len(accepted) != len(obs.verdict.accepted):  # the path went through a mask node (a [MASK] output)
-            self.candidates = []
+        # the loop may prune nodes (the token budget, a grammar) and add some (a grammar's forced
+        # tokens), renumbering the draft: follow each of ours by its token path
+        index = node_map(self.draft, obs.draft)  # our node -> its index in the fed draft
+        ours = {new: old for old, new in index.items()}
+        path = [ours.get(i) for i in obs.verdict.accepted]
+        if path != list(range(len(path))) or len(path) > len(self.candidates):
+            self.candidates = []  # the path went through a mask node (a [MASK] output) or a node the loop added
             return
-        last = len(accepted)  # group index: 0 = below the root, i = below candidate i
+        last = len(path)  # group index: 0 = below the root, i = below candidate i
         rows = []
         for node in self.groups[last]:
             if node not in index:
@@ -134,6 +130,19 @@ class SpaceProposer(Proposer):
         if self.cost is not None:
             cut = best_count(conf[:cut].tolist(), self.k, self.cost)
         self.candidates = proposals[:cut]
+
+
+def node_map(mine: Draft, fed: Draft) -> dict[int, int]:
+    """Each node of ``mine`` still in ``fed`` (the draft as the loop fed it) -> its index there,
+    matched by the tokens on its path from the root (a tree has one node per path).
+
+    Example: mine (5, 6, 7) as a chain, fed (5, 9, 6) with parents (-1, -1, 0) -> {0: 0, 1: 2}.
+    """
+    def keys(draft: Draft) -> list[tuple[int, ...]]:
+        return [tuple(draft.tokens[j] for j in path) for path in draft.paths()]
+
+    where = {key: i for i, key in enumerate(keys(fed))}
+    return {i: where[key] for i, key in enumerate(keys(mine)) if key in where}
 
 
 def find_mask_id(config: SpaceConfig, ctx) -> int:
