@@ -171,8 +171,7 @@ class GrammarState:
         self.matcher = matcher
         self._bits = llguidance.torch.allocate_token_bitmask(1, grammar.vocab)  # [1, ceil(V / 32)] int32
         self._fill = llguidance.torch.fill_next_token_bitmask
-        shifts = torch.arange(32, dtype=torch.int32)
-        self._shifts = shifts  # [32]
+        self._shifts = torch.arange(32, dtype=torch.int32)  # [32]: a bit's place in its int32 word
 
     def _mask_here(self) -> torch.Tensor:
         """Allowed next tokens in the matcher's current state: bool [V]; the model's end tokens where
