@@ -209,3 +209,11 @@ def test_generate_command_takes_the_structured_output_flags(tiny_dir, tmp_path):
                         (("--regex", "a", "--json-object"), "give one"), (("--presence-penalty", 3), "presence_penalty")]:
         bad = run("generate", "pick", "--model", tiny_dir, *args)
         assert bad.exit_code == 2 and words in bad.output and "Traceback" not in bad.output, bad.output
+
+
+def test_states_of_one_grammar_walk_independently():
+    g = grammar("0(12|3)[0-4]*")
+    first, second = g.state(), g.state()  # copies of the grammar's warmed start
+    first.advance([DIGITS["0"], DIGITS["1"]])
+    assert allowed(first) == {DIGITS["2"]}
+    assert allowed(second) == {DIGITS["0"]} and allowed(g.state()) == {DIGITS["0"]}

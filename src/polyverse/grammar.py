@@ -132,7 +132,12 @@ def _lltokenizer(tokenizer, vocab: int):
 
 
 class Grammar:
-    """A spec compiled for one tokenizer and vocabulary width; ``state()`` starts a request's walk."""
+    """A spec compiled for one tokenizer and vocabulary width; ``state()`` starts a request's walk.
+
+    The first mask of a fresh matcher builds its lexer, which for some grammars takes far longer than
+    a pass; it is built here, once (where the grammar is compiled: off the decode thread in the
+    server), and every request's state starts from a copy of that warmed matcher.
+    """
 
     def __init__(self, spec: GrammarSpec, lltokenizer, vocab: int, eos_token_ids: Sequence[int]) -> None:
         import llguidance
@@ -145,14 +150,14 @@ class Grammar:
         error = llguidance.LLMatcher.validate_grammar(self._grammar, lltokenizer)
         if error:
             raise ConfigError(f"the {spec.kind.replace('_', ' ')} is invalid: {_brief(error)}")
-        probe = self.state()
-        if probe.matcher.is_error():
-            raise ConfigError(f"the {spec.kind.replace('_', ' ')} is invalid: {_brief(probe.matcher.get_error())}")
+        self._start = llguidance.LLMatcher(lltokenizer, self._grammar, log_level=0)  # never moved: copied
+        if not self._start.is_error():
+            GrammarState(self, self._start)._mask_here()  # the warm-up
+        if self._start.is_error():
+            raise ConfigError(f"the {spec.kind.replace('_', ' ')} is invalid: {_brief(self._start.get_error())}")
 
     def state(self) -> "GrammarState":
-        import llguidance
-
-        return GrammarState(self, llguidance.LLMatcher(self._tokenizer, self._grammar, log_level=0))
+        return GrammarState(self, self._start.deep_copy())
 
 
 def compile_grammar(spec: GrammarSpec, tokenizer, vocab: int, eos_token_ids: Sequence[int]) -> Grammar:
