@@ -30,7 +30,7 @@ def test_run_on_the_tiny_model_compares_with_ar_and_reports(tiny):
     rows = structured.run(tiny, 120, prompts=prompts)
     assert [r.contender for r in rows] == [label for label, _, _ in structured.CONTENDERS]
     assert all(r.same_as_ar for r in rows)  # lossless under the grammar
-    assert rows[1].passes <= rows[2].passes  # forced tokens drafted: never more passes
+    assert rows[1].passes < rows[2].passes  # the forced keys and punctuation come several per pass
     assert all(r.valid for r in rows if r.tokens < 120)  # what finished follows the schema
     table = structured.markdown(rows, "test CPU", 120)
     assert "| ar |" in table and "test CPU" in table
