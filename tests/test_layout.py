@@ -70,3 +70,13 @@ def test_chain_detection():
     assert is_plain_chain(chain_feed([1, 2, 3], 5), past=5)
     assert not is_plain_chain(chain_feed([1, 2, 3], 5), past=4)
     assert not is_plain_chain(Feed((1, 2), (5, 6), (-1, -1)), past=5)
+
+
+def test_node_map_follows_nodes_the_loop_pruned_renumbered_or_added():
+    from polyverse import Draft
+
+    mine = Draft.chain([5, 6, 7])
+    assert mine.node_map(mine) == {0: 0, 1: 1, 2: 2}
+    assert mine.node_map(Draft((5, 9, 6), (-1, -1, 0))) == {0: 0, 1: 2}  # 7 cut, a forced 9 added before 6
+    assert mine.node_map(Draft.chain([5, 6])) == {0: 0, 1: 1}  # the budget cut the deepest
+    assert mine.node_map(Draft.chain([9, 5])) == {}  # a 5 below 9 is another path

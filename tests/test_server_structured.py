@@ -9,7 +9,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from polyverse import GrammarSpec, Penalties
+from polyverse import GrammarSpec
 
 
 class Pick(BaseModel):
@@ -93,7 +93,3 @@ def test_bad_constraints_get_a_400_naming_the_problem(srv, body, param, words):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == param and words in err["message"], err
-
-
-def test_penalties_object_round_trips_api_arguments():
-    assert Penalties.of(0.5, 0.25, {"7": 1, 3: -2}) == Penalties(0.5, 0.25, ((3, -2.0), (7, 1.0)))

@@ -43,7 +43,13 @@ def test_bad_values_are_refused(kwargs, problem):
         Penalties.of(**kwargs)
 
 
+def test_api_arguments_become_sorted_ids():
+    assert Penalties.of(0.5, 0.25, {"7": 1, 3: -2}) == Penalties(0.5, 0.25, ((3, -2.0), (7, 1.0)))
+
+
 def test_a_bias_outside_the_vocabulary_is_refused():
+    with pytest.raises(ConfigError, match="outside the vocabulary"):
+        Penalties.of(logit_bias={8: 1.0}).check_vocab(8)
     with pytest.raises(ConfigError, match="outside the vocabulary"):
         Shaper(8, Penalties.of(logit_bias={8: 1.0}))
 

@@ -405,13 +405,3 @@ def test_cli_fit_short_bf16_run_and_clear_errors(tiny_dir, tmp_path):
         assert res.exit_code != 0 and msg in res.output, res.output
         assert res.exception is None or isinstance(res.exception, SystemExit)
 
-
-def test_node_map_follows_nodes_the_loop_pruned_renumbered_or_added():
-    from polyverse import Draft
-    from polyverse.methods.space import node_map
-
-    mine = Draft.chain([5, 6, 7])
-    assert node_map(mine, mine) == {0: 0, 1: 1, 2: 2}
-    assert node_map(mine, Draft((5, 9, 6), (-1, -1, 0))) == {0: 0, 1: 2}  # 7 cut, a forced 9 added before 6
-    assert node_map(mine, Draft.chain([5, 6])) == {0: 0, 1: 1}  # the budget cut the deepest
-    assert node_map(mine, Draft.chain([9, 5])) == {}  # a 5 below 9 is another path

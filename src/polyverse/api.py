@@ -272,6 +272,7 @@ class Model:
         spec = registry.get(method)
         method_cfg = spec.make_config(options)
         penalties = Penalties.of(presence_penalty, frequency_penalty, logit_bias)
+        penalties.check_vocab(self.backend.vocab_size)
         asked = [name for name, on in (("logprobs", logprobs is not None), ("a grammar", grammar is not None),
                                        ("penalties and logit_bias", bool(penalties))) if on]
         if asked and spec.runner:

@@ -88,6 +88,18 @@ class Draft:
             out.append((out[p] if p >= 0 else ()) + (i,))
         return tuple(out)
 
+    def node_map(self, fed: "Draft") -> dict[int, int]:
+        """Each node of this draft still in ``fed`` (the draft as the loop fed it, cut or grown) -> its
+        index there, matched by the tokens on its path from the root (a tree has one node per path).
+
+        Example: (5, 6, 7) as a chain, fed (5, 9, 6) with parents (-1, -1, 0) -> {0: 0, 1: 2}.
+        """
+        def keys(draft: "Draft") -> list[tuple[int, ...]]:
+            return [tuple(draft.tokens[j] for j in path) for path in draft.paths()]
+
+        where = {key: i for i, key in enumerate(keys(fed))}
+        return {i: where[key] for i, key in enumerate(keys(self)) if key in where}
+
     def pruned(self, max_depth: int) -> "Draft":
         """The draft without nodes deeper than ``max_depth`` (parents come first, so indices stay valid)."""
         depths = self.depths()

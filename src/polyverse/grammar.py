@@ -147,9 +147,6 @@ class Grammar:
         self.eos = tuple(int(t) for t in eos_token_ids if 0 <= int(t) < vocab)
         self._tokenizer = lltokenizer
         self._grammar = spec.llguidance()
-        error = llguidance.LLMatcher.validate_grammar(self._grammar, lltokenizer)
-        if error:
-            raise ConfigError(f"the {spec.kind.replace('_', ' ')} is invalid: {_brief(error)}")
         self._start = llguidance.LLMatcher(lltokenizer, self._grammar, log_level=0)  # never moved: copied
         if not self._start.is_error():
             GrammarState(self, self._start)._mask_here()  # the warm-up
@@ -196,17 +193,18 @@ class GrammarState:
         (an end token) or that the grammar refuses has no continuation: only the end tokens are
         allowed there (verification never reaches such a row; see ``shaping.Shaper.draft``)."""
         path = [int(t) for t in path]
-        if path and (any(t in self.grammar.eos for t in path) or self.valid(path) < len(path)):
-            allowed = torch.zeros(self.grammar.vocab, dtype=torch.bool)
-            allowed[list(self.grammar.eos) or [0]] = True
-            return allowed
-        if path:  # a valid path: consuming it cannot put the matcher in its (permanent) error state
-            self.matcher.consume_tokens(path)
+        ended = any(t in self.grammar.eos for t in path)
+        # try_consume stops at a refused token without the matcher's (permanent) error state
+        walked = 0 if ended else int(self.matcher.try_consume_tokens(path)) if path else 0
         try:
+            if ended or walked < len(path):
+                allowed = torch.zeros(self.grammar.vocab, dtype=torch.bool)
+                allowed[list(self.grammar.eos) or [0]] = True
+                return allowed
             return self._mask_here()
         finally:
-            if path:
-                self.matcher.rollback(len(path))
+            if walked:
+                self.matcher.rollback(walked)
 
     def valid(self, path: Sequence[int]) -> int:
         """How many leading tokens of ``path`` the grammar allows after the output so far."""

@@ -65,6 +65,12 @@ class Penalties:
     def __bool__(self) -> bool:
         return bool(self.presence or self.frequency or self.logit_bias)
 
+    def check_vocab(self, vocab: int) -> None:
+        """Raise ConfigError when ``logit_bias`` names a token outside a vocabulary of ``vocab`` ids."""
+        bad = next((t for t, _ in self.logit_bias if t >= vocab), None)
+        if bad is not None:
+            raise ConfigError(f"logit_bias names token id {bad}, outside the vocabulary (0 to {vocab - 1})")
+
 
 class Shaper:
     """One request's shaping: ``penalties`` (or none) and a ``grammar.GrammarState`` (or none), over
@@ -78,9 +84,7 @@ class Shaper:
         self.counts = torch.zeros(vocab)  # [V] occurrences of each token in the output so far
         self.bias = None
         if self.penalties and self.penalties.logit_bias:
-            bad = next((t for t, _ in self.penalties.logit_bias if t >= vocab), None)
-            if bad is not None:
-                raise ConfigError(f"logit_bias names token id {bad}, outside the vocabulary (0 to {vocab - 1})")
+            self.penalties.check_vocab(vocab)
             self.bias = torch.zeros(vocab)  # [V]
             for token, value in self.penalties.logit_bias:
                 self.bias[token] = value

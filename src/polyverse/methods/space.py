@@ -111,7 +111,7 @@ class SpaceProposer(Proposer):
     def observe(self, obs: Observation) -> None:
         # the loop may prune nodes (the token budget, a grammar) and add some (a grammar's forced
         # tokens), renumbering the draft: follow each of ours by its token path
-        index = node_map(self.draft, obs.draft)  # our node -> its index in the fed draft
+        index = self.draft.node_map(obs.draft)  # our node -> its index in the fed draft
         ours = {new: old for old, new in index.items()}
         path = [ours.get(i) for i in obs.verdict.accepted]
         if path != list(range(len(path))) or len(path) > len(self.candidates):
@@ -130,19 +130,6 @@ class SpaceProposer(Proposer):
         if self.cost is not None:
             cut = best_count(conf[:cut].tolist(), self.k, self.cost)
         self.candidates = proposals[:cut]
-
-
-def node_map(mine: Draft, fed: Draft) -> dict[int, int]:
-    """Each node of ``mine`` still in ``fed`` (the draft as the loop fed it) -> its index there,
-    matched by the tokens on its path from the root (a tree has one node per path).
-
-    Example: mine (5, 6, 7) as a chain, fed (5, 9, 6) with parents (-1, -1, 0) -> {0: 0, 1: 2}.
-    """
-    def keys(draft: Draft) -> list[tuple[int, ...]]:
-        return [tuple(draft.tokens[j] for j in path) for path in draft.paths()]
-
-    where = {key: i for i, key in enumerate(keys(fed))}
-    return {i: where[key] for i, key in enumerate(keys(mine)) if key in where}
 
 
 def find_mask_id(config: SpaceConfig, ctx) -> int:

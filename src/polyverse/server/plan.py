@@ -198,12 +198,14 @@ def plan(model, config: ServerConfig, req: Common, kind: str) -> Plan:
         try:
             grammar = model.grammar(spec)
         except ConfigError as exc:
-            param = "tools" if forced_call is not None else _GRAMMAR_PARAM[spec.kind]
-            raise invalid(str(exc).replace("the lark is", "a tool's parameters are") if forced_call is not None
-                          else str(exc), param, "invalid_grammar") from None
-    if penalties.logit_bias and (bad := next((t for t, _ in penalties.logit_bias if t >= model.backend.vocab_size), None)) is not None:
-        raise invalid(f"logit_bias names token id {bad}, outside the vocabulary (0 to {model.backend.vocab_size - 1})",
-                      "logit_bias")
+            if forced_call is not None:
+                raise invalid(f"a tool's parameters are invalid as a JSON schema ({exc})", "tools",
+                              "invalid_grammar") from None
+            raise invalid(str(exc), _GRAMMAR_PARAM[spec.kind], "invalid_grammar") from None
+    try:
+        penalties.check_vocab(model.backend.vocab_size)
+    except ConfigError as exc:
+        raise invalid(str(exc), "logit_bias") from None
     top_k = req.polyverse.top_k if req.polyverse else 0
     try:
         SamplingConfig(req.temperature, top_k, req.top_p)

@@ -58,13 +58,13 @@ class Reply:
         """The non-streaming response: one choice per Generation, in order."""
         choices = []
         for index, gen in enumerate(gens):
-            finish = FINISH.get(gen.finish_reason, "stop")
             lps = self.logprobs(gen.logprobs, index)
             if self.chat:
                 message, finish = self._message(gen)
                 choices.append({"index": index, "message": message, "logprobs": lps, "finish_reason": finish})
             else:
-                choices.append({"index": index, "text": gen.text, "logprobs": lps, "finish_reason": finish})
+                choices.append({"index": index, "text": gen.text, "logprobs": lps,
+                                "finish_reason": FINISH.get(gen.finish_reason, "stop")})
         return {**self._head(False), "choices": choices, "usage": self.usage(gens)}
 
     @property
@@ -75,13 +75,9 @@ class Reply:
 
     def _message(self, gen) -> tuple[dict[str, Any], str]:
         """A chat choice's message and finish reason: its tool calls parsed out when it had tools."""
-        finish = FINISH.get(gen.finish_reason, "stop")
-        calls = []
-        content = gen.text
-        if self.plan.tools:
-            content, calls = parse_calls(gen.text, self.plan.tools)
+        content, calls = parse_calls(gen.text, self.plan.tools) if self.plan.tools else (gen.text, [])
         if not calls:
-            return {"role": "assistant", "content": gen.text}, finish
+            return {"role": "assistant", "content": gen.text}, FINISH.get(gen.finish_reason, "stop")
         return {"role": "assistant", "content": content, "tool_calls": [c.openai() for c in calls]}, "tool_calls"
 
     def _choice(self, text: str | None, finish: str | None, first: bool = False, lps=None,
@@ -144,9 +140,6 @@ class Reply:
         out = sse({**self._head(True), "choices": [], "usage": self.usage(gens)}) if self.plan.include_usage else ""
         return out + "data: [DONE]\n\n"
 
-    def last(self, gen) -> str:
-        """The closing chunks of a one-choice stream: finish reason, usage when asked, then [DONE]."""
-        return self.finish(gen) + self.end([gen])
 
 
 def sse(obj: dict) -> str:

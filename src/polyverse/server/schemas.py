@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..grammar import MAX_SOURCE as MAX_GRAMMAR
-from ..shaping import MAX_BIAS, MAX_BIASED, MAX_PENALTY
+from ..config import MAX_TOP_LOGPROBS
+from ..shaping import MAX_BIASED, MAX_PENALTY
 
 
 class Strict(BaseModel):
@@ -67,20 +68,10 @@ class Common(Strict):
     polyverse: PolyverseParams | None = None
     presence_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY)
     frequency_penalty: float | None = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY)
-    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_BIASED)  # token id (as text) -> bias
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_BIASED)  # token id (as text) -> bias: Penalties checks
     response_format: ResponseFormat | None = None
     # accepted only at their neutral values
     functions: Any = None
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        for key, value in (v or {}).items():
-            if not key.isdigit():
-                raise ValueError(f"keys are token ids, got {key!r}")
-            if not -MAX_BIAS <= value <= MAX_BIAS:
-                raise ValueError(f"the bias of token {key} is {value}; biases are in -{MAX_BIAS:g}..{MAX_BIAS:g}")
-        return v
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -166,7 +157,7 @@ class ChatRequest(Common):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     logprobs: bool = False  # each output token's log-probability
-    top_logprobs: int | None = Field(None, ge=0, le=20)  # and the likeliest tokens at its position (needs logprobs)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # and the likeliest tokens at its position (needs logprobs)
     tools: list[ToolDef] | None = Field(None, max_length=64)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
