@@ -32,6 +32,7 @@ namespace lean {
 constexpr int64_t kPanel = 32;    // output columns per packed panel
 constexpr int64_t kAhead = 8192;  // elements prefetched ahead of the weight stream (fp32: 32 KiB)
 enum Kind { kF32 = 0, kBF16 = 1, kI8 = 2 };
+constexpr int64_t kSpread = 8;    // rows from which per-row work (norms, conversions) is split between threads
 
 inline int threads() { return std::max(1, at::get_num_threads()); }
 
@@ -50,29 +51,32 @@ inline float bf16_to_float(uint16_t h) {
   return f;
 }
 
-// A packed weight [n, k]: its panels and, for int8, per-block scales and column sums.
+// A packed weight [n, k]: its panels and, for int8, per-block scales.
 struct Weight {
   int kind = kF32;
   int64_t n = 0, k = 0;
-  torch::Tensor data, scales, sums, bias;  // kept alive; the pointers below point into them
+  torch::Tensor data, scales, bias;  // kept alive; the pointers below point into them
   const float* f32 = nullptr;
   const uint16_t* bf16 = nullptr;
-  const int8_t* i8 = nullptr;
+  const uint8_t* u8 = nullptr;  // int8 weights + 128
   const float* scale = nullptr;
-  const int32_t* colsum = nullptr;
   const float* b = nullptr;  // bias [n] or null
 };
 
 // A pass's activations for one product, in the weight's kind: x [m, k] as fp32, bf16 or int8
-// with one scale per row and block of 32.
+// with one scale per row and block of 32 (and -128 times the block's sum, which takes back the
+// weights' stored +128).
 struct Rows {
   const float* f32 = nullptr;
   const uint16_t* bf16 = nullptr;
   const int8_t* i8 = nullptr;
   const float* scale = nullptr;
+  const int32_t* zero = nullptr;
+  const int32_t* quads = nullptr;  // int8 rows rearranged per sweep by the product
   std::vector<uint16_t> bf16_buf;
   std::vector<int8_t> i8_buf;
   std::vector<float> scale_buf;
+  std::vector<int32_t> zero_buf, quad_buf;
 
   void load(int kind, const float* x, int64_t m, int64_t k, bool wide);
 };
@@ -105,21 +109,31 @@ void Rows::load(int kind, const float* x, int64_t m, int64_t k, bool wide) {
   f32 = x;
   if (kind == kBF16) {
     bf16_buf.resize(m * k);
-    if (wide) avx512::to_bf16(x, m * k, bf16_buf.data());
-    else avx2::to_bf16(x, m * k, bf16_buf.data());
+    uint16_t* out = bf16_buf.data();
+#pragma omp parallel for schedule(static) num_threads(threads()) if (m >= kSpread)
+    for (int64_t r = 0; r < m; ++r) {
+      if (wide) avx512::to_bf16(x + r * k, k, out + r * k);
+      else avx2::to_bf16(x + r * k, k, out + r * k);
+    }
     bf16 = bf16_buf.data();
   } else if (kind == kI8) {
     const int64_t blocks = k / 32;
     i8_buf.resize(m * k);
     scale_buf.resize(m * blocks);
+    zero_buf.resize(m * blocks);
+#pragma omp parallel for schedule(static) num_threads(threads()) if (m >= kSpread)
     for (int64_t r = 0; r < m; ++r)
       for (int64_t blk = 0; blk < blocks; ++blk) {
         const float* xb = x + r * k + blk * 32;
         int8_t* out = i8_buf.data() + r * k + blk * 32;
         scale_buf[r * blocks + blk] = wide ? avx512::quantize32(xb, out) : avx2::quantize32(xb, out);
+        int32_t total = 0;
+        for (int j = 0; j < 32; ++j) total += out[j];
+        zero_buf[r * blocks + blk] = -128 * total;
       }
     i8 = i8_buf.data();
     scale = scale_buf.data();
+    zero = zero_buf.data();
   }
 }
 
@@ -151,12 +165,10 @@ Weight pack(const torch::Tensor& w_in, int kind, const c10::optional<torch::Tens
     W.bf16 = dst;
   } else if (kind == kI8) {
     const int64_t blocks = k / 32;
-    W.data = torch::empty({n / kPanel, k / 4, kPanel, 4}, torch::kInt8);
+    W.data = torch::empty({n / kPanel, k / 4, kPanel, 4}, torch::kUInt8);
     W.scales = torch::empty({n / kPanel, blocks, kPanel}, torch::kFloat32);
-    W.sums = torch::empty({n / kPanel, blocks, kPanel}, torch::kInt32);
-    int8_t* dst = W.data.data_ptr<int8_t>();
+    uint8_t* dst = W.data.data_ptr<uint8_t>();
     float* sc = W.scales.data_ptr<float>();
-    int32_t* cs = W.sums.data_ptr<int32_t>();
     for (int64_t p = 0; p < n / kPanel; ++p) {
       for (int64_t c = 0; c < kPanel; ++c) {
         const float* row = src + (p * kPanel + c) * k;
@@ -165,21 +177,17 @@ Weight pack(const torch::Tensor& w_in, int kind, const c10::optional<torch::Tens
           for (int j = 0; j < 32; ++j) top = std::max(top, std::fabs(row[blk * 32 + j]));
           const float s = top / 127.0f;
           const float inv = s > 0.0f ? 1.0f / s : 0.0f;
-          int32_t total = 0;
           for (int j = 0; j < 32; ++j) {
             const int64_t kk = blk * 32 + j;
-            const int8_t q = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(row[kk] * inv))));
-            dst[((p * (k / 4) + kk / 4) * kPanel + c) * 4 + kk % 4] = q;
-            total += q;
+            const int q = static_cast<int>(std::max(-127.0f, std::min(127.0f, std::nearbyint(row[kk] * inv))));
+            dst[((p * (k / 4) + kk / 4) * kPanel + c) * 4 + kk % 4] = static_cast<uint8_t>(q + 128);
           }
           sc[(p * blocks + blk) * kPanel + c] = s;
-          cs[(p * blocks + blk) * kPanel + c] = 128 * total;
         }
       }
     }
-    W.i8 = dst;
+    W.u8 = dst;
     W.scale = sc;
-    W.colsum = cs;
   } else {
     TORCH_CHECK(false, "unknown weight kind ", kind);
   }
@@ -347,6 +355,9 @@ class Model {
       most = std::max(most, cells);
     }
     TORCH_CHECK(row == q, "segment sizes do not add up to the ids");
+    std::vector<int64_t> row_seg(q);
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t i = 0; i < seg[s].q; ++i) row_seg[seg[s].first + i] = s;
 
     auto out = torch::empty({q, H_}, torch::kFloat32);
     if (q == 0) return out;
@@ -366,10 +377,14 @@ class Model {
       }
 
     // attention work items, segment by segment, key/value head major within a segment: a head's keys
-    // and values stay in cache while every row and query head of its group reads them
+    // and values stay in cache while every row of its group reads them. An item is one row and up
+    // to 4 query heads of a group, which share each key and value load; a pass of few rows splits
+    // its groups head by head, so that both threads have work.
     const int64_t groups = Hq_ / Hkv_;
+    const int64_t per = q * Hkv_ >= 4 * threads() ? std::min<int64_t>(groups, 4) : 1;  // heads per item
+    const int64_t chunks = (groups + per - 1) / per;                                   // items per row and group
     std::vector<int64_t> work_start(S);  // the first work item of each segment
-    for (int64_t s = 0, t = 0; s < S; t += seg[s].q * Hq_, ++s) work_start[s] = t;
+    for (int64_t s = 0, t = 0; s < S; t += seg[s].q * Hkv_ * chunks, ++s) work_start[s] = t;
     std::vector<Seen> seen(q);  // per row of the pass
     for (int64_t s = 0; s < S; ++s) {
       const Segment& g = seg[s];
@@ -378,22 +393,24 @@ class Model {
         seen[g.first + i] = seen_cells(g.vis ? g.vis + i * (g.past + g.q) : nullptr, g.cp, cells);
       }
     }
-    const int64_t work = q * Hq_;
+    const int64_t work = q * Hkv_ * chunks;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D_));
     Rows rows;
     for (int64_t l = 0; l < layers(); ++l) {
       const Layer& L = layers_[l];
       norm(h.data(), L.norm1.data_ptr<float>(), q, a.data());
       product(wide_, L.qkv, rows, a.data(), q, qkv.data());
-      for (int64_t s = 0; s < S; ++s) {
-        const Segment& g = seg[s];
-        const int64_t layer = l * Hkv_ * g.cap * D_;
-        for (int64_t i = 0; i < g.q; ++i) {
-          float* r = &qkv[(g.first + i) * QKV];
-          for (int64_t hh = 0; hh < Hq_ + Hkv_; ++hh) rope(r + hh * D_, &cs[(g.first + i) * half], &sn[(g.first + i) * half]);
+#pragma omp parallel num_threads(threads())
+      {
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < q; ++r) {  // rotary positions and the cache writes, row by row
+          const Segment& g = seg[row_seg[r]];
+          const int64_t i = r - g.first, layer = l * Hkv_ * g.cap * D_;
+          float* x = &qkv[r * QKV];
+          for (int64_t hh = 0; hh < Hq_ + Hkv_; ++hh) rope(x + hh * D_, &cs[r * half], &sn[r * half]);
           for (int64_t kv = 0; kv < Hkv_; ++kv) {
-            const float* key = r + (Hq_ + kv) * D_;
-            const float* val = r + (Hq_ + Hkv_ + kv) * D_;
+            const float* key = x + (Hq_ + kv) * D_;
+            const float* val = x + (Hq_ + Hkv_ + kv) * D_;
             const int64_t kat = layer + kv * D_ * g.cap + g.past + i, vat = layer + (kv * g.cap + g.past + i) * D_;
             if (g.half) {
               uint16_t* Kh = static_cast<uint16_t*>(g.K);
@@ -406,45 +423,47 @@ class Model {
               std::memcpy(static_cast<float*>(g.V) + vat, val, D_ * sizeof(float));
             }
           }
-        }
-      }
-#pragma omp parallel num_threads(threads())
-      {
-        std::vector<float> scratch(2 * (most + 16));
+        }  // (the barrier here: a row's attention reads the cells its segment's other rows wrote)
+        std::vector<float> scratch(4 * 2 * (most + 16));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < work; ++t) {
           const int64_t s = static_cast<int64_t>(std::upper_bound(work_start.begin(), work_start.end(), t) -
                                                  work_start.begin()) - 1;
           const Segment& g = seg[s];
           const int64_t u = t - work_start[s];
-          const int64_t kv = u / (g.q * groups), rest = u % (g.q * groups), i = rest / groups, hh = kv * groups + rest % groups;
+          const int64_t kv = u / (g.q * chunks), rest = u % (g.q * chunks), i = rest / chunks;
+          const int64_t h0 = kv * groups + (rest % chunks) * per, n = std::min(per, (kv + 1) * groups - h0);
           const int64_t cells = g.vis ? g.past + g.q : g.past + i + 1;
           const Seen& row = seen[g.first + i];
           const int32_t* index = row.dense ? nullptr : row.index.data();
-          const float* qi = &qkv[(g.first + i) * QKV + hh * D_];
-          float* o = &att[((g.first + i) * Hq_ + hh) * D_];
+          const float* qs[4];
+          float* os[4];
+          for (int64_t a = 0; a < n; ++a) {
+            qs[a] = &qkv[(g.first + i) * QKV + (h0 + a) * D_];
+            os[a] = &att[((g.first + i) * Hq_ + h0 + a) * D_];
+          }
           const int64_t kat = (l * Hkv_ + kv) * D_ * g.cap, vat = (l * Hkv_ + kv) * g.cap * D_;
           if (g.half) {
             const uint16_t* Kh = static_cast<const uint16_t*>(g.K) + kat;
             const uint16_t* Vh = static_cast<const uint16_t*>(g.V) + vat;
-            if (wide_) avx512::attend(qi, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), o);
-            else avx2::attend(qi, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), o);
+            if (wide_) avx512::attend_heads(n, qs, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), os);
+            else avx2::attend_heads(n, qs, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), os);
           } else {
             const float* Kf = static_cast<const float*>(g.K) + kat;
             const float* Vf = static_cast<const float*>(g.V) + vat;
-            if (wide_) avx512::attend(qi, Kf, g.cap, Vf, D_, index, row.count, cells, scale, scratch.data(), o);
-            else avx2::attend(qi, Kf, g.cap, Vf, D_, index, row.count, cells, scale, scratch.data(), o);
+            if (wide_) avx512::attend_heads(n, qs, Kf, g.cap, Vf, D_, index, row.count, cells, scale, scratch.data(), os);
+            else avx2::attend_heads(n, qs, Kf, g.cap, Vf, D_, index, row.count, cells, scale, scratch.data(), os);
           }
         }
       }
       product(wide_, L.o, rows, att.data(), q, a.data());
-      for (int64_t i = 0; i < q * H_; ++i) h[i] += a[i];
+      add(h.data(), a.data(), q);
       norm(h.data(), L.norm2.data_ptr<float>(), q, a.data());
       product(wide_, L.gate_up, rows, a.data(), q, gu.data());
       if (wide_) avx512::silu_mul(gu.data(), q, I_, mid.data());
       else avx2::silu_mul(gu.data(), q, I_, mid.data());
       product(wide_, L.down, rows, mid.data(), q, a.data());
-      for (int64_t i = 0; i < q * H_; ++i) h[i] += a[i];
+      add(h.data(), a.data(), q);
     }
     norm(h.data(), final_norm_.data_ptr<float>(), q, out.data_ptr<float>());
     return out;
@@ -464,7 +483,15 @@ class Model {
   }
 
  private:
+  // h [q, H] += a [q, H]
+  void add(float* h, const float* a, int64_t q) const {
+#pragma omp parallel for schedule(static) num_threads(threads()) if (q >= kSpread)
+    for (int64_t i = 0; i < q; ++i)
+      for (int64_t j = 0; j < H_; ++j) h[i * H_ + j] += a[i * H_ + j];
+  }
+
   void norm(const float* x, const float* w, int64_t q, float* y) const {
+#pragma omp parallel for schedule(static) num_threads(threads()) if (q >= kSpread)
     for (int64_t i = 0; i < q; ++i) {
       const float* xi = x + i * H_;
       float ss = 0.0f;

@@ -8,16 +8,18 @@
 // Weight formats (packed by lean.cpp, the same bytes for both targets):
 //   fp32  [n / 32, k, 32]            float
 //   bf16  [n / 32, k / 2, 32, 2]     bf16 pairs along k (vdpbf16ps's operand order)
-//   int8  [n / 32, k / 4, 32, 4]     int8 quads along k (vpdpbusd's), with scales [n / 32, k / 32, 32]
-//         float per block of 32 k and output column, and column sums [n / 32, k / 32, 32] int32
-//         (times 128: vpdpbusd takes unsigned activations, stored as x + 128).
+//   int8  [n / 32, k / 4, 32, 4]     int8 quads along k (vpdpbusd's), stored as w + 128 (vpdpbusd
+//         takes its unsigned operand from the weights and broadcasts the signed activations), with
+//         scales [n / 32, k / 32, 32] float per block of 32 k and output column.
 // The int8 product sums each block of 32 k exactly in integers on both targets and folds it into
 // float in the same order, so AVX-512 and AVX2 give the same bits there.
 
 #if LEAN_AVX512
-constexpr int kRows = 12;  // rows per sweep: 24 accumulators of 16 floats fit the 32 registers
+constexpr int kRows = 12;    // rows per sweep: 24 accumulators of 16 floats fit the 32 registers
+constexpr int kRowsI8 = 16;  // int8: one accumulator of 16 columns per row (GCC spills more)
 #else
-constexpr int kRows = 6;   // 12 accumulators of 8 floats fit the 16 registers
+constexpr int kRows = 6;     // 12 accumulators of 8 floats fit the 16 registers
+constexpr int kRowsI8 = 6;
 #endif
 
 // ---- fp32 weights ------------------------------------------------------------------------------
@@ -110,54 +112,60 @@ void panel_bf16(const uint16_t* x, int64_t k, const uint16_t* w, float* y, int64
 
 // ---- int8 weights: x quantized per row and block of 32, exact integer sums per block ------------
 
+// Each block of 32 k is summed exactly in int32, then folded into float as (sum * x's scale) *
+// w's scale, the same operations in the same order on both targets (so the same bits).
+// x: the M rows' int8 values quad by quad ([k / 4, M] int32: row r's quad i at i * M + r), so that
+// every row's operand is one base pointer and a constant offset
 template <int M>
-void panel_i8(const int8_t* x, const float* xs, int64_t k, const int8_t* w, const float* ws, const int32_t* wsum,
+void panel_i8(const int32_t* x, const float* xs, const int32_t* xz, int64_t k, const uint8_t* w, const float* ws,
               float* y, int64_t n) {
   const int64_t blocks = k / 32;
-  alignas(64) float acc[M][kPanel];
-  for (int r = 0; r < M; ++r) for (int c = 0; c < kPanel; ++c) acc[r][c] = 0.0f;
 #if LEAN_AVX512
-  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));  // x + 128 as unsigned: flip the sign bit
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    __m512i lo[M], hi[M];
-    for (int r = 0; r < M; ++r) { lo[r] = _mm512_setzero_si512(); hi[r] = _mm512_setzero_si512(); }
-    for (int64_t s = 0; s < 8; ++s) {
-      const int64_t i = blk * 8 + s;  // quad index along k
-      const int8_t* wi = w + i * 4 * kPanel;
-      _mm_prefetch(reinterpret_cast<const char*>(wi + 4 * kAhead), _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(wi + 4 * kAhead + 64), _MM_HINT_T1);
-      const __m512i w0 = _mm512_loadu_si512(wi), w1 = _mm512_loadu_si512(wi + 64);
+  // 16 of the panel's 32 columns at a time, one accumulator per row: M rows share each weight load,
+  // and x's quads come as broadcast operands of vpdpbusd (weights unsigned, x signed); the weights'
+  // +128 is taken back by starting each block's sum at -128 * (x's block sum)
+  for (int half = 0; half < 2; ++half) {
+    alignas(64) float acc[M][16];
+    for (int r = 0; r < M; ++r) _mm512_store_ps(acc[r], _mm512_setzero_ps());
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      __m512i s[M];
+      for (int r = 0; r < M; ++r) s[r] = _mm512_set1_epi32(xz[r * blocks + blk]);
+      for (int64_t t = 0; t < 8; ++t) {
+        const int64_t i = blk * 8 + t;  // quad index along k
+        const uint8_t* wi = w + i * 4 * kPanel + half * 64;
+        _mm_prefetch(reinterpret_cast<const char*>(wi + 4 * kAhead), _MM_HINT_T1);
+        const __m512i wv = _mm512_loadu_si512(wi);
+        const int32_t* xi = x + i * M;
+        // written out: the compiler neither folds the broadcast into vpdpbusd nor keeps the
+        // accumulators in place through the intrinsic (two register moves per row and quad)
+#pragma GCC unroll 32
+        for (int r = 0; r < M; ++r)
+          asm("vpdpbusd %[x]%{1to16%}, %[w], %[acc]" : [acc] "+v"(s[r]) : [w] "v"(wv), [x] "m"(xi[r]));
+      }
+      const __m512 sc = _mm512_loadu_ps(ws + blk * kPanel + half * 16);
       for (int r = 0; r < M; ++r) {
-        int32_t quad;
-        std::memcpy(&quad, x + r * k + 4 * i, 4);
-        const __m512i b = _mm512_xor_si512(_mm512_set1_epi32(quad), bias);
-        lo[r] = _mm512_dpbusd_epi32(lo[r], b, w0);
-        hi[r] = _mm512_dpbusd_epi32(hi[r], b, w1);
+        const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(s[r]), _mm512_set1_ps(xs[r * blocks + blk]));
+        _mm512_store_ps(acc[r], _mm512_fmadd_ps(f, sc, _mm512_load_ps(acc[r])));
       }
     }
-    const __m512i c0 = _mm512_loadu_si512(wsum + blk * kPanel), c1 = _mm512_loadu_si512(wsum + blk * kPanel + 16);
-    const __m512 s0 = _mm512_loadu_ps(ws + blk * kPanel), s1 = _mm512_loadu_ps(ws + blk * kPanel + 16);
-    for (int r = 0; r < M; ++r) {
-      const __m512 sx = _mm512_set1_ps(xs[r * blocks + blk]);
-      const __m512 f0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo[r], c0));
-      const __m512 f1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi[r], c1));
-      _mm512_store_ps(acc[r], _mm512_fmadd_ps(f0, _mm512_mul_ps(s0, sx), _mm512_load_ps(acc[r])));
-      _mm512_store_ps(acc[r] + 16, _mm512_fmadd_ps(f1, _mm512_mul_ps(s1, sx), _mm512_load_ps(acc[r] + 16)));
-    }
+    for (int r = 0; r < M; ++r) _mm512_storeu_ps(y + r * n + half * 16, _mm512_load_ps(acc[r]));
   }
+  (void)xz;
 #else
+  alignas(64) float acc[M][kPanel];
+  for (int r = 0; r < M; ++r) for (int c = 0; c < kPanel; ++c) acc[r][c] = 0.0f;
   const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));  // stored w + 128 -> w
   for (int64_t blk = 0; blk < blocks; ++blk) {
     for (int q = 0; q < 4; ++q) {  // 8 of the panel's 32 columns at a time
       __m256i s[M];
       for (int r = 0; r < M; ++r) s[r] = _mm256_setzero_si256();
       for (int64_t t = 0; t < 8; ++t) {
         const int64_t i = blk * 8 + t;
-        const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i * 4 * kPanel + q * 32));
+        const __m256i wq = _mm256_xor_si256(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i * 4 * kPanel + q * 32)), flip);
         for (int r = 0; r < M; ++r) {
-          int32_t quad;
-          std::memcpy(&quad, x + r * k + 4 * i, 4);
-          const __m256i xb = _mm256_set1_epi32(quad);
+          const __m256i xb = _mm256_set1_epi32(x[i * M + r]);
           // |x| * (w * sign x): at most 127 * 127 * 2 per pair, no int16 saturation; exact sums
           const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(xb, xb), _mm256_sign_epi8(wq, xb));
           s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(p, ones));
@@ -165,54 +173,68 @@ void panel_i8(const int8_t* x, const float* xs, int64_t k, const int8_t* w, cons
       }
       const __m256 sc = _mm256_loadu_ps(ws + blk * kPanel + q * 8);
       for (int r = 0; r < M; ++r) {
-        const __m256 sx = _mm256_set1_ps(xs[r * blocks + blk]);
-        const __m256 f = _mm256_cvtepi32_ps(s[r]);
-        _mm256_storeu_ps(acc[r] + q * 8, _mm256_fmadd_ps(f, _mm256_mul_ps(sc, sx), _mm256_loadu_ps(acc[r] + q * 8)));
+        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(s[r]), _mm256_set1_ps(xs[r * blocks + blk]));
+        _mm256_store_ps(acc[r] + q * 8, _mm256_fmadd_ps(f, sc, _mm256_load_ps(acc[r] + q * 8)));
       }
     }
   }
-  (void)wsum;
-#endif
   for (int r = 0; r < M; ++r) std::memcpy(y + r * n, acc[r], kPanel * sizeof(float));
+  (void)xz;
+#endif
 }
 
-// ---- sweeps: every panel of a weight for M rows, split between threads --------------------------
+// ---- sweeps: every panel of a weight for all rows, split between threads ------------------------
 
+// one panel (32 output columns) for the M rows from row0
 template <int M>
-inline void one_panel(const Weight& W, const Rows& x, int64_t row0, int64_t p, float* y) {
+void one_panel(const Weight& W, const Rows& x, int64_t row0, int64_t p, float* y) {
   const int64_t k = W.k, n = W.n, blocks = k / 32;
   float* yp = y + row0 * n + p * kPanel;
   if (W.kind == kF32) {
-    panel_f32<M>(x.f32 + row0 * k, k, W.f32 + p * k * kPanel, yp, n);
+    if constexpr (M <= kRows) panel_f32<M>(x.f32 + row0 * k, k, W.f32 + p * k * kPanel, yp, n);
   } else if (W.kind == kBF16) {
-    panel_bf16<M>(x.bf16 + row0 * k, k, W.bf16 + p * k * kPanel, yp, n);
+    if constexpr (M <= kRows) panel_bf16<M>(x.bf16 + row0 * k, k, W.bf16 + p * k * kPanel, yp, n);
   } else {
-    panel_i8<M>(x.i8 + row0 * k, x.scale + row0 * blocks, k, W.i8 + p * k * kPanel, W.scale + p * blocks * kPanel,
-                W.colsum + p * blocks * kPanel, yp, n);
+    panel_i8<M>(x.quads + row0 * k / 4, x.scale + row0 * blocks, x.zero + row0 * blocks, k, W.u8 + p * k * kPanel,
+                W.scale + p * blocks * kPanel, yp, n);
   }
 }
 
-template <int M>
-void sweep(const Weight& W, const Rows& x, int64_t row0, float* y) {
-  const int64_t panels = W.n / kPanel;
-#pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t p = 0; p < panels; ++p) one_panel<M>(W, x, row0, p, y);
-}
+using Panel = void (*)(const Weight&, const Rows&, int64_t, int64_t, float*);
 
 template <int... Ms>
-constexpr std::array<void (*)(const Weight&, const Rows&, int64_t, float*), sizeof...(Ms)> sweeps(std::integer_sequence<int, Ms...>) {
-  return {sweep<Ms + 1>...};
+constexpr std::array<Panel, sizeof...(Ms)> panels(std::integer_sequence<int, Ms...>) {
+  return {one_panel<Ms + 1>...};
 }
 
-// y [m, n] = x [m, k] @ W^T: sweeps of nearly equal size (17 rows at 12 -> 8 + 9)
-void product(const Weight& W, const Rows& x, int64_t m, float* y) {
-  static constexpr auto table = sweeps(std::make_integer_sequence<int, kRows>{});
-  const int64_t count = (m + kRows - 1) / kRows;
+// y [m, n] = x [m, k] @ W^T. The rows go in sweeps of nearly equal size (17 rows at 12 -> 8 + 9;
+// int8 takes more rows per sweep on AVX-512: one accumulator per row and 16 columns); every sweep
+// runs on a panel while it is in cache, so the weights are read from memory once per product.
+void product(const Weight& W, Rows& x, int64_t m, float* y) {
+  static constexpr auto table = panels(std::make_integer_sequence<int, kRowsI8>{});
+  const int64_t most = W.kind == kI8 ? kRowsI8 : kRows;
+  const int64_t count = (m + most - 1) / most, quads = W.k / 4;
+  std::vector<int64_t> first(count), size(count);
   for (int64_t s = 0, done = 0; s < count; ++s) {
-    const int64_t rows = (m - done) / (count - s);
-    table[rows - 1](W, x, done, y);
-    done += rows;
+    size[s] = (m - done) / (count - s);
+    first[s] = done;
+    done += size[s];
   }
+  if (W.kind == kI8) {  // each sweep's rows interleaved quad by quad (panel_i8's x)
+    x.quad_buf.resize(m * quads);
+    const int32_t* src = reinterpret_cast<const int32_t*>(x.i8);
+#pragma omp parallel for schedule(static) num_threads(threads()) if (count > 1)
+    for (int64_t s = 0; s < count; ++s) {
+      int32_t* dst = x.quad_buf.data() + first[s] * quads;
+      for (int64_t i = 0; i < quads; ++i)
+        for (int64_t r = 0; r < size[s]; ++r) dst[i * size[s] + r] = src[(first[s] + r) * quads + i];
+    }
+    x.quads = x.quad_buf.data();
+  }
+  const int64_t panels = W.n / kPanel;
+#pragma omp parallel for schedule(static) num_threads(threads())
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t s = 0; s < count; ++s) table[size[s] - 1](W, x, first[s], p, y);
 }
 
 // ---- attention ---------------------------------------------------------------------------------
@@ -274,86 +296,119 @@ inline vf vexp(vf x) {
   return vpow2(p, n);
 }
 
-// One query row of one head: out [d] = softmax(q.K / sqrt d) V over the cells the row sees.
-// Kt [d, cap] holds the head's keys transposed, V [cap, d] its values. Scores are computed a vector
-// of cells at a time for the first ``cells`` cells (each cell's dot product summed over d in order,
-// the same in every lane); the ``seen`` cells the row sees are ``index`` (``seen_cells``: its cells
-// in position order, built once per row and pass) or, when ``index`` is null, cells 0 .. seen - 1.
-// The softmax sums and the weighted sum of values run over that dense list: the same list, in the
-// same order, as a pass in which the row sees every cell (plain decoding) gives, so the row's
-// output is the same bits. scratch: at least 2 * (cells + kLanes) floats.
-template <typename T>
-void attend(const float* q, const T* Kt, int64_t cap, const T* V, int64_t d, const int32_t* index,
-            int64_t seen, int64_t cells, float scale, float* scratch, float* out) {
-  float* scores = scratch;                  // [cells rounded up]
-  float* dense = index ? scratch + cells + kLanes : scores;  // [seen rounded up]
+// One query row of NQ heads that share a key/value head: out[a] [d] = softmax(q[a].K / sqrt d) V
+// over the cells the row sees. Kt [d, cap] holds the head's keys transposed, V [cap, d] its values;
+// each key and value vector is loaded (and widened) once for the NQ queries. Scores are computed a
+// vector of cells at a time for the first ``cells`` cells (each cell's dot product summed over d in
+// order, the same in every lane and whatever NQ); the ``seen`` cells the row sees are ``index``
+// (``seen_cells``: its cells in position order, built once per row and pass) or, when ``index`` is
+// null, cells 0 .. seen - 1. The softmax sums and the weighted sum of values run over that dense
+// list: the same list, in the same order, as a pass in which the row sees every cell (plain
+// decoding) gives, so the row's output is the same bits. scratch: NQ * 2 * (cells + kLanes) floats.
+template <int NQ, typename T>
+void attend(const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t d, const int32_t* index,
+            int64_t seen, int64_t cells, float scale, float* scratch, float* const* out) {
+  const int64_t stride = 2 * (cells + kLanes);
+  float* scores[NQ];
+  float* dense[NQ];
+  for (int a = 0; a < NQ; ++a) {
+    scores[a] = scratch + a * stride;                                   // [cells rounded up]
+    dense[a] = index ? scores[a] + cells + kLanes : scores[a];          // [seen rounded up]
+  }
   const int64_t whole = cells / kLanes * kLanes;
   int64_t j0 = 0;
   for (; j0 + 4 * kLanes <= whole; j0 += 4 * kLanes) {  // four vectors of cells at once: independent chains
-    vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+    vf acc[NQ][4];
+    for (int a = 0; a < NQ; ++a) for (int u = 0; u < 4; ++u) acc[a][u] = vzero();
     for (int64_t t = 0; t < d; ++t) {
-      const vf qt = vset(q[t]);
       const T* kt = Kt + t * cap + j0;
-      a0 = vfma(qt, vload(kt), a0);
-      a1 = vfma(qt, vload(kt + kLanes), a1);
-      a2 = vfma(qt, vload(kt + 2 * kLanes), a2);
-      a3 = vfma(qt, vload(kt + 3 * kLanes), a3);
+      // the keys are d rows of cells: more streams than the hardware prefetcher follows
+      _mm_prefetch(reinterpret_cast<const char*>(kt + 8 * kLanes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(kt + 8 * kLanes + 64 / sizeof(T)), _MM_HINT_T0);
+      const vf k0 = vload(kt), k1 = vload(kt + kLanes), k2 = vload(kt + 2 * kLanes), k3 = vload(kt + 3 * kLanes);
+      for (int a = 0; a < NQ; ++a) {
+        const vf qt = vset(q[a][t]);
+        acc[a][0] = vfma(qt, k0, acc[a][0]);
+        acc[a][1] = vfma(qt, k1, acc[a][1]);
+        acc[a][2] = vfma(qt, k2, acc[a][2]);
+        acc[a][3] = vfma(qt, k3, acc[a][3]);
+      }
     }
-    vstore(scores + j0, a0);
-    vstore(scores + j0 + kLanes, a1);
-    vstore(scores + j0 + 2 * kLanes, a2);
-    vstore(scores + j0 + 3 * kLanes, a3);
+    for (int a = 0; a < NQ; ++a)
+      for (int u = 0; u < 4; ++u) vstore(scores[a] + j0 + u * kLanes, acc[a][u]);
   }
   for (int64_t j = j0; j < whole; j += kLanes) {
-    vf acc = vzero();
-    for (int64_t t = 0; t < d; ++t) acc = vfma(vset(q[t]), vload(Kt + t * cap + j), acc);
-    vstore(scores + j, acc);
+    vf acc[NQ];
+    for (int a = 0; a < NQ; ++a) acc[a] = vzero();
+    for (int64_t t = 0; t < d; ++t) {
+      const vf kt = vload(Kt + t * cap + j);
+      for (int a = 0; a < NQ; ++a) acc[a] = vfma(vset(q[a][t]), kt, acc[a]);
+    }
+    for (int a = 0; a < NQ; ++a) vstore(scores[a] + j, acc[a]);
   }
-  for (int64_t j = whole; j < cells; ++j) {  // the same fused multiply-adds, one cell at a time
-    float acc = 0.0f;
-    for (int64_t t = 0; t < d; ++t) acc = std::fma(q[t], to_float(Kt[t * cap + j]), acc);
-    scores[j] = acc;
-  }
+  for (int64_t j = whole; j < cells; ++j)  // the same fused multiply-adds, one cell at a time
+    for (int a = 0; a < NQ; ++a) {
+      float acc = 0.0f;
+      for (int64_t t = 0; t < d; ++t) acc = std::fma(q[a][t], to_float(Kt[t * cap + j]), acc);
+      scores[a][j] = acc;
+    }
   const int64_t blocks = (seen + kLanes - 1) / kLanes;
-  if (index) {
-    for (int64_t t = 0; t < seen; ++t) dense[t] = scores[index[t]];
-  }
-  for (int64_t j = seen; j < blocks * kLanes; ++j) dense[j] = -INFINITY;
-  vf most = vset(-INFINITY);
   const vf sc = vset(scale);
-  for (int64_t b = 0; b < blocks; ++b) {
-    const vf v = vmul(vload(dense + b * kLanes), sc);
-    vstore(dense + b * kLanes, v);
-    most = vmax(most, v);
+  vf inv[NQ];
+  for (int a = 0; a < NQ; ++a) {  // each query's softmax over its dense list
+    float* dn = dense[a];
+    if (index)
+      for (int64_t t = 0; t < seen; ++t) dn[t] = scores[a][index[t]];
+    for (int64_t j = seen; j < blocks * kLanes; ++j) dn[j] = -INFINITY;
+    vf most = vset(-INFINITY);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const vf v = vmul(vload(dn + b * kLanes), sc);
+      vstore(dn + b * kLanes, v);
+      most = vmax(most, v);
+    }
+    alignas(64) float lanes[kLanes];
+    vstore(lanes, most);
+    float top = -INFINITY;
+    for (int64_t l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
+    const vf shift = vset(top);
+    for (int64_t b = 0; b < blocks; ++b) vstore(dn + b * kLanes, vexp(vsub(vload(dn + b * kLanes), shift)));
+    for (int64_t j = seen; j < blocks * kLanes; ++j) dn[j] = 0.0f;  // padding: no weight
+    vf total = vzero();
+    for (int64_t b = 0; b < blocks; ++b) total = vadd(total, vload(dn + b * kLanes));
+    inv[a] = vset(1.0f / vsum(total));
   }
-  alignas(64) float lanes[kLanes];
-  vstore(lanes, most);
-  float top = -INFINITY;
-  for (int64_t l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
-  vf total = vzero();
-  const vf shift = vset(top);
-  for (int64_t b = 0; b < blocks; ++b) {
-    vf e = vexp(vsub(vload(dense + b * kLanes), shift));
-    vstore(dense + b * kLanes, e);
-  }
-  for (int64_t j = seen; j < blocks * kLanes; ++j) dense[j] = 0.0f;  // padding: no weight
-  for (int64_t b = 0; b < blocks; ++b) total = vadd(total, vload(dense + b * kLanes));
-  const vf inv = vset(1.0f / vsum(total));
   for (int64_t c = 0; c < d; c += 4 * kLanes) {  // 4 vectors of the head's values at a time
     const int64_t width = std::min<int64_t>(4, (d - c) / kLanes);
-    vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+    vf acc[NQ][4];
+    for (int a = 0; a < NQ; ++a) for (int u = 0; u < 4; ++u) acc[a][u] = vzero();
     for (int64_t t = 0; t < seen; ++t) {
       const T* v = V + static_cast<int64_t>(index ? index[t] : t) * d + c;
-      const vf p = vset(dense[t]);
-      a0 = vfma(p, vload(v), a0);
-      if (width > 1) a1 = vfma(p, vload(v + kLanes), a1);
-      if (width > 2) a2 = vfma(p, vload(v + 2 * kLanes), a2);
-      if (width > 3) a3 = vfma(p, vload(v + 3 * kLanes), a3);
+      const vf v0 = vload(v);
+      const vf v1 = width > 1 ? vload(v + kLanes) : vzero();
+      const vf v2 = width > 2 ? vload(v + 2 * kLanes) : vzero();
+      const vf v3 = width > 3 ? vload(v + 3 * kLanes) : vzero();
+      for (int a = 0; a < NQ; ++a) {
+        const vf p = vset(dense[a][t]);
+        acc[a][0] = vfma(p, v0, acc[a][0]);
+        if (width > 1) acc[a][1] = vfma(p, v1, acc[a][1]);
+        if (width > 2) acc[a][2] = vfma(p, v2, acc[a][2]);
+        if (width > 3) acc[a][3] = vfma(p, v3, acc[a][3]);
+      }
     }
-    vstore(out + c, vmul(a0, inv));
-    if (width > 1) vstore(out + c + kLanes, vmul(a1, inv));
-    if (width > 2) vstore(out + c + 2 * kLanes, vmul(a2, inv));
-    if (width > 3) vstore(out + c + 3 * kLanes, vmul(a3, inv));
+    for (int a = 0; a < NQ; ++a)
+      for (int u = 0; u < width; ++u) vstore(out[a] + c + u * kLanes, vmul(acc[a][u], inv[a]));
+  }
+}
+
+// attend for n (1 to 4) heads of one key/value group
+template <typename T>
+void attend_heads(int n, const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t d, const int32_t* index,
+                  int64_t seen, int64_t cells, float scale, float* scratch, float* const* out) {
+  switch (n) {
+    case 1: attend<1>(q, Kt, cap, V, d, index, seen, cells, scale, scratch, out); break;
+    case 2: attend<2>(q, Kt, cap, V, d, index, seen, cells, scale, scratch, out); break;
+    case 3: attend<3>(q, Kt, cap, V, d, index, seen, cells, scale, scratch, out); break;
+    default: attend<4>(q, Kt, cap, V, d, index, seen, cells, scale, scratch, out); break;
   }
 }
 
@@ -362,6 +417,7 @@ void attend(const float* q, const T* Kt, int64_t cap, const T* V, int64_t d, con
 // mid [q, I] = silu(gate) * up from gu [q, 2 I] (gate columns first)
 void silu_mul(const float* gu, int64_t q, int64_t inter, float* mid) {
   const vf one = vset(1.0f);
+#pragma omp parallel for schedule(static) num_threads(threads()) if (q >= kSpread)
   for (int64_t i = 0; i < q; ++i) {
     const float* g = gu + i * 2 * inter;
     const float* u = g + inter;
