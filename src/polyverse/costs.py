@@ -27,7 +27,7 @@ SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 # alike for every size (llama.cpp's one-token pass and its batched pass grow differently with the
 # cache, and step where its cache padding steps), so one length can mislead `auto` about decoding
 CONTEXTS = (64, 192, 320)
-VERSION = 10  # bumped when the pass or the measurement changes, so curves cached before are measured again
+VERSION = 11  # bumped when the pass or the measurement changes, so curves cached before are measured again
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ class Logits:
         self.block = block
         self.rows: dict[int, torch.Tensor] = {}
         self._all: torch.Tensor | None = None  # [q, V] when every row was computed at once
+        self.tops: dict[int, int] = {}  # row -> its largest logit's index, where known
 
     @classmethod
     def of(cls, logits: torch.Tensor) -> "Logits":
@@ -93,6 +94,14 @@ class Logits:
             return self._all[idx] if isinstance(idx, slice) else self._all[rows]  # [len(rows), V]
         self._ensure(rows)
         return torch.stack([self.rows[r] for r in rows])  # [len(rows), V]
+
+    def top(self, row: int) -> int:
+        """The index of row ``row``'s largest logit (the first of equals, as ``argmax``); a pass
+        that projected several requests' rows together may have found it for all of them at once."""
+        best = self.tops.get(row)
+        if best is None:
+            best = self.tops[row] = int(self[row].argmax())
+        return best
 
     def full(self) -> torch.Tensor:
         """Every row: [q, V]."""

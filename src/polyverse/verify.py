@@ -33,9 +33,11 @@ def verify_greedy(draft: Draft, logits: torch.Tensor) -> Verdict:
     """
     best: dict[int, int] = {}  # feed row -> argmax; rows are read lazily, root side first
 
+    top = getattr(logits, "top", None)  # Logits: argmaxes a batched pass may have found already
+
     def argmax(row: int) -> int:
         if row not in best:
-            best[row] = int(logits[row].argmax())
+            best[row] = top(row) if top is not None else int(logits[row].argmax())
         return best[row]
 
     children: dict[int, list[int]] = {}

@@ -186,17 +186,21 @@ class TransformersBackend:
             start += q
         flat = [r for rows in first for r in rows]
         projected = lean.project(hidden[flat]) if flat else torch.empty(0, lean.vocab)  # [len(flat), V]
+        tops = projected.argmax(-1).tolist() if flat else []  # one call for every part's rows
         start = taken = 0
         for (b, feed, logits_for), rows in zip(parts, first):
             q = len(feed)
             mine = projected[taken: taken + len(rows)]  # [len(rows), V]
+            found = tops[taken: taken + len(rows)]
             taken += len(rows)
             if logits_for is not None:
-                out.append(Logits.of(mine) if rows else Logits.of(torch.empty(0, b.vocab_size)))
+                logits = Logits.of(mine) if rows else Logits.of(torch.empty(0, b.vocab_size))
+                logits.tops.update(enumerate(found))
             else:  # the first rows now, the others as verification reads them (as a pass of its own would)
                 logits = Logits(hidden[start: start + q], lean.project, b.vocab_size)
                 logits.rows.update({r - start: row for r, row in zip(rows, mine)})
-                out.append(logits)
+                logits.tops.update({r - start: t for r, t in zip(rows, found)})
+            out.append(logits)
             start += q
         return out
 

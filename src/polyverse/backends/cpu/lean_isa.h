@@ -282,6 +282,21 @@ inline vf vpow2(vf p, vf n) {  // p * 2^n, n an integer in [-126, 127]
 }
 #endif
 
+// the first n (< kLanes) values at p, the other lanes 0, reading nothing past p + n
+#if LEAN_AVX512
+inline vf vload_part(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p); }
+inline vf vload_part(const uint16_t* p, int64_t n) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p));
+}
+#else
+template <typename T>
+inline vf vload_part(const T* p, int64_t n) {
+  alignas(32) T tmp[kLanes] = {};
+  for (int64_t j = 0; j < n; ++j) tmp[j] = p[j];
+  return vload(tmp);
+}
+#endif
+
 inline float to_float(float x) { return x; }
 inline float to_float(uint16_t h) { return _cvtsh_ss(h); }  // IEEE half -> float (exact)
 
@@ -346,12 +361,16 @@ void attend(const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t
     }
     for (int a = 0; a < NQ; ++a) vstore(scores[a] + j, acc[a]);
   }
-  for (int64_t j = whole; j < cells; ++j)  // the same fused multiply-adds, one cell at a time
-    for (int a = 0; a < NQ; ++a) {
-      float acc = 0.0f;
-      for (int64_t t = 0; t < d; ++t) acc = std::fma(q[a][t], to_float(Kt[t * cap + j]), acc);
-      scores[a][j] = acc;
+  if (whole < cells) {  // the last cells, fewer than a vector: the same fused multiply-adds per lane
+    const int64_t rest = cells - whole;
+    vf acc[NQ];
+    for (int a = 0; a < NQ; ++a) acc[a] = vzero();
+    for (int64_t t = 0; t < d; ++t) {
+      const vf kt = vload_part(Kt + t * cap + whole, rest);
+      for (int a = 0; a < NQ; ++a) acc[a] = vfma(vset(q[a][t]), kt, acc[a]);
     }
+    for (int a = 0; a < NQ; ++a) vstore(scores[a] + whole, acc[a]);  // scores has room for a whole vector
+  }
   const int64_t blocks = (seen + kLanes - 1) / kLanes;
   const vf sc = vset(scale);
   vf inv[NQ];
@@ -383,6 +402,7 @@ void attend(const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t
     for (int a = 0; a < NQ; ++a) for (int u = 0; u < 4; ++u) acc[a][u] = vzero();
     for (int64_t t = 0; t < seen; ++t) {
       const T* v = V + static_cast<int64_t>(index ? index[t] : t) * d + c;
+      if (!index) _mm_prefetch(reinterpret_cast<const char*>(v + 8 * d), _MM_HINT_T0);
       const vf v0 = vload(v);
       const vf v1 = width > 1 ? vload(v + kLanes) : vzero();
       const vf v2 = width > 2 ? vload(v + 2 * kLanes) : vzero();
