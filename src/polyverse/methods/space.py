@@ -93,6 +93,10 @@ def best_count(confidences: Sequence[float], k: int, cost: Callable[[int], float
 
 
 class SpaceProposer(Proposer):
+    # verification reads the accepted chain's rows and observe a mask group's rows: lazily that is two
+    # or three LM-head products a pass (each streaming the whole head), at once one product
+    reads_every_row = True
+
     def __init__(self, config: SpaceConfig, mask_id: int, cost: Callable[[int], float] | None = None) -> None:
         self.k = config.k if config.k is not None else DEFAULT_K
         self.mask_id = mask_id
