@@ -37,6 +37,9 @@ from .plan import Plan
 log = logging.getLogger("polyverse.server")
 
 
+IDLE_RELEASE = 1.0  # seconds without a request before the idle worker frees memory
+
+
 def _release_memory() -> None:
     """Free what finished requests left in reference cycles (a runner's generators and its engine
     hold each other, and with them a KV cache), then hand freed heap pages back to the OS (glibc
@@ -222,8 +225,13 @@ class Scheduler:
             with self._cond:
                 idle = not self._active
             if idle and not trimmed:  # the last request just left: its KV cache is garbage now
-                _release_memory()
-                trimmed = True
+                with self._cond:  # a full collection takes a good part of a short request's time:
+                    # not between requests that follow one another, only once the server stays idle
+                    self._cond.wait_for(lambda: self._active or self._stopped, timeout=IDLE_RELEASE)
+                    idle = not self._active and not self._stopped
+                if idle:
+                    _release_memory()
+                    trimmed = True
             with self._cond:
                 while not self._active and not self._stopped:
                     self._cond.wait()

@@ -400,30 +400,37 @@ class Model {
       const Layer& L = layers_[l];
       norm(h.data(), L.norm1.data_ptr<float>(), q, a.data());
       product(wide_, L.qkv, rows, a.data(), q, qkv.data());
+      // rotary positions and the cache writes, row by row: split between the threads from kSpread
+      // rows (a barrier follows: a row's attention reads the cells its segment's other rows wrote)
+      auto place = [&](int64_t r) {
+        const Segment& g = seg[row_seg[r]];
+        const int64_t i = r - g.first, layer = l * Hkv_ * g.cap * D_;
+        float* x = &qkv[r * QKV];
+        for (int64_t hh = 0; hh < Hq_ + Hkv_; ++hh) rope(x + hh * D_, &cs[r * half], &sn[r * half]);
+        for (int64_t kv = 0; kv < Hkv_; ++kv) {
+          const float* key = x + (Hq_ + kv) * D_;
+          const float* val = x + (Hq_ + Hkv_ + kv) * D_;
+          const int64_t kat = layer + kv * D_ * g.cap + g.past + i, vat = layer + (kv * g.cap + g.past + i) * D_;
+          if (g.half) {
+            uint16_t* Kh = static_cast<uint16_t*>(g.K);
+            uint16_t* Vh = static_cast<uint16_t*>(g.V);
+            for (int64_t t = 0; t < D_; ++t) Kh[kat + t * g.cap] = half_of(key[t]);  // keys transposed
+            for (int64_t t = 0; t < D_; ++t) Vh[vat + t] = half_of(val[t]);
+          } else {
+            float* Kf = static_cast<float*>(g.K);
+            for (int64_t t = 0; t < D_; ++t) Kf[kat + t * g.cap] = key[t];  // keys transposed
+            std::memcpy(static_cast<float*>(g.V) + vat, val, D_ * sizeof(float));
+          }
+        }
+      };
+      if (q < kSpread)
+        for (int64_t r = 0; r < q; ++r) place(r);
 #pragma omp parallel num_threads(threads())
       {
+        if (q >= kSpread) {
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < q; ++r) {  // rotary positions and the cache writes, row by row
-          const Segment& g = seg[row_seg[r]];
-          const int64_t i = r - g.first, layer = l * Hkv_ * g.cap * D_;
-          float* x = &qkv[r * QKV];
-          for (int64_t hh = 0; hh < Hq_ + Hkv_; ++hh) rope(x + hh * D_, &cs[r * half], &sn[r * half]);
-          for (int64_t kv = 0; kv < Hkv_; ++kv) {
-            const float* key = x + (Hq_ + kv) * D_;
-            const float* val = x + (Hq_ + Hkv_ + kv) * D_;
-            const int64_t kat = layer + kv * D_ * g.cap + g.past + i, vat = layer + (kv * g.cap + g.past + i) * D_;
-            if (g.half) {
-              uint16_t* Kh = static_cast<uint16_t*>(g.K);
-              uint16_t* Vh = static_cast<uint16_t*>(g.V);
-              for (int64_t t = 0; t < D_; ++t) Kh[kat + t * g.cap] = half_of(key[t]);  // keys transposed
-              for (int64_t t = 0; t < D_; ++t) Vh[vat + t] = half_of(val[t]);
-            } else {
-              float* Kf = static_cast<float*>(g.K);
-              for (int64_t t = 0; t < D_; ++t) Kf[kat + t * g.cap] = key[t];  // keys transposed
-              std::memcpy(static_cast<float*>(g.V) + vat, val, D_ * sizeof(float));
-            }
-          }
-        }  // (the barrier here: a row's attention reads the cells its segment's other rows wrote)
+          for (int64_t r = 0; r < q; ++r) place(r);
+        }
         std::vector<float> scratch(4 * 2 * (most + 16));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < work; ++t) {
