@@ -35,7 +35,7 @@ import torch
 from . import features
 
 SOURCE = Path(__file__).with_name("lean.cpp")
-HEADER = Path(__file__).with_name("lean_isa.h")
+HEADERS = tuple(Path(__file__).with_name(n) for n in ("lean_isa.h", "lean_attention.h", "lean_pack.h"))
 NAME = "polyverse_cpu_lean"
 DTYPES = ("fp32", "bf16", "int8")
 KINDS = {"fp32": 0, "bf16": 1, "int8": 2}
@@ -90,7 +90,7 @@ def extension():
 
         from .rows import clear_stale_lock, built
 
-        digest = hashlib.sha1(SOURCE.read_bytes() + HEADER.read_bytes()).hexdigest()[:12]  # the header too
+        digest = hashlib.sha1(SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:12]  # the headers too
         clear_stale_lock(NAME)
         if not built(NAME):
             print("polyverse: building the lean CPU pass (once per machine, about 30 s)", file=sys.stderr, flush=True)
