@@ -115,6 +115,8 @@ def test_each_request_of_a_shared_pass_gets_the_logits_of_its_own_pass(dtype):
     together = forward_many([(s, f, None) for s, f in zip(sessions, feeds)])
     for a, t in zip(alone, together):
         assert torch.equal(a, t.full())
+        assert t.tops  # the rows the shared pass projected come with their argmax, found in one call
+        assert all(t.top(r) == int(a[r].argmax()) for r in range(len(a)))
     # the pass's cells are pending in each session, as after forward
     sessions[0].commit([0, 1])
     assert sessions[0].length == len(prompts[0]) + 1
