@@ -126,8 +126,12 @@ void Rows::load(int kind, const float* x, int64_t m, int64_t k, bool wide) {
       for (int64_t blk = 0; blk < blocks; ++blk) {
         const float* xb = x + r * k + blk * 32;
         int8_t* out = i8_buf.data() + r * k + blk * 32;
-        scale_buf[r * blocks + blk] = wide ? avx512::quantize32(xb, out) : avx2::quantize32(xb, out);
-        int32_t total = 0;
+        if (!wide) {
+          scale_buf[r * blocks + blk] = avx2::quantize32(xb, out);
+          continue;
+        }
+        scale_buf[r * blocks + blk] = avx512::quantize32(xb, out);
+        int32_t total = 0;  // the AVX-512 sums start at -128 times it (its weights are stored + 128)
         for (int j = 0; j < 32; ++j) total += out[j];
         zero_buf[r * blocks + blk] = -128 * total;
       }

@@ -150,7 +150,6 @@ void panel_i8(const int32_t* x, const float* xs, const int32_t* xz, int64_t k, c
     }
     for (int r = 0; r < M; ++r) _mm512_storeu_ps(y + r * n + half * 16, _mm512_load_ps(acc[r]));
   }
-  (void)xz;
 #else
   alignas(64) float acc[M][kPanel];
   for (int r = 0; r < M; ++r) for (int c = 0; c < kPanel; ++c) acc[r][c] = 0.0f;
@@ -179,7 +178,7 @@ void panel_i8(const int32_t* x, const float* xs, const int32_t* xz, int64_t k, c
     }
   }
   for (int r = 0; r < M; ++r) std::memcpy(y + r * n, acc[r], kPanel * sizeof(float));
-  (void)xz;
+  (void)xz;  // the AVX2 sums take signed weights (no +128 to take back)
 #endif
 }
 
@@ -297,8 +296,6 @@ inline vf vload_part(const T* p, int64_t n) {
 }
 #endif
 
-inline float to_float(float x) { return x; }
-inline float to_float(uint16_t h) { return _cvtsh_ss(h); }  // IEEE half -> float (exact)
 
 // e^x, about 1 ulp; x clamped to [-87, 88] (below: a weight of about 1.6e-38)
 inline vf vexp(vf x) {
