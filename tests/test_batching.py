@@ -148,7 +148,7 @@ def test_a_restored_prefix_holds_the_bits_a_prefill_computes():
     fresh = be.session()
     fresh.forward(chain_feed(second[:20], 0), logits_for=[])
     fresh.commit(range(20))
-    assert torch.equal(b.cache.k[..., :20], fresh.cache.k[..., :20])
+    assert torch.equal(b.cache.keys(20), fresh.cache.keys(20))
     assert torch.equal(b.cache.v[:, :, :20], fresh.cache.v[:, :, :20])
     tail = chain_feed(second[20:], 20)
     assert torch.equal(b.forward(tail).full(), fresh.forward(tail).full())
@@ -156,17 +156,15 @@ def test_a_restored_prefix_holds_the_bits_a_prefill_computes():
 
 
 def test_the_prefix_store_is_bounded_and_keeps_the_recent_ones():
-    class Cells:  # a stand-in for LeanCache: cells [1, 1, 1, n]
+    class Cells:  # a stand-in for LeanCache: n cells, each its value
         def __init__(self, n):
-            self.k = torch.arange(float(n)).reshape(1, 1, 1, n)
-            self.v = torch.arange(float(n)).reshape(1, 1, n, 1)
-            self.pos = torch.empty(0, dtype=torch.long)
-            self.length = n
+            self.cells, self.length = list(range(n)), n
 
-        def reserve(self, n):
-            if self.k.shape[-1] < n:
-                self.k, self.v = torch.zeros(1, 1, 1, n), torch.zeros(1, 1, n, 1)
-                self.pos = torch.empty(n, dtype=torch.long)
+        def head(self, n):
+            return self.cells[:n]
+
+        def load_head(self, cells, n):
+            self.cells, self.length = cells[:n], n
 
     store = prefix.PrefixStore(entries=2, max_tokens=12, least=3)
     for start in (100, 200, 300):
@@ -174,7 +172,7 @@ def test_the_prefix_store_is_bounded_and_keeps_the_recent_ones():
     assert len(store) == 2
     target = Cells(0)
     assert store.restore(list(range(100, 120)), target) == 0  # the oldest went first
-    assert store.restore(list(range(300, 305)) + [1], target) == 5
+    assert store.restore(list(range(300, 305)) + [1], target) == 5 and target.cells == [0, 1, 2, 3, 4]
     assert store.restore(list(range(200, 230)), target) == 12  # entries are cut to max_tokens
     assert store.restore([300, 301, 5], target) == 0  # fewer than `least` shared
 

@@ -131,26 +131,51 @@ def test_cache_keeps_crops_grows_and_forks():
     isa = ISAS[0]
     be = make(model, "fp32", isa)
     be.cache.least = 4  # small capacity: growth is exercised
-    ids = list(range(3, 13))
-    be.forward(chain_feed(ids[:6], 0), logits_for=[])
-    be.commit(range(6))
+    ids = list(range(3, 34))
+    n = len(ids) - 1  # the prompt's cells end just before a key tile's edge: the kept ones cross it
+    be.forward(chain_feed(ids[:n], 0), logits_for=[])
+    be.commit(range(n))
     draft = Draft((40, 41, 42), (-1, -1, 1))
-    be.forward(draft_feed(ids[6], 6, draft), logits_for=[])
+    be.forward(draft_feed(ids[n], n, draft), logits_for=[])
     be.commit([0, 2, 3])  # the pending token, then 41 -> 42: the middle kept, 40 dropped
-    assert be.length == 9 and be.cache.length == 9
+    assert be.length == n + 3 and be.cache.length == n + 3
     other = be.fork()
-    nxt = be.forward(chain_feed([50], 9))[0]
+    nxt = be.forward(chain_feed([50], n + 3))[0]
     be.commit([0])
     ref = make(model, "fp32", isa)
-    ref.forward(chain_feed(ids[:7] + [41, 42, 50], 0), logits_for=[])
-    ref.commit(range(10))
-    want = ref.forward(chain_feed([51], 10))  # a pass after the same context
-    got = be.forward(chain_feed([51], 10))
+    ref.forward(chain_feed(ids[: n + 1] + [41, 42, 50], 0), logits_for=[])
+    ref.commit(range(n + 4))
+    assert torch.equal(be.cache.keys(n + 4), ref.cache.keys(n + 4))
+    want = ref.forward(chain_feed([51], n + 4))  # a pass after the same context
+    got = be.forward(chain_feed([51], n + 4))
     assert torch.equal(got[0], want[0])
     # the fork kept its own copy: the state before token 50
-    assert other.length == 9 and torch.equal(other.forward(chain_feed([50], 9))[0], nxt)
+    assert other.length == n + 3 and torch.equal(other.forward(chain_feed([50], n + 3))[0], nxt)
     be.truncate(4)
     assert be.length == 4 and be.cache.length == 4
+
+
+def test_cache_cells_move_between_key_tiles():
+    cache = lean.LeanCache(2, 3, 5, least=4)
+    cache.reserve(20)
+    assert cache.capacity % lean.KEY_TILE == 0 and cache.k.shape == (2, 3, cache.capacity // lean.KEY_TILE, 5, lean.KEY_TILE)
+    cache.k.copy_(torch.randn(cache.k.shape))
+    cache.v.copy_(torch.randn(cache.v.shape))
+    cache.length = 20
+    keys, values = cache.keys(20), cache.v[:, :, :20].clone()
+    assert keys.shape == (2, 3, 5, 20)
+    for c in (0, 17):  # cell c's keys sit in tile c // KEY_TILE, lane c % KEY_TILE
+        assert torch.equal(keys[..., c], cache.k[:, :, c // lean.KEY_TILE, :, c % lean.KEY_TILE])
+    cache.keep(12, torch.tensor([1, 5, 7]))  # cells 13, 17, 19 -> 12, 13, 14
+    assert cache.length == 15
+    assert torch.equal(cache.keys(15), torch.cat([keys[..., :12], keys[..., [13, 17, 19]]], dim=-1))
+    assert torch.equal(cache.v[:, :, :15], torch.cat([values[:, :, :12], values[:, :, [13, 17, 19]]], dim=2))
+    cache.reserve(100)  # grown: the used cells copied over
+    assert cache.capacity >= 100 and torch.equal(cache.keys(15), torch.cat([keys[..., :12], keys[..., [13, 17, 19]]], dim=-1))
+    other = lean.LeanCache(2, 3, 5)
+    other.load_head(cache.head(13), 13)
+    assert other.length == 13 and torch.equal(other.keys(13), cache.keys(13))
+    assert torch.equal(other.pos[:13], torch.arange(13))
 
 
 def test_multiverse_sequences_see_their_own_cells():

@@ -162,7 +162,7 @@ class TransformersBackend:
     def forward_many(parts: "Sequence[tuple[TransformersBackend, Feed, Sequence[int] | None]]") -> list[Logits]:
         """One pass over several sessions' feeds (``backends.base.forward_many``): on the lean CPU pass,
         every part's rows through the products together and each part's attention over its own cache,
-        then one LM-head product for the rows every part reads first; elsewhere a pass per part."""
+        then one LM-head product for the rows the parts may read; elsewhere a pass per part."""
         lean = parts[0][0].lean if parts else None
         if lean is None or any(b.lean is not lean for b, _, _ in parts) or len({id(b) for b, _, _ in parts}) < len(parts):
             return [b.forward(f, lf) for b, f, lf in parts]
@@ -177,11 +177,15 @@ class TransformersBackend:
         hidden = lean.forward_many(inputs)  # [Q, H]
         out: list[Logits] = []
         first, start = [], 0
+        # rows a part may read: alone, the first two (the others as verification reads them, each
+        # such read a head product of its own); shared, every row, since one more row in the pass's
+        # head product costs far less than a later product streaming the whole head for one row
+        lazy = len(parts) == 1
         for (b, feed, logits_for), (_, _, _, _, past) in zip(parts, inputs):
             q = len(feed)
             b.cache.length = past + q
             b._pending = q
-            rows = list(range(min(q, 2))) if logits_for is None else list(logits_for)
+            rows = list(range(min(q, 2) if lazy else q)) if logits_for is None else list(logits_for)
             first.append([start + r for r in rows])
             start += q
         flat = [r for rows in first for r in rows]

@@ -33,6 +33,8 @@ constexpr int64_t kPanel = 32;    // output columns per packed panel
 constexpr int64_t kAhead = 8192;  // elements prefetched ahead of the weight stream (fp32: 32 KiB)
 enum Kind { kF32 = 0, kBF16 = 1, kI8 = 2 };
 constexpr int64_t kSpread = 8;    // rows from which per-row work (norms, conversions) is split between threads
+constexpr int64_t kTile = 16;     // cells per key tile (the cache's capacity is a multiple of it; lean.KEY_TILE)
+constexpr int64_t kValuesAhead = 32;  // cells prefetched ahead of attention's value stream
 
 inline int threads() { return std::max(1, at::get_num_threads()); }
 
@@ -186,7 +188,7 @@ inline Seen seen_cells(const uint8_t* visible, const int64_t* positions, int64_t
 // one request's part of a pass: its rows and its own cache
 struct Segment {
   int64_t first = 0, q = 0, past = 0, cap = 0;  // rows [first, first + q); cells 0 .. past + q - 1
-  void* K = nullptr;  // [L, Hkv, D, cap] float, or IEEE half (uint16)
+  void* K = nullptr;  // [L, Hkv, cap / kTile, D, kTile] float, or IEEE half (uint16)
   void* V = nullptr;  // [L, Hkv, cap, D] likewise
   bool half = false;
   int64_t* cp = nullptr;  // [cap] each cell's position
@@ -232,8 +234,8 @@ class Model {
   bool wide() const { return wide_; }
 
   // ids [q] int64, pos [q] int64, visible [q, past + q] bool (undefined: a causal chain after the
-  // cache), kcache [L, Hkv, D, capacity] (keys transposed) and vcache [L, Hkv, capacity, D] float32
-  // with capacity >= past + q, cell_pos [capacity] int64 (each cell's position; the pass writes its
+  // cache), kcache [L, Hkv, capacity / kTile, D, kTile] (keys in tiles of cells, each transposed)
+  // and vcache [L, Hkv, capacity, D] float32 or float16 with capacity >= past + q, cell_pos [capacity] int64 (each cell's position; the pass writes its
   // own) -> hidden [q, H]
   // after the final norm; the pass's keys and values are written at cells past .. past + q - 1.
   torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& pos, const c10::optional<torch::Tensor>& visible,
@@ -281,7 +283,8 @@ class Model {
       TORCH_CHECK((k.scalar_type() == torch::kFloat32 || k.scalar_type() == torch::kHalf) &&
                   v.scalar_type() == k.scalar_type() && k.is_contiguous() && v.is_contiguous(),
                   "the cache must be contiguous float32 or float16 keys and values");
-      TORCH_CHECK(k.size(0) == layers() && k.size(1) == Hkv_ && k.size(2) == D_ && k.size(3) == g.cap &&
+      TORCH_CHECK(k.dim() == 5 && k.size(0) == layers() && k.size(1) == Hkv_ && k.size(2) * kTile == g.cap &&
+                  k.size(3) == D_ && k.size(4) == kTile &&
                   v.size(0) == layers() && v.size(1) == Hkv_ && v.size(3) == D_ && g.cap >= cells,
                   "cache does not fit the pass");
       TORCH_CHECK(cell_pos[s].scalar_type() == torch::kLong && cell_pos[s].is_contiguous() && cell_pos[s].numel() >= cells,
@@ -354,15 +357,16 @@ class Model {
         for (int64_t kv = 0; kv < Hkv_; ++kv) {
           const float* key = x + (Hq_ + kv) * D_;
           const float* val = x + (Hq_ + Hkv_ + kv) * D_;
-          const int64_t kat = layer + kv * D_ * g.cap + g.past + i, vat = layer + (kv * g.cap + g.past + i) * D_;
+          const int64_t c = g.past + i;  // the row's cell: keys at (its tile, t, its lane)
+          const int64_t kat = layer + kv * D_ * g.cap + c / kTile * D_ * kTile + c % kTile, vat = layer + (kv * g.cap + c) * D_;
           if (g.half) {
             uint16_t* Kh = static_cast<uint16_t*>(g.K);
             uint16_t* Vh = static_cast<uint16_t*>(g.V);
-            for (int64_t t = 0; t < D_; ++t) Kh[kat + t * g.cap] = half_of(key[t]);  // keys transposed
+            for (int64_t t = 0; t < D_; ++t) Kh[kat + t * kTile] = half_of(key[t]);
             for (int64_t t = 0; t < D_; ++t) Vh[vat + t] = half_of(val[t]);
           } else {
             float* Kf = static_cast<float*>(g.K);
-            for (int64_t t = 0; t < D_; ++t) Kf[kat + t * g.cap] = key[t];  // keys transposed
+            for (int64_t t = 0; t < D_; ++t) Kf[kat + t * kTile] = key[t];
             std::memcpy(static_cast<float*>(g.V) + vat, val, D_ * sizeof(float));
           }
         }
@@ -376,7 +380,9 @@ class Model {
           for (int64_t r = 0; r < q; ++r) place(r);
         }
         std::vector<float> scratch(4 * 2 * (most + 16));
-#pragma omp for schedule(static)
+        // items cost as many cells as their segment holds: taken one by one as threads free, so
+        // that requests of unequal lengths do not leave one thread waiting at the layer's end
+#pragma omp for schedule(dynamic)
         for (int64_t t = 0; t < work; ++t) {
           const int64_t s = static_cast<int64_t>(std::upper_bound(work_start.begin(), work_start.end(), t) -
                                                  work_start.begin()) - 1;
@@ -397,13 +403,13 @@ class Model {
           if (g.half) {
             const uint16_t* Kh = static_cast<const uint16_t*>(g.K) + kat;
             const uint16_t* Vh = static_cast<const uint16_t*>(g.V) + vat;
-            if (wide_) avx512::attend_heads(n, qs, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), os);
-            else avx2::attend_heads(n, qs, Kh, g.cap, Vh, D_, index, row.count, cells, scale, scratch.data(), os);
+            if (wide_) avx512::attend_heads(n, qs, Kh, Vh, D_, index, row.count, cells, scale, scratch.data(), os);
+            else avx2::attend_heads(n, qs, Kh, Vh, D_, index, row.count, cells, scale, scratch.data(), os);
           } else {
             const float* Kf = static_cast<const float*>(g.K) + kat;
             const float* Vf = static_cast<const float*>(g.V) + vat;
-            if (wide_) avx512::attend_heads(n, qs, Kf, g.cap, Vf, D_, index, row.count, cells, scale, scratch.data(), os);
-            else avx2::attend_heads(n, qs, Kf, g.cap, Vf, D_, index, row.count, cells, scale, scratch.data(), os);
+            if (wide_) avx512::attend_heads(n, qs, Kf, Vf, D_, index, row.count, cells, scale, scratch.data(), os);
+            else avx2::attend_heads(n, qs, Kf, Vf, D_, index, row.count, cells, scale, scratch.data(), os);
           }
         }
       }

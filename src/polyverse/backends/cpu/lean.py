@@ -49,6 +49,7 @@ BLOCK = 32  # packed panels and int8 blocks: every product dimension a multiple 
 # request's cache, as many bytes as the weights at a few hundred tokens each; half precision halves
 # them (its 11-bit significand is finer than the bf16 rounding those passes give activations)
 KV_DTYPES = {"fp32": torch.float32, "bf16": torch.float16, "int8": torch.float16}
+KEY_TILE = 16  # cells per key tile (lean.cpp's kTile)
 
 
 def isa(flags: frozenset[str] | None = None, env: str | None = None) -> str | None:
@@ -223,10 +224,12 @@ class LeanModel:
 
 
 class LeanCache:
-    """The lean pass's KV cache: keys [L, Hkv, D, capacity] (transposed: attention scores a vector of
-    cells at a time) and values [L, Hkv, capacity, D], float32 or float16 (``dtype``), and a used length.
-    The capacity doubles when a pass needs more (up to ``max_length``), copying the used part once;
-    dropping entries is a length change; ``keep`` gathers kept entries in place."""
+    """The lean pass's KV cache: keys [L, Hkv, capacity / KEY_TILE, D, KEY_TILE] (in tiles of cells,
+    each tile's keys transposed: attention scores a vector of cells at a time, reading a head's keys
+    as one stream) and values [L, Hkv, capacity, D], float32 or float16 (``dtype``), and a used
+    length. The capacity (a multiple of KEY_TILE) doubles when a pass needs more (up to
+    ``max_length``), copying the used part once; dropping entries is a length change; ``keep``
+    gathers kept entries in place."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, max_length: int | None = None,
                  least: int = 256, dtype: torch.dtype = torch.float32) -> None:
@@ -234,7 +237,7 @@ class LeanCache:
         self.max_length = max_length
         self.least = least
         self.dtype = dtype
-        self.k = torch.empty(layers, kv_heads, head_dim, 0, dtype=dtype)
+        self.k = torch.empty(layers, kv_heads, 0, head_dim, KEY_TILE, dtype=dtype)
         self.v = torch.empty(layers, kv_heads, 0, head_dim, dtype=dtype)
         self.pos = torch.empty(0, dtype=torch.long)  # [capacity]: each cell's position (attention's order)
         self.length = 0
@@ -249,13 +252,14 @@ class LeanCache:
             return
         from ..kv import capacity_for
 
-        cap = capacity_for(needed, self.capacity, self.max_length, self.least)
+        cap = tiles(capacity_for(needed, self.capacity, self.max_length, self.least)) * KEY_TILE
         layers, heads, dim = self.shape
-        k = torch.empty(layers, heads, dim, cap, dtype=self.dtype)
+        k = torch.empty(layers, heads, cap // KEY_TILE, dim, KEY_TILE, dtype=self.dtype)
         v = torch.empty(layers, heads, cap, dim, dtype=self.dtype)
-        k[..., : self.length] = self.k[..., : self.length]
-        v[:, :, : self.length] = self.v[:, :, : self.length]
         pos = torch.empty(cap, dtype=torch.long)
+        used = tiles(self.length)
+        k[:, :, :used] = self.k[:, :, :used]
+        v[:, :, : self.length] = self.v[:, :, : self.length]
         pos[: self.length] = self.pos[: self.length]
         self.k, self.v, self.pos = k, v, pos
 
@@ -267,6 +271,29 @@ class LeanCache:
         if tokens_to_remove < 0:
             self.length = max(0, self.length + tokens_to_remove)
 
+    def keys(self, n: int) -> torch.Tensor:
+        """The keys of the first ``n`` cells, [L, Hkv, D, n] (a copy)."""
+        t = tiles(n)
+        k = self.k[:, :, :t].permute(0, 1, 3, 2, 4)  # [L, Hkv, D, tiles, KEY_TILE]
+        return k.reshape(*k.shape[:3], t * KEY_TILE)[..., :n]
+
+    def head(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of the first ``n`` cells' keys (whole tiles: the cells after them in the last tile
+        come along and are never read) and values, for ``load_head``."""
+        with torch.inference_mode():
+            return self.k[:, :, : tiles(n)].clone(), self.v[:, :, :n].clone()
+
+    def load_head(self, cells: tuple[torch.Tensor, torch.Tensor], n: int) -> None:
+        """Make the first ``n`` cells those of ``cells`` (``head(m)`` with m >= n), a plain chain from
+        position 0, and the length ``n``."""
+        k, v = cells
+        self.reserve(n)
+        with torch.inference_mode():
+            self.k[:, :, : tiles(n)] = k[:, :, : tiles(n)]
+            self.v[:, :, :n] = v[:, :, :n]
+            self.pos[:n] = torch.arange(n)
+        self.length = n
+
     def keep(self, start: int, index: torch.Tensor) -> None:
         """Keep entries below ``start`` and entries ``start + index`` (ascending) right after them."""
         rows = index + start
@@ -275,7 +302,9 @@ class LeanCache:
             self._keep(start, rows, n)
 
     def _keep(self, start: int, rows: torch.Tensor, n: int) -> None:
-        self.k[..., start : start + n] = self.k.index_select(3, rows)
+        to = torch.arange(start, start + n)
+        moved = self.k[:, :, rows // KEY_TILE, :, rows % KEY_TILE]  # [n, L, Hkv, D] (a copy)
+        self.k[:, :, to // KEY_TILE, :, to % KEY_TILE] = moved
         self.pos[start : start + n] = self.pos.index_select(0, rows)
         self.v[:, :, start : start + n] = self.v.index_select(2, rows)
         self.length = start + n
@@ -288,6 +317,15 @@ class LeanCache:
 
     def _copy_from(self, other: "LeanCache") -> None:
         self.k, self.v, self.pos = torch.empty_like(other.k), torch.empty_like(other.v), other.pos.clone()
-        self.k[..., : other.length] = other.k[..., : other.length]
+        used = tiles(other.length)
+        self.k[:, :, :used] = other.k[:, :, :used]
         self.v[:, :, : other.length] = other.v[:, :, : other.length]
 
+
+def tiles(n: int) -> int:
+    """Key tiles holding ``n`` cells.
+
+    >>> tiles(0), tiles(1), tiles(16), tiles(17)
+    (0, 1, 1, 2)
+    """
+    return -(-n // KEY_TILE)

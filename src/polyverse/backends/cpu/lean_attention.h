@@ -4,17 +4,20 @@
 // it has no include guard: it is compiled once per target.
 
 // One query row of NQ heads that share a key/value head: out[a] [d] = softmax(q[a].K / sqrt d) V
-// over the cells the row sees. Kt [d, cap] holds the head's keys transposed, V [cap, d] its values;
-// each key and value vector is loaded (and widened) once for the NQ queries. Scores are computed a
-// vector of cells at a time for the first ``cells`` cells (each cell's dot product summed over d in
-// order, the same in every lane and whatever NQ); the ``seen`` cells the row sees are ``index``
-// (``seen_cells``: its cells in position order, built once per row and pass) or, when ``index`` is
-// null, cells 0 .. seen - 1. The softmax sums and the weighted sum of values run over that dense
-// list: the same list, in the same order, as a pass in which the row sees every cell (plain
-// decoding) gives, so the row's output is the same bits. scratch: NQ * 2 * (cells + kLanes) floats.
+// over the cells the row sees. Kt holds the head's keys in tiles of kTile cells, each tile [d, kTile]
+// (the keys of a tile transposed: a vector of cells per d, and a tile's d vectors one after another,
+// so the scores read the keys as one stream); V [cap, d] holds its values. Each key and value vector
+// is loaded (and widened) once for the NQ queries. Scores are computed a vector of cells at a time
+// for the first ``cells`` cells (each cell's dot product summed over d in order, the same in every
+// lane and whatever NQ); the ``seen`` cells the row sees are ``index`` (``seen_cells``: its cells in
+// position order, built once per row and pass) or, when ``index`` is null, cells 0 .. seen - 1. The
+// softmax sums and the weighted sum of values run over that dense list: the same list, in the same
+// order, as a pass in which the row sees every cell (plain decoding) gives, so the row's output is the
+// same bits. scratch: NQ * 2 * (cells + kLanes) floats.
 template <int NQ, typename T>
-void attend(const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t d, const int32_t* index,
+void attend(const float* const* q, const T* Kt, const T* V, int64_t d, const int32_t* index,
             int64_t seen, int64_t cells, float scale, float* scratch, float* const* out) {
+  static_assert(kTile % kLanes == 0, "a vector of cells lies in one tile");
   const int64_t stride = 2 * (cells + kLanes);
   float* scores[NQ];
   float* dense[NQ];
@@ -22,17 +25,24 @@ void attend(const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t
     scores[a] = scratch + a * stride;                                   // [cells rounded up]
     dense[a] = index ? scores[a] + cells + kLanes : scores[a];          // [seen rounded up]
   }
+  // the key vector of cells j .. j + kLanes - 1 (j a multiple of kLanes) at coordinate t
+  auto key = [&](int64_t j, int64_t t) { return Kt + (j / kTile) * d * kTile + t * kTile + j % kTile; };
+  constexpr int64_t kBlock = 4 * kLanes;  // cells scored at once
+  constexpr int64_t kLine = 64 / sizeof(T);  // elements per cache line
+  if (!index)  // the first values, fetched while the scores are summed
+    for (int64_t e = 0; e < std::min(seen, kValuesAhead) * d; e += kLine)
+      _mm_prefetch(reinterpret_cast<const char*>(V + e), _MM_HINT_T0);
   const int64_t whole = cells / kLanes * kLanes;
   int64_t j0 = 0;
-  for (; j0 + 4 * kLanes <= whole; j0 += 4 * kLanes) {  // four vectors of cells at once: independent chains
+  for (; j0 + kBlock <= whole; j0 += kBlock) {  // four vectors of cells at once: independent chains
     vf acc[NQ][4];
     for (int a = 0; a < NQ; ++a) for (int u = 0; u < 4; ++u) acc[a][u] = vzero();
+    // the next block's keys (kBlock * d elements, contiguous) are fetched while this one is summed
+    const T* next = key(j0 + kBlock, 0);
     for (int64_t t = 0; t < d; ++t) {
-      const T* kt = Kt + t * cap + j0;
-      // the keys are d rows of cells: more streams than the hardware prefetcher follows
-      _mm_prefetch(reinterpret_cast<const char*>(kt + 8 * kLanes), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(kt + 8 * kLanes + 64 / sizeof(T)), _MM_HINT_T0);
-      const vf k0 = vload(kt), k1 = vload(kt + kLanes), k2 = vload(kt + 2 * kLanes), k3 = vload(kt + 3 * kLanes);
+      for (int64_t e = 0; e < kBlock; e += kLine) _mm_prefetch(reinterpret_cast<const char*>(next + t * kBlock + e), _MM_HINT_T0);
+      const vf k0 = vload(key(j0, t)), k1 = vload(key(j0 + kLanes, t)), k2 = vload(key(j0 + 2 * kLanes, t)),
+               k3 = vload(key(j0 + 3 * kLanes, t));
       for (int a = 0; a < NQ; ++a) {
         const vf qt = vset(q[a][t]);
         acc[a][0] = vfma(qt, k0, acc[a][0]);
@@ -48,7 +58,7 @@ void attend(const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t
     vf acc[NQ];
     for (int a = 0; a < NQ; ++a) acc[a] = vzero();
     for (int64_t t = 0; t < d; ++t) {
-      const vf kt = vload(Kt + t * cap + j);
+      const vf kt = vload(key(j, t));
       for (int a = 0; a < NQ; ++a) acc[a] = vfma(vset(q[a][t]), kt, acc[a]);
     }
     for (int a = 0; a < NQ; ++a) vstore(scores[a] + j, acc[a]);
@@ -58,7 +68,7 @@ void attend(const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t
     vf acc[NQ];
     for (int a = 0; a < NQ; ++a) acc[a] = vzero();
     for (int64_t t = 0; t < d; ++t) {
-      const vf kt = vload_part(Kt + t * cap + whole, rest);
+      const vf kt = vload_part(key(whole, t), rest);
       for (int a = 0; a < NQ; ++a) acc[a] = vfma(vset(q[a][t]), kt, acc[a]);
     }
     for (int a = 0; a < NQ; ++a) vstore(scores[a] + whole, acc[a]);  // scores has room for a whole vector
@@ -94,7 +104,8 @@ void attend(const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t
     for (int a = 0; a < NQ; ++a) for (int u = 0; u < 4; ++u) acc[a][u] = vzero();
     for (int64_t t = 0; t < seen; ++t) {
       const T* v = V + static_cast<int64_t>(index ? index[t] : t) * d + c;
-      if (!index) _mm_prefetch(reinterpret_cast<const char*>(v + 8 * d), _MM_HINT_T0);
+      if (!index)  // far enough ahead to cover the memory's latency
+        for (int64_t e = 0; e < d; e += kLine) _mm_prefetch(reinterpret_cast<const char*>(v + kValuesAhead * d + e), _MM_HINT_T0);
       const vf v0 = vload(v);
       const vf v1 = width > 1 ? vload(v + kLanes) : vzero();
       const vf v2 = width > 2 ? vload(v + 2 * kLanes) : vzero();
@@ -114,12 +125,12 @@ void attend(const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t
 
 // attend for n (1 to 4) heads of one key/value group
 template <typename T>
-void attend_heads(int n, const float* const* q, const T* Kt, int64_t cap, const T* V, int64_t d, const int32_t* index,
+void attend_heads(int n, const float* const* q, const T* Kt, const T* V, int64_t d, const int32_t* index,
                   int64_t seen, int64_t cells, float scale, float* scratch, float* const* out) {
   switch (n) {
-    case 1: attend<1>(q, Kt, cap, V, d, index, seen, cells, scale, scratch, out); break;
-    case 2: attend<2>(q, Kt, cap, V, d, index, seen, cells, scale, scratch, out); break;
-    case 3: attend<3>(q, Kt, cap, V, d, index, seen, cells, scale, scratch, out); break;
-    default: attend<4>(q, Kt, cap, V, d, index, seen, cells, scale, scratch, out); break;
+    case 1: attend<1>(q, Kt, V, d, index, seen, cells, scale, scratch, out); break;
+    case 2: attend<2>(q, Kt, V, d, index, seen, cells, scale, scratch, out); break;
+    case 3: attend<3>(q, Kt, V, d, index, seen, cells, scale, scratch, out); break;
+    default: attend<4>(q, Kt, V, d, index, seen, cells, scale, scratch, out); break;
   }
 }

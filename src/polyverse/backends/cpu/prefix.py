@@ -17,7 +17,6 @@ import threading
 from collections import OrderedDict
 from typing import Sequence
 
-import torch
 
 
 def common_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -34,12 +33,12 @@ def common_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class PrefixStore:
-    """Cells of recent prompt prefixes: per entry its tokens, keys [L, Hkv, D, n], values
-    [L, Hkv, n, D] and cell positions [n] (those of a plain chain from 0)."""
+    """Cells of recent prompt prefixes: per entry its tokens and the cells ``cache.head(n)`` copied
+    (the cache's own layout; their positions those of a plain chain from 0)."""
 
     def __init__(self, entries: int = 8, max_tokens: int = 128, least: int = 8) -> None:
         self.entries, self.max_tokens, self.least = entries, max_tokens, least
-        self._store: "OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
+        self._store: "OrderedDict[tuple[int, ...], object]" = OrderedDict()
         self._lock = threading.Lock()  # sessions of one model may run on several threads
 
     def __len__(self) -> int:
@@ -58,13 +57,8 @@ class PrefixStore:
             if best is None or n < self.least:
                 return 0
             self._store.move_to_end(best)
-            k, v = self._store[best]
-        cache.reserve(n)
-        with torch.inference_mode():
-            cache.k[..., :n] = k[..., :n]
-            cache.v[:, :, :n] = v[:, :, :n]
-            cache.pos[:n] = torch.arange(n)
-        cache.length = n
+            cells = self._store[best]
+        cache.load_head(cells, n)
         return n
 
     def put(self, tokens: Sequence[int], cache) -> None:
@@ -76,8 +70,6 @@ class PrefixStore:
         with self._lock:
             if any(common_length(other, key) == n for other in self._store):
                 return  # a stored prompt already holds these cells
-            with torch.inference_mode():
-                entry = (cache.k[..., :n].clone(), cache.v[:, :, :n].clone())
-            self._store[key] = entry
+            self._store[key] = cache.head(n)
             while len(self._store) > self.entries:
                 self._store.popitem(last=False)
