@@ -33,3 +33,19 @@ def test_held_text_released_at_the_end():
     ts = TextStream(char_tokenizer(), stop=["XYZ"])
     assert ts.push(ids("abcX")) == "ab"
     assert ts.push(ids("Y"), final=True) == "cXY"
+
+
+def test_incremental_text_is_the_whole_decode_at_every_step(bundled):
+    """The bundled (byte-level) tokenizer decodes step by step, not the whole output again each
+    time: the text shown so far is always a prefix of the whole decode, characters split over
+    tokens (accents, emoji, CJK) included, and the last push gives exactly the whole decode."""
+    tok = bundled.tokenizer
+    text = "Ducks: 16 - 3 - 4 = 9 eggs, $18 a day. Café, naïve, 日本語 🙂🦆 done."
+    ids = tok.encode(text, add_special_tokens=False)
+    ts = TextStream(tok)
+    assert ts._step is not None  # the incremental path is the one tested
+    shown = ""
+    for i, t in enumerate(ids):
+        shown += ts.push([t], final=i == len(ids) - 1)
+        assert tok.decode(ids[: i + 1]).startswith(shown)
+    assert shown == ts.text == tok.decode(ids) == text

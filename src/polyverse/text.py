@@ -5,6 +5,22 @@ from __future__ import annotations
 from typing import Sequence
 
 
+def decode_stream(tokenizer):
+    """An incremental decoder for a fast tokenizer (``tokenizers.decoders.DecodeStream``: each id's
+    new text from the last few ids, not the whole output decoded again at every step), or None where
+    the tokenizer is not one (then every push decodes all ids)."""
+    core = getattr(tokenizer, "_tokenizer", None)
+    try:
+        from tokenizers import Tokenizer
+        from tokenizers.decoders import DecodeStream
+    except ImportError:
+        return None
+    if not isinstance(core, Tokenizer) or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    stream = DecodeStream(skip_special_tokens=True)
+    return lambda token: stream.step(core, token)
+
+
 class TextStream:
     """Turns a growing list of token ids into text pieces safe to print, honouring stop strings.
 
@@ -23,6 +39,8 @@ class TextStream:
         self.text = ""
         self.emitted = 0
         self.stopped = False
+        self._step = decode_stream(tokenizer)
+        self._decoded = ""  # the settled text of every id so far (with ``_step``)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -32,8 +50,13 @@ class TextStream:
         if self.stopped:
             return ""
         start = len(self.ids)
-        self.ids.extend(int(t) for t in tokens)
-        text = self._decode(self.ids)
+        new = [int(t) for t in tokens]
+        self.ids.extend(new)
+        if self._step is None or final:  # the last text is always the whole decode
+            text = self._decode(self.ids)
+        else:  # text still short of a whole character is not in _decoded yet: held back as before
+            self._decoded += "".join(self._step(t) or "" for t in new)
+            text = self._decoded
         hit = self._find_stop(text)
         if hit is not None:
             at, length = hit
