@@ -302,6 +302,30 @@ def test_generate_batch_keeps_order_and_equals_generate(models):
         list(model.generate_many(["abc"], concurrency=0))
 
 
+@needs_lean
+def test_requests_starting_together_copy_their_shared_prefix(models, monkeypatch):
+    """The leading tokens the first prompts share are prefilled once before the batch starts: every
+    request of the first round copies them (none would otherwise: their prompts are still being
+    read when the others start), and the answers stay those of one at a time."""
+    model = models["lean"]
+    shared = "abcab cabca bbcca "
+    prompts = [shared + tail for tail in ("ab", "ca", "bb", "cab")]
+    restored = []
+    made = polyverse.api.Model.request
+
+    def request(self, prompt, **kwargs):
+        r = made(self, prompt, **kwargs)
+        restored.append(r.decoding.prefilled)
+        return r
+
+    monkeypatch.setattr(polyverse.api.Model, "request", request)
+    got = model.generate_batch(prompts, method="ar", max_new_tokens=6, chat=False, concurrency=4)
+    n = len(model.encode(shared, chat=False))
+    assert len(restored) == 4 and all(k >= n - 1 for k in restored)
+    monkeypatch.undo()
+    assert [g.token_ids for g in got] == [model.generate(p, max_new_tokens=6, chat=False).token_ids for p in prompts]
+
+
 def test_drafts_cut_by_the_budget_still_teach_their_acceptance(models):
     """A draft cut to nothing is judged against the output it would have predicted, so a request
     with good drafts keeps a high estimate (and drafts again when rows come back), one with bad

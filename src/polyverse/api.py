@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from .backends.base import Backend
+from .backends.cpu.prefix import LEAST, common_length
 from .backends.transformers import TransformersBackend
 from .config import GenerationConfig, SamplingConfig
 from .errors import ConfigError
 from .grammar import Grammar, GrammarSpec, compile_grammar
+from .layout import chain_feed
 from .loop import Runner, Step, StepStats, check_prompt
 from .registry import MethodContext, registry
 from .sampling import make_generator
@@ -332,6 +334,7 @@ class Model:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         seed = kwargs.pop("seed", None)
         make = lambda i: self.request(prompts[i], seed=None if seed is None else seed + i, **kwargs)  # noqa: E731
+        self._warm_prefix(prompts, kwargs)
         made = [make(i) for i in range(min(concurrency, len(prompts)))]
         for i in range(len(made), len(prompts)):  # the rest are checked now, built when a slot frees
             self._check(prompts[i], kwargs)
@@ -366,6 +369,22 @@ class Model:
         for i, g in self.generate_many(prompts, **kwargs):
             out[i] = g
         return out
+
+    def _warm_prefix(self, prompts: Sequence, kwargs) -> None:
+        """Prefill once the leading tokens the first two prompts share (a chat template, a system
+        prompt) and keep their cells (``store_prefix``): the requests that start together then copy
+        them instead of each computing them, as later requests already do."""
+        if len(prompts) < 2 or not getattr(self.backend, "shares_passes", False):  # the lean pass keeps prefixes
+            return
+        first, second = (list(p) if isinstance(p, (list, tuple)) and p and all(isinstance(t, int) for t in p)
+                         else self.encode(p, kwargs.get("chat")) for p in prompts[:2])
+        n = common_length(first[:-1], second[:-1])  # a prompt's last token is fed by its first decoding pass
+        if n < LEAST:
+            return
+        backend = self.backend.session()
+        backend.forward(chain_feed(first[:n], 0), logits_for=[])
+        backend.commit(range(n))
+        backend.store_prefix(first[:n])
 
     def _check(self, prompt, kwargs) -> None:
         """Fail now on a prompt that cannot be decoded (empty, too long for the context)."""

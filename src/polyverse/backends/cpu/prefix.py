@@ -17,6 +17,8 @@ import threading
 from collections import OrderedDict
 from typing import Sequence
 
+LEAST = 8  # the fewest shared tokens worth copying
+
 
 
 def common_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -36,7 +38,7 @@ class PrefixStore:
     """Cells of recent prompt prefixes: per entry its tokens and the cells ``cache.head(n)`` copied
     (the cache's own layout; their positions those of a plain chain from 0)."""
 
-    def __init__(self, entries: int = 8, max_tokens: int = 128, least: int = 8) -> None:
+    def __init__(self, entries: int = 8, max_tokens: int = 128, least: int = LEAST) -> None:
         self.entries, self.max_tokens, self.least = entries, max_tokens, least
         self._store: "OrderedDict[tuple[int, ...], object]" = OrderedDict()
         self._lock = threading.Lock()  # sessions of one model may run on several threads
