@@ -190,7 +190,7 @@ class TransformersBackend:
             start += q
         flat = [r for rows in first for r in rows]
         projected = lean.project(hidden[flat]) if flat else torch.empty(0, lean.vocab)  # [len(flat), V]
-        tops = projected.argmax(-1).tolist() if flat else []  # one call for every part's rows
+        tops = lean.top(projected) if flat else []  # one call for every part's rows
         start = taken = 0
         for (b, feed, logits_for), rows in zip(parts, first):
             q = len(feed)
