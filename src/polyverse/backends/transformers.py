@@ -131,7 +131,8 @@ class TransformersBackend:
     def _lean_forward(self, feed: Feed, past: int, logits_for: Sequence[int] | None) -> Logits:
         """The pass on the lean CPU forward: hidden rows, then the head on the rows asked for."""
         ids, pos, visible = self._lean_inputs(feed, past)
-        hidden = self.lean.forward(ids, pos, visible, self.cache, past)  # [q, H]
+        hidden = self.lean.forward(torch.tensor(ids, dtype=torch.long), torch.tensor(pos, dtype=torch.long), visible,
+                                   self.cache, past)  # [q, H]
         self.cache.length = past + len(feed)
         self._pending = len(feed)
         if logits_for is None:
@@ -141,11 +142,10 @@ class TransformersBackend:
             return Logits.of(torch.empty(0, self.vocab_size))
         return Logits.of(self.lean.project(hidden[rows]))  # [len(logits_for), V]
 
-    def _lean_inputs(self, feed: Feed, past: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _lean_inputs(self, feed: Feed, past: int) -> tuple[Sequence[int], Sequence[int], torch.Tensor | None]:
         """ids [q], positions [q] and visibility [q, past + q] (None: a causal chain) of a lean pass;
         records the feed's cells as pending."""
-        ids = torch.tensor(feed.tokens, dtype=torch.long)  # [q]
-        pos = torch.tensor(feed.positions, dtype=torch.long)  # [q]
+        ids, pos = feed.tokens, feed.positions  # [q] each
         context = self._context(feed, past)  # [q, past] bool or None (= all visible)
         visible = None
         if context is not None or not is_plain_chain(feed, past):
@@ -197,9 +197,9 @@ class TransformersBackend:
             mine = projected[taken: taken + len(rows)]  # [len(rows), V]
             found = tops[taken: taken + len(rows)]
             taken += len(rows)
-            if logits_for is not None:
+            if logits_for is not None or not lazy:  # every row asked for (in order), or every row
                 logits = Logits.of(mine) if rows else Logits.of(torch.empty(0, b.vocab_size))
-                logits.tops.update(enumerate(found))
+                logits.tops = dict(enumerate(found))
             else:  # the first rows now, the others as verification reads them (as a pass of its own would)
                 logits = Logits(hidden[start: start + q], lean.project, b.vocab_size)
                 logits.rows.update({r - start: row for r, row in zip(rows, mine)})

@@ -29,6 +29,7 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -200,14 +201,18 @@ class LeanModel:
         cache.reserve(past + len(ids))
         return self._model.forward(ids, positions, visible, cache.k, cache.v, cache.pos, past)
 
-    def forward_many(self, parts: "list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, LeanCache, int]]") -> torch.Tensor:
+    def forward_many(self, parts: "list[tuple[Sequence[int], Sequence[int], torch.Tensor | None, LeanCache, int]]") -> torch.Tensor:
         """Several requests in one pass: parts of (ids [q_i], positions [q_i], visible [q_i, past_i + q_i]
         or None, cache, past_i), each as in ``forward`` on its own cache -> hidden [sum q_i, H], the
         parts' rows in order. Each row's bits are those it gets in a pass of its own."""
-        for ids, _, _, cache, past in parts:
+        flat_ids: list[int] = []
+        flat_pos: list[int] = []
+        for ids, pos, _, cache, past in parts:
             cache.reserve(past + len(ids))
-        ids = torch.cat([p[0] for p in parts])  # [Q]
-        positions = torch.cat([p[1] for p in parts])  # [Q]
+            flat_ids.extend(ids)
+            flat_pos.extend(pos)
+        ids = torch.tensor(flat_ids, dtype=torch.long)  # [Q]
+        positions = torch.tensor(flat_pos, dtype=torch.long)  # [Q]
         return self._model.forward_many(ids, positions, [p[2] for p in parts], [p[3].k for p in parts],
                                         [p[3].v for p in parts], [p[3].pos for p in parts],
                                         [int(p[4]) for p in parts], [len(p[0]) for p in parts])
