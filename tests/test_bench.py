@@ -64,6 +64,16 @@ def test_a_bench_rewrites_only_its_own_section_of_a_page():
     assert splice("", "x", "new") == "<!-- bench:x -->\nnew\n<!-- /bench:x -->\n"
 
 
+def test_a_section_takes_its_heading_level_from_where_it_sits():
+    from polyverse.bench.report import depth_at
+
+    kept = "# Benchmarks\n## This machine\n#### Every method\n\n<!-- bench:out -->\n##### polyverse bench\n"
+    assert depth_at(kept, "out") == 5  # under "####", not the "#####" of its own previous run
+    assert depth_at("# Benchmarks\n", "out") == 3  # a new section at the end of a page
+    assert depth_at("", "out") == 1
+    assert depth_at("#" * 6 + " deep\n<!-- bench:out -->", "out") == 6
+
+
 class Broken(Contender):
     """A deliberately wrong method: ar's output with one token changed."""
 

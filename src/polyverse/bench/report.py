@@ -74,6 +74,23 @@ def splice(page: str, key: str, section: str) -> str:
     return (page.rstrip() + "\n\n" if page.strip() else "") + block + "\n"
 
 
+def depth_at(page: str, key: str) -> int:
+    """The heading level a run's section takes in ``page``: one below the last heading before its
+    marker (a section kept under "#### Results" gets "#####"); 3 for a new section appended to a
+    page, 1 for an empty page.
+
+    Example: depth_at("# A\n#### B\n<!-- bench:x -->", "x") -> 5; depth_at("# A", "x") -> 3;
+    depth_at("", "x") -> 1.
+    """
+    if not page.strip():
+        return 1
+    at = page.find(f"<!-- bench:{key} -->")
+    if at < 0:
+        return 3
+    levels = [len(line) - len(line.lstrip("#")) for line in page[:at].splitlines() if line.startswith("#")]
+    return min(levels[-1] + 1, 6) if levels else 1
+
+
 def plot_speedup(doc: dict, path: Path) -> None:
     import matplotlib
 

@@ -246,8 +246,9 @@ def bench(
             md = Path(markdown)
             rel = os.path.relpath(Path(out).resolve(), md.resolve().parent)  # image links from the copy's folder
             page = md.read_text() if md.is_file() else ""  # other runs' and machines' sections are kept
-            section = report.markdown(doc, command, image_prefix=f"{Path(rel).as_posix()}/", depth=3 if page.strip() else 1)
-            md.write_text(report.splice(page, Path(rel).as_posix(), section))
+            key = Path(rel).as_posix()
+            section = report.markdown(doc, command, image_prefix=f"{key}/", depth=report.depth_at(page, key))
+            md.write_text(report.splice(page, key, section))
     con = Console(width=max(Console().width, 120))
     for set_name in doc["sets"]:
         table = Table(title=f"{set_name}: {cfg.max_new_tokens} new tokens, baseline {baseline}")
