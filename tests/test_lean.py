@@ -254,3 +254,13 @@ def test_a_merge_reads_cells_in_position_order_whatever_the_schedule(dtype):
         return be.forward(Feed((40,), (6,), (-1,), ((0,),)))[0]
 
     assert torch.equal(conclusion(True), conclusion(False))
+
+
+def test_every_included_header_is_in_the_extension_digest():
+    """A header left out of ``HEADERS`` would not rebuild the extension when it changes."""
+    import re
+
+    included = set()
+    for path in (lean.SOURCE, *lean.HEADERS):
+        included |= set(re.findall(r'#include "([^"]+)"', path.read_text()))
+    assert included == {h.name for h in lean.HEADERS}

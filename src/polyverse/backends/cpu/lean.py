@@ -36,7 +36,8 @@ import torch
 from . import features
 
 SOURCE = Path(__file__).with_name("lean.cpp")
-HEADERS = tuple(Path(__file__).with_name(n) for n in ("lean_isa.h", "lean_attention.h", "lean_pack.h"))
+HEADERS = tuple(Path(__file__).with_name(n)
+                for n in ("lean_isa.h", "lean_attention.h", "lean_pack.h", "lean_segments.h"))
 NAME = "polyverse_cpu_lean"
 DTYPES = ("fp32", "bf16", "int8")
 KINDS = {"fp32": 0, "bf16": 1, "int8": 2}
