@@ -378,6 +378,8 @@ class Model:
             return
         first, second = (list(p) if isinstance(p, (list, tuple)) and p and all(isinstance(t, int) for t in p)
                          else self.encode(p, kwargs.get("chat")) for p in prompts[:2])
+        check_prompt(first, self.max_length)  # the error a request would give (not a failed warm-up pass)
+        check_prompt(second, self.max_length)
         n = common_length(first[:-1], second[:-1])  # a prompt's last token is fed by its first decoding pass
         if n < LEAST:
             return

@@ -202,9 +202,9 @@ class Model {
 
   // ids [q] int64, pos [q] int64, visible [q, past + q] bool (undefined: a causal chain after the
   // cache), kcache [L, Hkv, capacity / kTile, D, kTile] (keys in tiles of cells, each transposed)
-  // and vcache [L, Hkv, capacity, D] float32 or float16 with capacity >= past + q, cell_pos [capacity] int64 (each cell's position; the pass writes its
-  // own) -> hidden [q, H]
-  // after the final norm; the pass's keys and values are written at cells past .. past + q - 1.
+  // and vcache [L, Hkv, capacity, D] float32 or float16 with capacity >= past + q, cell_pos
+  // [capacity] int64 (each cell's position; the pass writes its own) -> hidden [q, H] after the
+  // final norm; the pass's keys and values are written at cells past .. past + q - 1.
   torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& pos, const c10::optional<torch::Tensor>& visible,
                         torch::Tensor kcache, torch::Tensor vcache, torch::Tensor cell_pos, int64_t past) {
     return forward_many(ids, pos, {visible}, {kcache}, {vcache}, {cell_pos}, {past}, {ids.numel()});
@@ -325,7 +325,8 @@ class Model {
           const float* key = x + (Hq_ + kv) * D_;
           const float* val = x + (Hq_ + Hkv_ + kv) * D_;
           const int64_t c = g.past + i;  // the row's cell: keys at (its tile, t, its lane)
-          const int64_t kat = layer + kv * D_ * g.cap + c / kTile * D_ * kTile + c % kTile, vat = layer + (kv * g.cap + c) * D_;
+          const int64_t kat = layer + kv * D_ * g.cap + c / kTile * D_ * kTile + c % kTile;
+          const int64_t vat = layer + (kv * g.cap + c) * D_;
           if (g.half) {
             uint16_t* Kh = static_cast<uint16_t*>(g.K);
             uint16_t* Vh = static_cast<uint16_t*>(g.V);

@@ -40,7 +40,8 @@ void attend(const float* const* q, const T* Kt, const T* V, int64_t d, const int
     // the next block's keys (kBlock * d elements, contiguous) are fetched while this one is summed
     const T* next = key(j0 + kBlock, 0);
     for (int64_t t = 0; t < d; ++t) {
-      for (int64_t e = 0; e < kBlock; e += kLine) _mm_prefetch(reinterpret_cast<const char*>(next + t * kBlock + e), _MM_HINT_T0);
+      for (int64_t e = 0; e < kBlock; e += kLine)
+        _mm_prefetch(reinterpret_cast<const char*>(next + t * kBlock + e), _MM_HINT_T0);
       const vf k0 = vload(key(j0, t)), k1 = vload(key(j0 + kLanes, t)), k2 = vload(key(j0 + 2 * kLanes, t)),
                k3 = vload(key(j0 + 3 * kLanes, t));
       for (int a = 0; a < NQ; ++a) {
@@ -105,7 +106,8 @@ void attend(const float* const* q, const T* Kt, const T* V, int64_t d, const int
     for (int64_t t = 0; t < seen; ++t) {
       const T* v = V + static_cast<int64_t>(index ? index[t] : t) * d + c;
       if (!index)  // far enough ahead to cover the memory's latency
-        for (int64_t e = 0; e < d; e += kLine) _mm_prefetch(reinterpret_cast<const char*>(v + kValuesAhead * d + e), _MM_HINT_T0);
+        for (int64_t e = 0; e < d; e += kLine)
+          _mm_prefetch(reinterpret_cast<const char*>(v + kValuesAhead * d + e), _MM_HINT_T0);
       const vf v0 = vload(v);
       const vf v1 = width > 1 ? vload(v + kLanes) : vzero();
       const vf v2 = width > 2 ? vload(v + 2 * kLanes) : vzero();
