@@ -143,3 +143,19 @@ def test_the_core_logits_module_imports_no_backend():
     modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert not [m for m in modules if "backends" in m]
+
+
+_SPECIAL = st.sampled_from([float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1.0, 1.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(_SPECIAL, st.floats(-4, 4, width=32)), min_size=1, max_size=64))
+def test_first_max_chooses_what_torch_argmax_chooses(values):
+    """Ties, NaNs and infinities: the numpy search gives torch's index (the verifier's greedy token)."""
+    from polyverse.logits import first_max
+
+    row = torch.tensor(values, dtype=torch.float32)  # [V]
+    assert first_max(row) == int(row.argmax())
+    assert first_max(row.double()) == int(row.double().argmax())  # another type: torch's own search
+    logits = Logits.of(row.unsqueeze(0))
+    assert logits.top(0) == int(row.argmax())

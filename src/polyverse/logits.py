@@ -18,6 +18,18 @@ def _identity(rows: torch.Tensor) -> torch.Tensor:
     return rows
 
 
+def first_max(row: torch.Tensor) -> int:
+    """``int(row.argmax())`` for a row [V]: the first of equal largest values, the first NaN if any.
+
+    A float32 row in CPU memory goes through numpy, whose argmax makes the same choice: torch's
+    spreads a vocabulary-long row over its threads, which costs more than the search itself
+    when a pass writes one token.
+    """
+    if row.dtype == torch.float32 and row.device.type == "cpu" and not row.requires_grad:
+        return int(row.numpy().argmax())
+    return int(row.argmax())
+
+
 class Logits:
     """Rows of a [q, V] logits matrix, projected from [q, H] hidden states when first read.
 
@@ -100,7 +112,7 @@ class Logits:
         that projected several requests' rows together may have found it for all of them at once."""
         best = self.tops.get(row)
         if best is None:
-            best = self.tops[row] = int(self[row].argmax())
+            best = self.tops[row] = first_max(self[row])
         return best
 
     def full(self) -> torch.Tensor:

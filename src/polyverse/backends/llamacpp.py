@@ -152,9 +152,12 @@ class LlamaCppBackend:
         self._feed = feed
         self._extra, self._refeed = extra, []
         out = np.empty((len(rows), self.vocab_size), dtype=np.float32)
-        for j, i in enumerate(rows):
+        width = self.vocab_size * out.itemsize
+        for j, i in enumerate(rows):  # the context's buffer is overwritten by the next pass: copied
             ptr = self.ll.llama_get_logits_ith(self.ctx, i)
-            out[j] = np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
+            if not ptr:
+                raise RuntimeError(f"llama.cpp has no logits for row {i} of the pass")
+            ctypes.memmove(out.ctypes.data + j * width, ptr, width)
         return Logits.of(torch.from_numpy(out))  # [len(logits_for), V]
 
     def _with_refeed(self, feed: Feed, logits_for):
