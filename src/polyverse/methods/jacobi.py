@@ -6,6 +6,12 @@ and the block; the longest prefix of the block that equals the target's own choi
 The target's argmax at the rejected positions (conditioned on the old guesses) becomes the next
 guess for them: the Jacobi fixed-point update. Verification is the shared one, so greedy output
 equals AR greedy and sampled output has the AR distribution (the block is a deterministic draft).
+
+Beside the block, a second branch may carry what the prompt and the text so far predict (an n-gram
+match, as `auto` drafts it): `auto`'s own choice of its length, priced by what its rows add to the
+block's pass on the backend's measured cost curve, so it is fed only where it pays. When the
+accepted path runs through that branch, the rows after it are the next guesses: the same Jacobi
+update, of the branch the text took.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
+from ..costs import CostCurve, cost_curve
 from ..draft import Draft
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
+from .auto import AutoConfig, AutoProposer
 
 
 DEFAULT_BLOCK = 16  # tokens guessed ahead per pass when neither the options nor the adapter say
@@ -26,41 +34,81 @@ DEFAULT_BLOCK = 16  # tokens guessed ahead per pass when neither the options nor
 class JacobiConfig:
     # n: 16 to 32 in the CLLM paper; None = the block a CLLM adapter was trained for (trained_block)
     block: int | None = option(None, "tokens guessed per pass", lo=1, hi=256, flag="--block")
+    ngram: int = option(4, "longest prompt or output n-gram matched for a second branch (0: the block alone)",
+                        lo=0, hi=16, flag="--ngram")
+    ngram_tokens: int = option(8, "most tokens in the n-gram branch", lo=1, hi=64)
+
+
+def continuation(draft: Draft, accepted: Sequence[int]) -> list[int]:
+    """The nodes after an accepted path on the branch it took: from its last node (the root when
+    nothing was accepted), each node's first child. The block comes first in a draft, so on the block
+    this is the rest of the block.
+
+    Example: block (a, b, c) and a branch (a, d) -> nodes 0 1 2 3, parents -1 0 1 0; accepted (0, 3)
+    -> []; accepted (0,) -> [1, 2]; nothing accepted -> [0, 1, 2].
+    """
+    kids: dict[int, int] = {}
+    for i, p in enumerate(draft.parents):
+        kids.setdefault(p, i)
+    out: list[int] = []
+    node = accepted[-1] if accepted else -1
+    while node in kids:
+        node = kids[node]
+        out.append(node)
+    return out
 
 
 class JacobiProposer(Proposer):
     reads_every_row = True  # observe takes the argmax of every row after the accepted ones: one head product
 
-    def __init__(self, config: JacobiConfig) -> None:
+    def __init__(self, config: JacobiConfig, curve: CostCurve | None = None) -> None:
+        """``curve``: the backend's pass costs; without it (or with ``ngram`` 0) the block goes alone."""
         self.n = config.block if config.block is not None else DEFAULT_BLOCK
         self.guess: list[int] = []
+        self.ngrams: AutoProposer | None = None
+        if curve is not None and config.ngram > 0:
+            # the branch's rows are priced on top of the block's: c'(q) = c(n + q)
+            top = config.ngram_tokens + 1
+            shifted = CostCurve(tuple(range(1, top + 1)), tuple(curve(self.n + q) for q in range(1, top + 1)))
+            self.ngrams = AutoProposer(AutoConfig(max_tokens=config.ngram_tokens, ngram=config.ngram), shifted)
+        self.branch: list[int] = []  # the n-gram branch of the last draft
 
     def start(self, context: Sequence[int]) -> None:
         self.guess = []
+        if self.ngrams is not None:
+            self.ngrams.start(context)
 
     def propose(self, context: Sequence[int]) -> Draft:
-        """The current block, padded with its last guess (or the pending token) to n tokens.
+        """The current block, padded with its last guess (or the pending token) to n tokens, and the
+        n-gram branch where it pays.
 
         Example: n = 4, leftover guesses [7, 8] -> chain (7, 8, 8, 8).
         """
         guess = self.guess[: self.n]
         filler = guess[-1] if guess else int(context[-1])
-        return Draft.chain(guess + [filler] * (self.n - len(guess)))
+        block = guess + [filler] * (self.n - len(guess))
+        self.branch = list(self.ngrams.propose(context).tokens) if self.ngrams is not None else []
+        if not self.branch:
+            return Draft.chain(block)
+        return Draft.tree([block, self.branch])
 
     def observe(self, obs: Observation) -> None:
-        """Keep the Jacobi update of the positions after the bonus token.
+        """Keep the Jacobi update of the positions after the bonus token, on the branch the accepted
+        path took (the loop may also have cut the block short or added a grammar's forced tokens).
 
         Example: block (a, b, c, d) with a accepted and bonus x at the block's 2nd position:
         rows 2..4 of the logits (fed b, c, d) predict the 3rd to 5th positions -> next guesses.
         """
-        k = len(obs.verdict.accepted)
-        # the block as fed: the loop may have cut it short (the budget, a grammar) or added a branch
-        # after it (a grammar's forced tokens); a path through such a branch leaves nothing to refine
-        fed = next((i for i, p in enumerate(obs.draft.parents) if p != i - 1), len(obs.draft))
-        if tuple(obs.verdict.accepted) != tuple(range(k)) or k >= fed:
+        if self.branch and self.ngrams is not None and self.ngrams.last_bucket:
+            hit = 0  # how far the target followed the branch
+            while hit < len(self.branch) and hit < len(obs.verdict.tokens) and self.branch[hit] == obs.verdict.tokens[hit]:
+                hit += 1
+            self.ngrams.stats[self.ngrams.last_bucket].update(min(hit, len(self.branch)), len(self.branch))
+        rest = continuation(obs.draft, obs.verdict.accepted)
+        if not rest:
             self.guess = []
             return
-        self.guess = obs.logits[k + 1 : fed + 1].argmax(dim=-1).tolist()  # [fed - k]
+        self.guess = obs.logits[[r + 1 for r in rest]].argmax(dim=-1).tolist()  # [len(rest)]
 
 
 def trained_block(model, default: int = DEFAULT_BLOCK) -> int:
@@ -74,7 +122,8 @@ def trained_block(model, default: int = DEFAULT_BLOCK) -> int:
 def make(config: JacobiConfig, ctx) -> JacobiProposer:
     if config.block is None:
         config = replace(config, block=trained_block(ctx.model))
-    return JacobiProposer(config)
+    curve = cost_curve(ctx.model, ctx.backend) if config.ngram > 0 and getattr(ctx, "backend", None) is not None else None
+    return JacobiProposer(config, curve)
 
 
 registry.register("jacobi", JacobiConfig, make, "Jacobi / CLLM decoding: refine a block of guesses in parallel")

@@ -65,7 +65,8 @@ def accuracy(rows: Sequence[dict]) -> dict:
 def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]], block: int, max_new_tokens: int,
              tick: Callable[[str], None] | None = None) -> dict:
     """prompts: (id, token ids, gold answer or None). Returns per-prompt figures and a summary."""
-    gen, jac = Contender("generate"), Contender("jacobi", "jacobi", {"block": block})
+    # the block alone: what the fine-tune taught, without the n-gram branch's help
+    gen, jac = Contender("generate"), Contender("jacobi", "jacobi", {"block": block, "ngram": 0})
     for m in (base, adapted):  # warm-up
         gen.run(m, prompts[0][1], 8)
         jac.run(m, prompts[0][1], 8)

@@ -1,0 +1,75 @@
+"""Jacobi decoding with an n-gram branch beside the block: layout, the update after either branch, losslessness."""
+
+import torch
+
+from polyverse.config import GenerationConfig
+from polyverse.costs import CostCurve
+from polyverse.draft import Draft
+from polyverse.loop import Observation, decode
+from polyverse.methods.ar import ARProposer
+from polyverse.methods.jacobi import JacobiConfig, JacobiProposer, continuation
+from polyverse.verify import verify_greedy
+
+FLAT = CostCurve((1, 64), (0.01, 0.01))  # every pass size costs the same: the branch always pays
+STEEP = CostCurve((1, 4, 5), (0.01, 0.01, 1.0))  # past the block of 3, a token costs 100 passes
+
+
+def test_continuation_follows_the_branch_the_path_took():
+    d = Draft.tree([[1, 2, 3], [1, 4, 5]])  # block 0 1 2; branch 3 4 below node 0
+    assert continuation(d, ()) == [0, 1, 2]
+    assert continuation(d, (0,)) == [1, 2]
+    assert continuation(d, (0, 3)) == [4]
+    assert continuation(d, (0, 3, 4)) == []
+    assert continuation(Draft.empty(), ()) == []
+
+
+def _observe(proposer, draft, argmax_rows, context):
+    """An observation whose logits row r has its largest value at argmax_rows[r]."""
+    logits = torch.zeros(len(draft) + 1, 50)  # [1 + len(draft), V]
+    for r, t in enumerate(argmax_rows):
+        logits[r, t] = 1.0
+    verdict = verify_greedy(draft, logits)
+    proposer.observe(Observation(draft, verdict, logits, tuple(context) + verdict.tokens))
+    return verdict
+
+
+def test_the_branch_is_fed_where_it_pays_and_its_rows_become_the_next_guesses():
+    context = [7, 1, 2, 3, 4, 1, 2, 3]  # the text predicts 4 1 2 3 after the last 3
+    jac = JacobiProposer(JacobiConfig(block=3, ngram=3, ngram_tokens=4), FLAT)
+    jac.start(context)
+    draft = jac.propose(context)
+    assert draft.tokens[:3] == (3, 3, 3)  # the block: the pending token repeated, nothing guessed yet
+    assert draft.tokens[3:] == (4, 1, 2, 3) and draft.parents[3] == -1  # the branch below the root
+    # the target writes 4 1 2 then 9: rows 0, 4, 5, 6 (root, branch nodes 3, 4, 5) say 4, 1, 2, 9
+    rows = [4, 0, 0, 0, 1, 2, 9, 11]
+    verdict = _observe(jac, draft, rows, context)
+    assert verdict.accepted == (3, 4, 5) and verdict.tokens == (4, 1, 2, 9)
+    assert jac.guess == [11]  # the branch's row after the accepted path (fed 3, rejected): its update
+
+
+def test_without_a_paying_branch_it_is_the_plain_block():
+    context = [7, 1, 2, 3, 4, 1, 2, 3]
+    for jac in (JacobiProposer(JacobiConfig(block=3, ngram=3), STEEP),
+                JacobiProposer(JacobiConfig(block=3, ngram=0), FLAT),
+                JacobiProposer(JacobiConfig(block=3))):
+        jac.start(context)
+        draft = jac.propose(context)
+        assert draft == Draft.chain([3, 3, 3])
+        verdict = _observe(jac, draft, [3, 5, 6, 8], context)
+        assert verdict.tokens == (3, 5)  # block node 0 accepted, bonus 5
+        assert jac.guess == [6, 8]  # rows 2 and 3: the block's own update
+
+
+def test_greedy_with_the_branch_equals_ar(tiny):
+    be = tiny.backend
+    vocab = be.vocab_size
+    cfg = GenerationConfig(max_new_tokens=40)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        period = torch.randint(0, vocab, (5,), generator=g).tolist()
+        prompt = period * 4  # repeats, so the n-gram branch has matches to feed
+        ar = [t for s in decode(be, ARProposer(), prompt, cfg) for t in s.tokens]
+        jac = JacobiProposer(JacobiConfig(block=4, ngram=3), FLAT)
+        steps = list(decode(be, jac, prompt, cfg))
+        assert [t for s in steps for t in s.tokens] == ar
+        assert any(s.stats.fed > 5 for s in steps)  # the branch rode along
