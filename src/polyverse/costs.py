@@ -52,6 +52,14 @@ class CostCurve:
     def relative(self, q: int) -> float:
         return self(q) / self.seconds[0]
 
+    def beyond(self, n: int, top: int) -> "CostCurve":
+        """The cost of a pass feeding q = 1 .. top tokens on top of n others: c'(q) = c(n + q), so that
+        a proposer can price what a second branch adds to another's pass.
+
+        Example: sizes (1, 4), seconds (0.06, 0.09), n = 1, top = 2 -> sizes (1, 2), seconds (0.07, 0.08).
+        """
+        return CostCurve(tuple(range(1, top + 1)), tuple(self(n + q) for q in range(1, top + 1)))
+
 
 def measure(backend, context_len: "int | Sequence[int]" = CONTEXTS, reps: int = 5, sizes=SIZES) -> CostCurve:
     """Time passes of each size after a context of ``context_len`` tokens, or after each of several

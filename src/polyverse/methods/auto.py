@@ -93,6 +93,25 @@ class AutoProposer(Proposer):
         self.last_bucket = 0
         self._costs: dict[int, list[float]] = {}  # width -> c(1 + width * k), k = 0 .. max_tokens
 
+    def reprice(self, curve: CostCurve) -> None:
+        """Price the next drafts on ``curve`` (a branch beside another method's draft: ``CostCurve.beyond``)."""
+        if curve is not self.curve:
+            self.curve = curve
+            self._costs = {}
+
+    def credit(self, branch: Sequence[int], tokens: Sequence[int]) -> None:
+        """Acceptance evidence for a ``branch`` fed beside another method's draft: the target wrote
+        ``tokens`` (accepted and bonus), whichever branch carried them.
+
+        Example: branch (4, 1, 2), tokens (4, 1, 9) -> 2 of 3 accepted.
+        """
+        if not self.last_bucket or not branch:
+            return
+        hit = 0
+        while hit < min(len(branch), len(tokens)) and branch[hit] == tokens[hit]:
+            hit += 1
+        self.stats[self.last_bucket].update(hit, len(branch))
+
     def costs(self, width: int) -> list[float]:
         if width not in self._costs:
             self._costs[width] = [self.curve(1 + width * k) for k in range(self.cfg.max_tokens + 1)]

@@ -67,9 +67,8 @@ class JacobiProposer(Proposer):
         self.guess: list[int] = []
         self.ngrams: AutoProposer | None = None
         if curve is not None and config.ngram > 0:
-            # the branch's rows are priced on top of the block's: c'(q) = c(n + q)
-            top = config.ngram_tokens + 1
-            shifted = CostCurve(tuple(range(1, top + 1)), tuple(curve(self.n + q) for q in range(1, top + 1)))
+            # the branch's rows are priced on top of the block's
+            shifted = curve.beyond(self.n, config.ngram_tokens + 1)
             self.ngrams = AutoProposer(AutoConfig(max_tokens=config.ngram_tokens, ngram=config.ngram), shifted)
         self.branch: list[int] = []  # the n-gram branch of the last draft
 
@@ -99,11 +98,8 @@ class JacobiProposer(Proposer):
         Example: block (a, b, c, d) with a accepted and bonus x at the block's 2nd position:
         rows 2..4 of the logits (fed b, c, d) predict the 3rd to 5th positions -> next guesses.
         """
-        if self.branch and self.ngrams is not None and self.ngrams.last_bucket:
-            hit = 0  # how far the target followed the branch
-            while hit < len(self.branch) and hit < len(obs.verdict.tokens) and self.branch[hit] == obs.verdict.tokens[hit]:
-                hit += 1
-            self.ngrams.stats[self.ngrams.last_bucket].update(min(hit, len(self.branch)), len(self.branch))
+        if self.ngrams is not None:
+            self.ngrams.credit(self.branch, obs.verdict.tokens)
         rest = continuation(obs.draft, obs.verdict.accepted)
         if not rest:
             self.guess = []

@@ -22,6 +22,11 @@ expected to yield E(n) = 1 + p_1 + p_1 p_2 + ... + p_1..p_n tokens while it feed
 q(n) = 1 + n + (n + 1) k tokens. With the backend's measured cost curve c(q) it keeps the n
 that maximises E(n) / c(q(n)): unlikely candidates, and the k masks hung below each, are not
 paid for. Which candidates are fed never changes what is written, only how fast.
+
+Beside them, a branch may carry what the prompt and the text so far predict (an n-gram match, as
+`auto` drafts it, priced by what its rows add to the pass): where the text repeats itself it runs
+further than the masks' proposals. A path through it leaves no mask group below its end, so the
+next pass starts again from the group below the root.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..costs import cost_curve
+from ..costs import CostCurve, cost_curve
 from ..draft import Draft
 from ..errors import ConfigError
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
+from .auto import AutoConfig, AutoProposer
 
 MASK_TOKEN = "[MASK]"
 DEFAULT_K = 5  # masks per group when neither the options nor the adapter say
@@ -49,6 +55,9 @@ class SpaceConfig:
     mask_id: int | None = option(None, "the [MASK] token id (default: looked up in the tokenizer)", lo=0,
                                   hi=2**31 - 1)
     adaptive: bool = option(True, "feed only the candidates worth their pass cost")  # see the module doc
+    ngram: int = option(4, "longest prompt or output n-gram matched for a branch beside the candidates (0: none)",
+                        lo=0, hi=16, flag="--ngram")
+    ngram_tokens: int = option(8, "most tokens in the n-gram branch", lo=1, hi=64)
 
 
 def space_draft(candidates: Sequence[int], k: int, mask_id: int) -> tuple[Draft, list[list[int]]]:
@@ -97,22 +106,47 @@ class SpaceProposer(Proposer):
     # or three LM-head products a pass (each streaming the whole head), at once one product
     reads_every_row = True
 
-    def __init__(self, config: SpaceConfig, mask_id: int, cost: Callable[[int], float] | None = None) -> None:
+    def __init__(self, config: SpaceConfig, mask_id: int, cost: Callable[[int], float] | None = None,
+                 curve: CostCurve | None = None) -> None:
+        """``cost``: seconds of a pass feeding q tokens (None = feed every candidate); ``curve``: the
+        backend's measured pass costs, which price the n-gram branch (None, or ``ngram`` 0: no branch)."""
         self.k = config.k if config.k is not None else DEFAULT_K
         self.mask_id = mask_id
-        self.cost = cost  # seconds of a pass feeding q tokens; None = feed every candidate
+        self.cost = cost
         self.candidates: list[int] = []
         self.draft = Draft.empty()  # the last draft proposed, before any pruning by the loop
         self.groups: list[list[int]] = []
+        self.curve = curve
+        self.top = config.ngram_tokens + 1
+        self.priced: dict[int, CostCurve] = {}  # rows of the SPACE layout -> the branch's costs beyond them
+        self.ngrams = None
+        if curve is not None and config.ngram > 0:
+            self.ngrams = AutoProposer(AutoConfig(max_tokens=config.ngram_tokens, ngram=config.ngram), curve)
+        self.branch: list[int] = []
 
     def start(self, context: Sequence[int]) -> None:
         self.candidates = []
+        if self.ngrams is not None:
+            self.ngrams.start(context)
 
     def propose(self, context: Sequence[int]) -> Draft:
         self.draft, self.groups = space_draft(self.candidates, self.k, self.mask_id)
-        return self.draft
+        self.branch = []
+        if self.ngrams is None:
+            return self.draft
+        n = len(self.draft)
+        if n not in self.priced:
+            self.priced[n] = self.curve.beyond(n, self.top)
+        self.ngrams.reprice(self.priced[n])
+        self.branch = list(self.ngrams.propose(context).tokens)
+        if not self.branch:
+            return self.draft
+        # below the root, after the layout: the candidates' nodes and groups keep their numbers
+        return Draft.tree([self.branch], base=self.draft)
 
     def observe(self, obs: Observation) -> None:
+        if self.ngrams is not None:
+            self.ngrams.credit(self.branch, obs.verdict.tokens)
         # the loop may prune nodes (the token budget, a grammar) and add some (a grammar's forced
         # tokens), renumbering the draft: follow each of ours by its token path
         index = self.draft.node_map(obs.draft)  # our node -> its index in the fed draft
@@ -166,7 +200,8 @@ def make(config: SpaceConfig, ctx) -> SpaceProposer:
     mask_id = find_mask_id(config, ctx)
     if config.k is None:
         config = replace(config, k=trained_k(ctx.model))
-    return SpaceProposer(config, mask_id, cost_curve(ctx.model, ctx.backend) if config.adaptive else None)
+    curve = cost_curve(ctx.model, ctx.backend) if config.adaptive or config.ngram > 0 else None
+    return SpaceProposer(config, mask_id, curve if config.adaptive else None, curve)
 
 
 registry.register("space", SpaceConfig, make,
