@@ -73,3 +73,36 @@ def test_greedy_with_the_branch_equals_ar(tiny):
         steps = list(decode(be, jac, prompt, cfg))
         assert [t for s in steps for t in s.tokens] == ar
         assert any(s.stats.fed > 5 for s in steps)  # the branch rode along
+
+
+def test_the_block_shrinks_when_its_guesses_fail_and_grows_back_when_they_hold():
+    pricey = CostCurve((1, 64), (0.01, 0.073))  # each fed token adds a tenth of a pass
+    jac = JacobiProposer(JacobiConfig(block=6, ngram=0), pricey)
+    context = [1, 2, 3]
+    jac.start(context)
+    sizes = []
+    for _ in range(12):  # nothing the block guesses is ever right: row r says what node r is not
+        draft = jac.propose(context)
+        sizes.append(len(draft))
+        _observe(jac, draft, [(t + 1) % 50 for t in draft.tokens] + [40], context)
+    assert sizes[0] > 1 and sizes[-1] <= 1
+    for _ in range(40):  # now every guess holds: a probe (after enough plain passes) finds it out
+        draft = jac.propose(context)
+        rows = list(draft.tokens) + [40]
+        _observe(jac, draft, rows, context)
+        sizes.append(len(draft))
+    assert 0 in sizes[12:] and sizes[-1] == 6
+    fixed = JacobiProposer(JacobiConfig(block=6, ngram=0, adaptive=False), pricey)
+    fixed.start(context)
+    assert len(fixed.propose(context)) == 6
+
+
+def test_where_a_pass_of_two_costs_two_passes_jacobi_is_plain_decoding(tiny):
+    be = tiny.backend
+    linear = CostCurve((1, 64), (0.01, 0.64))
+    cfg = GenerationConfig(max_new_tokens=24)
+    prompt = [5, 9, 14, 3]
+    ar = [t for s in decode(be, ARProposer(), prompt, cfg) for t in s.tokens]
+    steps = list(decode(be, JacobiProposer(JacobiConfig(block=4, ngram=0), linear), prompt, cfg))
+    assert [t for s in steps for t in s.tokens] == ar
+    assert all(s.stats.fed == 1 for s in steps)  # no block paid for itself, and no probe came yet

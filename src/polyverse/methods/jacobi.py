@@ -7,6 +7,13 @@ The target's argmax at the rejected positions (conditioned on the old guesses) b
 guess for them: the Jacobi fixed-point update. Verification is the shared one, so greedy output
 equals AR greedy and sampled output has the AR distribution (the block is a deterministic draft).
 
+With ``adaptive`` (the default, where the backend's pass costs are known) the block fed is sized
+like `auto`'s drafts: a decayed estimate alpha of the chance that each further guess is accepted,
+and the b <= n that maximises (1 + alpha + ... + alpha^b) / c(1 + b) on the measured cost curve
+(none where plain decoding is faster, with a probe now and then to measure again). A block longer
+than its guesses are right adds rows and no tokens; where a pass of several tokens costs much more
+than one (llama.cpp) it shrinks toward plain decoding.
+
 Beside the block, a second branch may carry what the prompt and the text so far predict (an n-gram
 match, as `auto` drafts it): `auto`'s own choice of its length, priced by what its rows add to the
 block's pass on the backend's measured cost curve, so it is fed only where it pays. When the
@@ -24,7 +31,10 @@ from ..draft import Draft
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
-from .auto import AutoConfig, AutoProposer
+from ..batching.budget import Acceptance
+from .auto import PROBE_TOKENS, AutoConfig, AutoProposer, best_length, probe_gap
+
+PROBE_EVERY = 8  # passes without a block before a probe (at least; more where a probe costs more)
 
 
 DEFAULT_BLOCK = 16  # tokens guessed ahead per pass when neither the options nor the adapter say
@@ -37,6 +47,7 @@ class JacobiConfig:
     ngram: int = option(4, "longest prompt or output n-gram matched for a second branch (0: the block alone)",
                         lo=0, hi=16, flag="--ngram")
     ngram_tokens: int = option(8, "most tokens in the n-gram branch", lo=1, hi=64)
+    adaptive: bool = option(True, "feed as much of the block as its measured acceptance pays for")  # module doc
 
 
 def continuation(draft: Draft, accepted: Sequence[int]) -> list[int]:
@@ -62,31 +73,56 @@ class JacobiProposer(Proposer):
     reads_every_row = True  # observe takes the argmax of every row after the accepted ones: one head product
 
     def __init__(self, config: JacobiConfig, curve: CostCurve | None = None) -> None:
-        """``curve``: the backend's pass costs; without it (or with ``ngram`` 0) the block goes alone."""
+        """``curve``: the backend's pass costs; without it the whole block goes alone."""
         self.n = config.block if config.block is not None else DEFAULT_BLOCK
         self.guess: list[int] = []
+        self.curve = curve if config.adaptive else None
+        self.accept = Acceptance()
+        self.idle = 0  # passes without a block (a probe measures acceptance again)
+        self.b = self.n  # the block fed last
+        self.top = config.ngram_tokens + 1
+        self.priced: dict[int, CostCurve] = {}  # block fed -> the n-gram branch's costs beyond it
         self.ngrams: AutoProposer | None = None
         if curve is not None and config.ngram > 0:
-            # the branch's rows are priced on top of the block's
-            shifted = curve.beyond(self.n, config.ngram_tokens + 1)
-            self.ngrams = AutoProposer(AutoConfig(max_tokens=config.ngram_tokens, ngram=config.ngram), shifted)
+            self.ngrams = AutoProposer(AutoConfig(max_tokens=config.ngram_tokens, ngram=config.ngram), curve)
         self.branch: list[int] = []  # the n-gram branch of the last draft
+        self.curve_all = curve
 
     def start(self, context: Sequence[int]) -> None:
         self.guess = []
+        self.accept = Acceptance()
+        self.idle = 0
         if self.ngrams is not None:
             self.ngrams.start(context)
 
+    def block_size(self) -> int:
+        """How much of the block to feed: all of it without a cost curve, else ``auto``'s choice."""
+        if self.curve is None:
+            return self.n
+        b = best_length(self.accept.alpha, self.n, self.curve)
+        if b == 0:
+            probe = min(self.n, PROBE_TOKENS)
+            if self.idle >= probe_gap(self.curve, 1 + probe, PROBE_EVERY):
+                b = probe
+        self.idle = 0 if b else self.idle + 1
+        return b
+
     def propose(self, context: Sequence[int]) -> Draft:
-        """The current block, padded with its last guess (or the pending token) to n tokens, and the
-        n-gram branch where it pays.
+        """The current block, padded with its last guess (or the pending token) to the size fed, and
+        the n-gram branch where it pays.
 
         Example: n = 4, leftover guesses [7, 8] -> chain (7, 8, 8, 8).
         """
-        guess = self.guess[: self.n]
+        self.b = b = self.block_size()
+        guess = self.guess[:b]
         filler = guess[-1] if guess else int(context[-1])
-        block = guess + [filler] * (self.n - len(guess))
-        self.branch = list(self.ngrams.propose(context).tokens) if self.ngrams is not None else []
+        block = guess + [filler] * (b - len(guess))
+        self.branch = []
+        if self.ngrams is not None:
+            if b not in self.priced:  # the branch's rows are priced on top of the block's
+                self.priced[b] = self.curve_all.beyond(b, self.top)
+            self.ngrams.reprice(self.priced[b])
+            self.branch = list(self.ngrams.propose(context).tokens)
         if not self.branch:
             return Draft.chain(block)
         return Draft.tree([block, self.branch])
@@ -100,6 +136,13 @@ class JacobiProposer(Proposer):
         """
         if self.ngrams is not None:
             self.ngrams.credit(self.branch, obs.verdict.tokens)
+        if self.b:  # how far the block's own guesses held: the path's leading nodes 0, 1, .. inside it
+            held = 0
+            for node in obs.verdict.accepted:
+                if node != held or node >= self.b:
+                    break
+                held += 1
+            self.accept.update(held, self.b)
         rest = continuation(obs.draft, obs.verdict.accepted)
         if not rest:
             self.guess = []
