@@ -162,6 +162,27 @@ def test_adaptive_proposer_drops_unlikely_candidates():
     assert p.candidates == []
 
 
+def test_masks_per_group_follow_what_each_depth_was_worth():
+    cost = lambda q: 9 + q / 4
+    p = SpaceProposer(SpaceConfig(k=3), mask_id=M, cost=cost)
+    p.start([1, 2])
+    assert p.mask_count() == 3  # nothing read yet: the whole group
+    p.worth = [0.6, 0.2, 0.05]  # the docstring's example
+    assert p.mask_count() == 1
+    p.worth = [0.95, 0.9, 0.85]  # confident masks pay for a deeper group
+    assert p.mask_count() == 3
+    assert SpaceProposer(SpaceConfig(k=3), mask_id=M).mask_count() == 3  # no cost: never fewer
+    draft = p.propose([1, 2])  # no candidates: the root's group of 3 masks
+    logits = torch.full((4, 100), -10.0)
+    logits[0, 5] = 10.0
+    for row in (1, 2, 3):  # three flat masks: nothing below the first is worth a row
+        logits[row] = 0.0
+    for _ in range(20):
+        p.observe(Observation(draft, Verdict((), (5,)), logits, (1, 2, 5)))
+    assert p.worth[0] < 0.05 and p.masks == 1
+    assert len(p.propose([1, 2, 5]).tokens) == 1  # one mask below the root
+
+
 def test_space_without_a_mask_token_is_a_clear_error():
     class Tok:
         def get_vocab(self):

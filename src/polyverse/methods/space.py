@@ -21,7 +21,11 @@ accepted about as often as the mask's own confidence p_j says, so a pass with n 
 expected to yield E(n) = 1 + p_1 + p_1 p_2 + ... + p_1..p_n tokens while it feeds
 q(n) = 1 + n + (n + 1) k tokens. With the backend's measured cost curve c(q) it keeps the n
 that maximises E(n) / c(q(n)): unlikely candidates, and the k masks hung below each, are not
-paid for. Which candidates are fed never changes what is written, only how fast.
+paid for. Which candidates are fed never changes what is written, only how fast. The masks per
+group are sized the same way: group j of masks yields the j-th candidate of the next pass, worth
+about A_j = p_1 .. p_j (a decayed average over the groups read so far), so the proposer feeds the
+k' <= k that maximises (1 + A_1 + .. + A_k') / c(1 + k' + (k' + 1) k'), the steady state of
+k' candidates with k' masks below each.
 
 Beside them, a branch may carry what the prompt and the text so far predict (an n-gram match, as
 `auto` drafts it, priced by what its rows add to the pass): where the text repeats itself it runs
@@ -46,6 +50,7 @@ from .auto import AutoConfig, AutoProposer
 
 MASK_TOKEN = "[MASK]"
 DEFAULT_K = 5  # masks per group when neither the options nor the adapter say
+WORTH_DECAY = 0.8  # weight an average of what a depth of masks was worth keeps at each group read
 
 
 @method_options("space")
@@ -123,14 +128,35 @@ class SpaceProposer(Proposer):
         if curve is not None and config.ngram > 0:
             self.ngrams = AutoProposer(AutoConfig(max_tokens=config.ngram_tokens, ngram=config.ngram), curve)
         self.branch: list[int] = []
+        self.masks = self.k  # masks per group in the next pass
+        self.worth: list[float] = []  # A_j: decayed averages of p_1 .. p_j over the groups read
 
     def start(self, context: Sequence[int]) -> None:
         self.candidates = []
+        self.masks = self.k
+        self.worth = []
         if self.ngrams is not None:
             self.ngrams.start(context)
 
+    def mask_count(self) -> int:
+        """Masks per group for the next pass: the k' <= k that maximises (1 + A_1 + .. + A_k') /
+        c(1 + k' + (k' + 1) k'); all k until the groups have been read (or without a cost).
+
+        Example: A = (0.6, 0.2, 0.05), c(q) = 9 + q / 4: k' = 1 -> 1.6 / 9.75, 2 -> 1.8 / 11.25,
+        3 -> 1.85 / 13 -> 1 mask per group.
+        """
+        if self.cost is None or len(self.worth) < self.k:
+            return self.k
+        best, best_rate, expected = self.k, 0.0, 1.0
+        for kk in range(1, self.k + 1):
+            expected += self.worth[kk - 1]
+            rate = expected / self.cost(1 + kk + (kk + 1) * kk)
+            if rate > best_rate:
+                best, best_rate = kk, rate
+        return best
+
     def propose(self, context: Sequence[int]) -> Draft:
-        self.draft, self.groups = space_draft(self.candidates, self.k, self.mask_id)
+        self.draft, self.groups = space_draft(self.candidates, self.masks, self.mask_id)
         self.branch = []
         if self.ngrams is None:
             return self.draft
@@ -165,8 +191,16 @@ class SpaceProposer(Proposer):
         conf, best = probs.max(dim=-1)  # [len(rows)]
         proposals = best.tolist()
         cut = proposals.index(self.mask_id) if self.mask_id in proposals else len(proposals)
+        chain = 1.0
+        for j, p in enumerate(conf.tolist()):  # what each depth of masks was worth here
+            chain *= p if j < cut else 0.0
+            if j < len(self.worth):
+                self.worth[j] = WORTH_DECAY * self.worth[j] + (1 - WORTH_DECAY) * chain
+            else:
+                self.worth.append(chain)
+        self.masks = self.mask_count()
         if self.cost is not None:
-            cut = best_count(conf[:cut].tolist(), self.k, self.cost)
+            cut = best_count(conf[:cut].tolist(), self.masks, self.cost)
         self.candidates = proposals[:cut]
 
 
