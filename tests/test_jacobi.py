@@ -106,3 +106,14 @@ def test_where_a_pass_of_two_costs_two_passes_jacobi_is_plain_decoding(tiny):
     steps = list(decode(be, JacobiProposer(JacobiConfig(block=4, ngram=0), linear), prompt, cfg))
     assert [t for s in steps for t in s.tokens] == ar
     assert all(s.stats.fed == 1 for s in steps)  # no block paid for itself, and no probe came yet
+
+
+def test_the_factory_prices_the_block_unless_asked_for_the_whole_block(tiny):
+    from polyverse.methods.jacobi import make
+    from polyverse.registry import MethodContext
+
+    ctx = MethodContext(tiny.backend, None, None, tiny)
+    assert make(JacobiConfig(block=4, ngram=0), ctx).sizing is not None  # sized, no branch
+    assert make(JacobiConfig(block=4), ctx).ngrams is not None
+    whole = make(JacobiConfig(block=4, ngram=0, adaptive=False), ctx)
+    assert whole.sizing is None and whole.ngrams is None

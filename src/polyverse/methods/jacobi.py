@@ -26,12 +26,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
+from ..batching.budget import Acceptance
 from ..costs import CostCurve, cost_curve
 from ..draft import Draft
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
-from ..batching.budget import Acceptance
 from .auto import PROBE_TOKENS, AutoConfig, AutoProposer, best_length, probe_gap
 
 PROBE_EVERY = 8  # passes without a block before a probe (at least; more where a probe costs more)
@@ -76,7 +76,8 @@ class JacobiProposer(Proposer):
         """``curve``: the backend's pass costs; without it the whole block goes alone."""
         self.n = config.block if config.block is not None else DEFAULT_BLOCK
         self.guess: list[int] = []
-        self.curve = curve if config.adaptive else None
+        self.curve = curve  # prices the n-gram branch
+        self.sizing = curve if config.adaptive else None  # sizes the block
         self.accept = Acceptance()
         self.idle = 0  # passes without a block (a probe measures acceptance again)
         self.b = self.n  # the block fed last
@@ -86,7 +87,6 @@ class JacobiProposer(Proposer):
         if curve is not None and config.ngram > 0:
             self.ngrams = AutoProposer(AutoConfig(max_tokens=config.ngram_tokens, ngram=config.ngram), curve)
         self.branch: list[int] = []  # the n-gram branch of the last draft
-        self.curve_all = curve
 
     def start(self, context: Sequence[int]) -> None:
         self.guess = []
@@ -97,12 +97,12 @@ class JacobiProposer(Proposer):
 
     def block_size(self) -> int:
         """How much of the block to feed: all of it without a cost curve, else ``auto``'s choice."""
-        if self.curve is None:
+        if self.sizing is None:
             return self.n
-        b = best_length(self.accept.alpha, self.n, self.curve)
+        b = best_length(self.accept.alpha, self.n, self.sizing)
         if b == 0:
             probe = min(self.n, PROBE_TOKENS)
-            if self.idle >= probe_gap(self.curve, 1 + probe, PROBE_EVERY):
+            if self.idle >= probe_gap(self.sizing, 1 + probe, PROBE_EVERY):
                 b = probe
         self.idle = 0 if b else self.idle + 1
         return b
@@ -120,7 +120,7 @@ class JacobiProposer(Proposer):
         self.branch = []
         if self.ngrams is not None:
             if b not in self.priced:  # the branch's rows are priced on top of the block's
-                self.priced[b] = self.curve_all.beyond(b, self.top)
+                self.priced[b] = self.curve.beyond(b, self.top)
             self.ngrams.reprice(self.priced[b])
             self.branch = list(self.ngrams.propose(context).tokens)
         if not self.branch:
@@ -161,7 +161,8 @@ def trained_block(model, default: int = DEFAULT_BLOCK) -> int:
 def make(config: JacobiConfig, ctx) -> JacobiProposer:
     if config.block is None:
         config = replace(config, block=trained_block(ctx.model))
-    curve = cost_curve(ctx.model, ctx.backend) if config.ngram > 0 and getattr(ctx, "backend", None) is not None else None
+    wanted = config.adaptive or config.ngram > 0
+    curve = cost_curve(ctx.model, ctx.backend) if wanted and getattr(ctx, "backend", None) is not None else None
     return JacobiProposer(config, curve)
 
 

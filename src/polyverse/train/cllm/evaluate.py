@@ -65,8 +65,8 @@ def accuracy(rows: Sequence[dict]) -> dict:
 def evaluate(base, adapted, prompts: Sequence[tuple[str, list[int], str | None]], block: int, max_new_tokens: int,
              tick: Callable[[str], None] | None = None) -> dict:
     """prompts: (id, token ids, gold answer or None). Returns per-prompt figures and a summary."""
-    # the block alone: what the fine-tune taught, without the n-gram branch's help
-    gen, jac = Contender("generate"), Contender("jacobi", "jacobi", {"block": block, "ngram": 0})
+    # the whole block alone: what the fine-tune taught, without sizing or the n-gram branch's help
+    gen, jac = Contender("generate"), Contender("jacobi", "jacobi", {"block": block, "ngram": 0, "adaptive": False})
     for m in (base, adapted):  # warm-up
         gen.run(m, prompts[0][1], 8)
         jac.run(m, prompts[0][1], 8)
