@@ -163,7 +163,7 @@ def test_adaptive_proposer_drops_unlikely_candidates():
 
 
 def test_masks_per_group_follow_what_each_depth_was_worth():
-    cost = lambda q: 9 + q / 4
+    cost = lambda q: 9 + q / 2
     p = SpaceProposer(SpaceConfig(k=3), mask_id=M, cost=cost)
     p.start([1, 2])
     assert p.mask_count() == 3  # nothing read yet: the whole group

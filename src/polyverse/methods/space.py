@@ -142,8 +142,8 @@ class SpaceProposer(Proposer):
         """Masks per group for the next pass: the k' <= k that maximises (1 + A_1 + .. + A_k') /
         c(1 + k' + (k' + 1) k'); all k until the groups have been read (or without a cost).
 
-        Example: A = (0.6, 0.2, 0.05), c(q) = 9 + q / 4: k' = 1 -> 1.6 / 9.75, 2 -> 1.8 / 11.25,
-        3 -> 1.85 / 13 -> 1 mask per group.
+        Example: A = (0.6, 0.2, 0.05), c(q) = 9 + q / 2: k' = 1 -> 1.6 / 11, 2 -> 1.8 / 13.5,
+        3 -> 1.85 / 17 -> 1 mask per group.
         """
         if self.cost is None or len(self.worth) < self.k:
             return self.k
