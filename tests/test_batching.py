@@ -298,6 +298,12 @@ def test_generate_batch_keeps_order_and_equals_generate(models):
                                           for p in prompts]
     with pytest.raises(polyverse.errors.ConfigError, match="empty"):
         model.generate_batch(["abc", " "], chat=False)
+    too_long = "ab" * model.max_length  # text, after the first round: checked before anything is decoded
+    made = []
+    with pytest.raises(polyverse.errors.ConfigError, match="context"):
+        for i, _ in model.generate_many(["abc", "cab", too_long], chat=False, concurrency=2, max_new_tokens=4):
+            made.append(i)
+    assert made == []
     with pytest.raises(polyverse.errors.ConfigError, match="concurrency"):
         list(model.generate_many(["abc"], concurrency=0))
 

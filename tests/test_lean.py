@@ -126,24 +126,6 @@ def test_products_match_a_reference_and_are_row_independent(dtype):
         assert (y - ref).abs().max().item() < tol
 
 
-def test_top_is_argmax_with_its_ties_and_nans():
-    torch.manual_seed(0)
-    x = torch.randn(12, 70)
-    x[1, [5, 9, 40]] = 9.0  # equal largest values: the first
-    x[2, 0] = 9.0  # the first column
-    x[3, 69] = 9.0  # the last column
-    x[4, 60] = 99.0  # beyond the vocabulary: not a candidate
-    x[5, [7, 30]] = float("nan")  # a NaN: the first one
-    x[6, 0] = float("nan")
-    x[7, :] = float("-inf")
-    x[8, 3] = float("inf")
-    want = [int(r[:60].argmax()) for r in x]
-    assert want[1] == 5 and want[5] == 7
-    model = make(tiny_model(seed=1, vocab_size=60), "fp32", ISAS[0]).lean
-    assert model.top(x[:, :60]) == want
-    assert lean.extension().Model.top(x, 60).tolist() == want  # a wider, padded head
-
-
 def test_cache_keeps_crops_grows_and_forks():
     model = tiny_model(seed=1, vocab_size=100)
     isa = ISAS[0]

@@ -159,3 +159,23 @@ def test_first_max_chooses_what_torch_argmax_chooses(values):
     assert first_max(row.double()) == int(row.double().argmax())  # another type: torch's own search
     logits = Logits.of(row.unsqueeze(0))
     assert logits.top(0) == int(row.argmax())
+
+
+def test_first_maxes_of_rows_with_ties_and_nans_and_a_padded_head():
+    from polyverse.logits import first_maxes
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 70)
+    x[1, [5, 9, 40]] = 9.0  # equal largest values: the first
+    x[2, 0] = 9.0  # the first column
+    x[3, 59] = 9.0  # the last column
+    x[4, 60] = 99.0  # beyond the vocabulary (a head padded to 70 columns): not a candidate
+    x[5, [7, 30]] = float("nan")  # a NaN: the first one
+    x[6, 0] = float("nan")
+    x[7, :] = float("-inf")
+    x[8, 3] = float("inf")
+    rows = x[:, :60]  # not contiguous, as the lean head's [m, V] view of its padded product
+    want = [int(r.argmax()) for r in rows]
+    assert want[1] == 5 and want[5] == 7 and want[3] == 59
+    assert first_maxes(rows) == want
+    assert first_maxes(torch.empty(0, 60)) == []

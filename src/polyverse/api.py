@@ -376,10 +376,7 @@ class Model:
         them instead of each computing them, as later requests already do."""
         if len(prompts) < 2 or not getattr(self.backend, "shares_passes", False):  # the lean pass keeps prefixes
             return
-        first, second = (list(p) if isinstance(p, (list, tuple)) and p and all(isinstance(t, int) for t in p)
-                         else self.encode(p, kwargs.get("chat")) for p in prompts[:2])
-        check_prompt(first, self.max_length)  # the error a request would give (not a failed warm-up pass)
-        check_prompt(second, self.max_length)
+        first, second = (self._check(p, kwargs) for p in prompts[:2])  # a request's own error, not a failed warm-up
         n = common_length(first[:-1], second[:-1])  # a prompt's last token is fed by its first decoding pass
         if n < LEAST:
             return
@@ -388,12 +385,14 @@ class Model:
         backend.commit(range(n))
         backend.store_prefix(first[:n])
 
-    def _check(self, prompt, kwargs) -> None:
-        """Fail now on a prompt that cannot be decoded (empty, too long for the context)."""
+    def _check(self, prompt, kwargs) -> list[int]:
+        """The prompt's token ids; fails now on a prompt that cannot be decoded (empty, too long for
+        the context)."""
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, int) for t in prompt):
-            check_prompt(list(prompt), self.max_length)
-        else:
-            self.encode(prompt, kwargs.get("chat"))
+            ids = list(prompt)
+            check_prompt(ids, self.max_length)
+            return ids
+        return self.encode(prompt, kwargs.get("chat"))  # checked as it is encoded
 
     def pass_costs(self):
         """This model's measured pass costs (``costs.cost_curve``: measured once, cached)."""

@@ -18,16 +18,20 @@ def _identity(rows: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def first_max(row: torch.Tensor) -> int:
-    """``int(row.argmax())`` for a row [V]: the first of equal largest values, the first NaN if any.
+def first_maxes(rows: torch.Tensor) -> list[int]:
+    """Each row's ``argmax`` for rows [m, V]: the first of equal largest values, the first NaN if any.
 
-    A float32 row in CPU memory goes through numpy, whose argmax makes the same choice: torch's
-    spreads a vocabulary-long row over its threads, which costs more than the search itself
-    when a pass writes one token.
+    Float32 rows in CPU memory go through numpy, whose argmax makes the same choice: torch's spreads
+    the rows over its threads, which costs more than the search itself for the few rows a pass reads.
     """
-    if row.dtype == torch.float32 and row.device.type == "cpu" and not row.requires_grad:
-        return int(row.numpy().argmax())
-    return int(row.argmax())
+    if rows.dtype == torch.float32 and rows.device.type == "cpu" and not rows.requires_grad:
+        return rows.numpy().argmax(axis=-1).tolist()
+    return rows.argmax(dim=-1).tolist()
+
+
+def first_max(row: torch.Tensor) -> int:
+    """``first_maxes`` of one row [V]."""
+    return first_maxes(row.unsqueeze(0))[0]
 
 
 class Logits:

@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..layout import Feed, additive_mask, is_plain_chain
-from ..logits import Logits
+from ..logits import Logits, first_maxes
 from .cpu.lean import LeanCache
 from .cpu.prepare import DecodeModel
 from .kv import GrowingLayer, growing_cache
@@ -190,7 +190,7 @@ class TransformersBackend:
             start += q
         flat = [r for rows in first for r in rows]
         projected = lean.project(hidden[flat]) if flat else torch.empty(0, lean.vocab)  # [len(flat), V]
-        tops = lean.top(projected) if flat else []  # one call for every part's rows
+        tops = first_maxes(projected) if flat else []  # one call for every part's rows
         start = taken = 0
         for (b, feed, logits_for), rows in zip(parts, first):
             q = len(feed)

@@ -407,28 +407,6 @@ class Model {
     return out;
   }
 
-  // logits [m, n] float32 -> each row's index of its largest value among the first ``vocab``: the
-  // first of equal ones, the first NaN where there is one (torch.argmax's choice, so a row's token
-  // is the same whichever of the two picks it)
-  static torch::Tensor top(const torch::Tensor& logits_in, int64_t vocab) {
-    const torch::Tensor logits = logits_in.to(torch::kFloat32).contiguous();
-    TORCH_CHECK(logits.dim() == 2 && vocab > 0 && vocab <= logits.size(1), "logits must be [m, n >= vocab]");
-    const int64_t m = logits.size(0), n = logits.size(1);
-    auto out = torch::empty({m}, torch::kLong);
-    const float* x = logits.data_ptr<float>();
-    int64_t* o = out.data_ptr<int64_t>();
-#pragma omp parallel for schedule(static) num_threads(threads()) if (m >= kSpread)
-    for (int64_t r = 0; r < m; ++r) {
-      const float* row = x + r * n;
-      int64_t best = 0;
-      float most = row[0];
-      for (int64_t j = 1; j < vocab && !std::isnan(most); ++j)
-        if (!(row[j] <= most)) most = row[best = j];  // larger, or NaN (which then ends the scan)
-      o[r] = best;
-    }
-    return out;
-  }
-
  private:
   // h [q, H] += a [q, H]
   void add(float* h, const float* a, int64_t q) const {
@@ -489,7 +467,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       .def("wide", &lean::Model::wide)
       .def("forward", &lean::Model::forward, py::call_guard<py::gil_scoped_release>())
       .def("forward_many", &lean::Model::forward_many, py::call_guard<py::gil_scoped_release>())
-      .def("project", &lean::Model::project, py::call_guard<py::gil_scoped_release>())
-      .def_static("top", &lean::Model::top, py::call_guard<py::gil_scoped_release>());
+      .def("project", &lean::Model::project, py::call_guard<py::gil_scoped_release>());
   module.def("linear", &lean::linear, "x [m, k] @ w [n, k]^T on packed weights of a kind (0 fp32, 1 bf16, 2 int8)");
 }

@@ -223,11 +223,6 @@ class LeanModel:
         out = self._model.project(hidden)  # [m, V rounded up to 32]
         return out if out.shape[1] == self.vocab else out[:, : self.vocab]
 
-    def top(self, logits: torch.Tensor) -> list[int]:
-        """logits [m, V] -> each row's argmax (the first of equals, as ``torch.argmax``), the rows on
-        both threads."""
-        return self._model.top(logits, self.vocab).tolist()
-
     def cache(self, max_length: int | None = None) -> "LeanCache":
         """An empty KV cache for this model's passes: float32 for fp32 weights (the model's own numbers),
         IEEE half for bf16 and int8 weights (``KV_DTYPES``)."""
