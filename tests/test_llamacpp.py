@@ -1,6 +1,7 @@
 """The llama.cpp backend: every method's greedy output equals llama.cpp greedy `ar` on the bundled GGUF."""
 
 import pytest
+import torch
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'polyverse[llamacpp]')")
 
@@ -153,3 +154,26 @@ def test_sessions_share_the_loaded_weights_and_decode_alike(llm, references):
     assert twin.backend.weights is llm.backend.weights and twin.backend.ctx != llm.backend.ctx
     got = llm.generate_batch(PROMPTS, method="auto", max_new_tokens=48, concurrency=3)
     assert [g.token_ids for g in got] == [references[p].token_ids for p in PROMPTS]
+
+
+@pytest.mark.bundled
+def test_logits_held_past_the_next_pass_keep_their_rows(llm):
+    """A pass's logits are read where llama.cpp wrote them; the backend copies them out before its
+    next pass only while someone still holds them, so a held pass's rows never change under it."""
+    from polyverse.layout import chain_feed
+    from polyverse.logits import first_maxes
+
+    be = llm.session().backend
+    ids = llm.encode("The capital of France is")
+    be.reset()
+    held = be.forward(chain_feed(ids, 0), logits_for=[len(ids) - 2, len(ids) - 1])
+    tops = [held.top(0), held.top(1)]  # found in llama.cpp's buffer
+    be.commit(range(len(ids)))
+    dropped = be.forward(chain_feed([tops[1]], len(ids)))  # overwrites llama.cpp's buffer
+    assert be._lent is dropped and held.computed() == 2
+    rows = held[:]  # [2, V]: copied before that pass
+    assert first_maxes(rows) == tops and len(set(first_maxes(rows) + [dropped.top(0)])) > 1
+    del dropped
+    be.commit([0])
+    be.forward(chain_feed([1], len(ids) + 1))  # the unheld logits were not copied: nothing to check but no error
+    assert torch.equal(held[:], rows)

@@ -49,3 +49,20 @@ def test_incremental_text_is_the_whole_decode_at_every_step(bundled):
         shown += ts.push([t], final=i == len(ids) - 1)
         assert tok.decode(ids[: i + 1]).startswith(shown)
     assert shown == ts.text == tok.decode(ids) == text
+
+
+def test_text_read_only_at_the_end_is_decoded_once_without_stop_strings():
+    ts = TextStream(char_tokenizer(), pieces=False)
+    assert ts.push(ids("Hello")) == "" and ts.settled() == "Hello"  # settled decodes what was pushed
+    assert ts.push(ids(" world")) == "" and ts.push(ids("!"), final=True) == "Hello world!"
+    assert ts.text == ts.settled() == "Hello world!"
+    eager = TextStream(char_tokenizer(), stop=["END"], pieces=False)  # stop strings need the text each step
+    eager.push(ids("abc ENDxyz"))
+    assert eager.stopped and eager.settled() == "abc "
+
+
+def test_generate_and_stream_give_the_same_text(tiny):
+    streamed = tiny.stream("abc", max_new_tokens=12, temperature=1.0, seed=5)
+    pieces = "".join(c.text for c in streamed)
+    whole = tiny.generate("abc", max_new_tokens=12, temperature=1.0, seed=5)
+    assert pieces == streamed.result().text == whole.text and len(whole.token_ids) > 3

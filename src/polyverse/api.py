@@ -69,6 +69,7 @@ class Stream:
         return self._chunks
 
     def result(self) -> Generation:
+        self._holder.setdefault("pieces", False)  # read before the first step: no text until the end
         for _ in self._chunks:
             pass
         return self._holder["generation"]
@@ -404,7 +405,7 @@ class Model:
         """Steps -> Chunks of text safe to show, statistics, and the Generation at the end."""
         t0 = time.perf_counter()
         stats = Stats()
-        text = TextStream(self.tokenizer, gen_cfg.stop)
+        text = TextStream(self.tokenizer, gen_cfg.stop, holder.setdefault("pieces", True))
         finish = "length"
         lps: list | None = [] if gen_cfg.logprobs is not None else None
         for step in runner.run(ids):
@@ -426,7 +427,7 @@ class Model:
             stats.seconds = time.perf_counter() - t0
             yield Chunk(piece, step.tokens, step.stats, step.finish_reason, new_lps)
         stats.seconds = time.perf_counter() - t0
-        holder["generation"] = Generation(text.text, tuple(text.ids), finish, method, stats,
+        holder["generation"] = Generation(text.settled(), tuple(text.ids), finish, method, stats,
                                           tuple(lps) if lps is not None else None)
 
     def generate(self, prompt, **kwargs) -> Generation:

@@ -60,10 +60,13 @@ class Logits:
         self.tops: dict[int, int] = {}  # row -> its largest logit's index, where known
 
     @classmethod
-    def of(cls, logits: torch.Tensor) -> "Logits":
-        """Logits [q, V] already computed (a backend without a separable head, or rows asked for)."""
+    def of(cls, logits: torch.Tensor, tops: dict[int, int] | None = None) -> "Logits":
+        """Logits [q, V] already computed (a backend without a separable head, or rows asked for);
+        ``tops``: row -> argmax (``first_maxes``' choice) where the backend found them already."""
         out = cls(logits, _identity, logits.shape[-1])
         out._all = logits
+        if tops:
+            out.tops.update(tops)
         return out
 
     @property
@@ -122,3 +125,26 @@ class Logits:
     def full(self) -> torch.Tensor:
         """Every row: [q, V]."""
         return self[:]
+
+
+class Borrowed(Logits):
+    """Logits rows [q, V] in memory a backend lends until its next pass (llama.cpp's output buffer),
+    with their argmaxes found there: a plain greedy pass reads nothing else, so the rows are copied
+    only when first read, or by the backend (``settle``) before it reuses the memory while this
+    object is still held."""
+
+    def __init__(self, rows, tops: dict[int, int]) -> None:
+        super().__init__(rows, _identity, rows.shape[1])  # hidden: the lent rows (numpy) until copied
+        self.tops.update(tops)
+
+    def settle(self) -> None:
+        """Copy the rows out of the lent memory."""
+        if self._all is None:
+            self._all = self.hidden = torch.from_numpy(self.hidden.copy())  # [q, V]
+
+    def computed(self) -> int:
+        return len(self)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        self.settle()
+        return super().__getitem__(idx)

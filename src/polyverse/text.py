@@ -31,8 +31,12 @@ class TextStream:
     gives "Hi", the second gives "" and reports the stop, with text "Hi\\n" in all.
     """
 
-    def __init__(self, tokenizer, stop: Sequence[str] = ()) -> None:
+    def __init__(self, tokenizer, stop: Sequence[str] = (), pieces: bool = True) -> None:
+        """``pieces`` False: no one reads the text before the end (``Stream.result``), so without stop
+        strings the ids are decoded once, at the final push."""
         self.tokenizer = tokenizer
+        self.lazy = not pieces and not stop
+        self._behind = False  # ids pushed lazily that ``text`` does not show yet
         self.stop = tuple(stop)
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.ids: list[int] = []
@@ -41,6 +45,12 @@ class TextStream:
         self.stopped = False
         self._step = decode_stream(tokenizer)
         self._decoded = ""  # the settled text of every id so far (with ``_step``)
+
+    def settled(self) -> str:
+        """The text of every id pushed so far (decoded now where the pushes were lazy)."""
+        if self._behind:
+            self.text, self._behind = self._decode(self.ids), False
+        return self.text
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -52,6 +62,9 @@ class TextStream:
         start = len(self.ids)
         new = [int(t) for t in tokens]
         self.ids.extend(new)
+        self._behind = self.lazy and not final
+        if self._behind:
+            return ""
         if self._step is None or final:  # the last text is always the whole decode
             text = self._decode(self.ids)
         else:  # text still short of a whole character is not in _decoded yet: held back as before

@@ -31,9 +31,10 @@ def verify_greedy(draft: Draft, logits: torch.Tensor) -> Verdict:
     tokens (5, 7, 3): 9 is rejected and the target's 3 is the bonus token. When several
     children carry the argmax token, the one leading to the longest accepted path wins.
     """
-    best: dict[int, int] = {}  # feed row -> argmax; rows are read lazily, root side first
-
     top = getattr(logits, "top", None)  # Logits: argmaxes a batched pass may have found already
+    if not len(draft):  # a plain pass: the root's argmax
+        return Verdict((), (top(0) if top is not None else int(logits[0].argmax()),))
+    best: dict[int, int] = {}  # feed row -> argmax; rows are read lazily, root side first
 
     def argmax(row: int) -> int:
         if row not in best:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +31,7 @@ import torch
 
 from ..errors import ConfigError
 from ..layout import Feed
-from ..logits import Logits
+from ..logits import Borrowed, Logits
 from .cpu import features
 
 MAX_SEQS = 64
@@ -90,6 +91,8 @@ class LlamaCppBackend:
         self._late: list[tuple[int, int, int]] = []  # (src seq, dst seq, position): joins applied at commit
         self._refeed: list[tuple[int, int]] = []  # accepted (token, position) to feed again before the next pass
         self._extra = 0  # tokens fed again at the start of the pending pass
+        self._lent: Borrowed | None = None  # the last pass's logits, in llama.cpp's memory (``_lend``)
+        self._window = (0, np.empty((0, self.vocab_size), np.float32))  # (address, rows there) read last
 
     def meta(self, key: str) -> str | None:
         """A metadata value of the loaded GGUF as text, or None when the file has no such key."""
@@ -137,28 +140,57 @@ class LlamaCppBackend:
         rows = list(range(q)) if logits_for is None else list(logits_for)
         want = set(rows)
         b = self._batch
+        token, position, n_seq, seq_id, wants = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
         for i, (tok, pos) in enumerate(zip(feed.tokens, feed.positions)):
-            b.token[i] = int(tok)
-            b.pos[i] = int(pos)
-            b.n_seq_id[i] = len(seqs[i])
+            token[i] = int(tok)
+            position[i] = int(pos)
+            n_seq[i] = len(seqs[i])
+            ids = seq_id[i]
             for k, s in enumerate(seqs[i]):
-                b.seq_id[i][k] = s
-            b.logits[i] = 1 if i in want else 0
+                ids[k] = s
+            wants[i] = 1 if i in want else 0
         b.n_tokens = q
+        self._settle()
         rc = self.ll.llama_decode(self.ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
         self._pending = [(p, s[0]) for p, s in zip(feed.positions, seqs)]
         self._feed = feed
         self._extra, self._refeed = extra, []
-        out = np.empty((len(rows), self.vocab_size), dtype=np.float32)
-        width = self.vocab_size * out.itemsize
-        for j, i in enumerate(rows):  # the context's buffer is overwritten by the next pass: copied
+        if not rows:
+            return Logits.of(torch.empty(0, self.vocab_size))
+        return self._lend(rows)  # [len(rows), V]
+
+    def _lend(self, rows: list[int]) -> Logits:
+        """The pass's logits rows where llama.cpp wrote them, lent until the next pass (``Borrowed``);
+        rows that do not lie one after another there are copied at once."""
+        ptrs = []
+        for i in rows:
             ptr = self.ll.llama_get_logits_ith(self.ctx, i)
             if not ptr:
                 raise RuntimeError(f"llama.cpp has no logits for row {i} of the pass")
-            ctypes.memmove(out.ctypes.data + j * width, ptr, width)
-        return Logits.of(torch.from_numpy(out))  # [len(logits_for), V]
+            ptrs.append(ctypes.cast(ptr, ctypes.c_void_p).value)
+        width = self.vocab_size * 4  # float32
+        if any(p != ptrs[0] + j * width for j, p in enumerate(ptrs)):
+            out = np.empty((len(rows), self.vocab_size), dtype=np.float32)
+            for j, p in enumerate(ptrs):
+                ctypes.memmove(out.ctypes.data + j * width, p, width)
+            return Logits.of(torch.from_numpy(out))
+        base, window = self._window
+        if base != ptrs[0] or len(window) < len(rows):  # llama.cpp's buffer moved or grew
+            size = max(len(rows), 8)
+            block = (ctypes.c_float * (size * self.vocab_size)).from_address(ptrs[0])
+            self._window = base, window = ptrs[0], np.frombuffer(block, np.float32).reshape(size, self.vocab_size)
+        view = window[: len(rows)]  # [len(rows), V]
+        self._lent = Borrowed(view, dict(enumerate(view.argmax(axis=1).tolist())))
+        return self._lent
+
+    def _settle(self) -> None:
+        """Before llama.cpp overwrites its logits: copy the last pass's rows if anyone still holds them."""
+        if self._lent is not None:
+            if sys.getrefcount(self._lent) > 2:  # this attribute and getrefcount's argument
+                self._lent.settle()
+            self._lent = None
 
     def _with_refeed(self, feed: Feed, logits_for):
         """The feed with the tokens to feed again in front, as a chain below the context."""
@@ -278,6 +310,7 @@ class LlamaCppBackend:
 
     def __del__(self) -> None:
         try:
+            self._settle()
             self.ll.llama_batch_free(self._batch)
             self.ll.llama_free(self.ctx)
         except Exception:
