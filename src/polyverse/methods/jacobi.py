@@ -23,6 +23,7 @@ update, of the branch the text took.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Sequence
 
@@ -33,9 +34,22 @@ from ..logits import first_maxes
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
-from .auto import PROBE_TOKENS, AutoConfig, AutoProposer, best_length, probe_gap
+from .auto import AutoConfig, AutoProposer, best_length
 
 PROBE_EVERY = 8  # passes without a block before a probe (at least; more where a probe costs more)
+PROBE_TOKENS = 4  # a probe feeds at most this many guesses of the block
+PROBE_SHARE = 0.02  # probes that all fail may cost at most this share of the plain passes between them
+
+
+def probe_gap(curve: CostCurve, fed: int, every: int, share: float = PROBE_SHARE) -> int:
+    """Steps without drafting before a probe feeding ``fed`` tokens: at least ``every``, and enough
+    that the probe's extra cost, c(fed) / c(1) - 1 passes, is at most ``share`` of the gap.
+
+    Example: every = 8 and a flat curve, c(5) = 1.05 c(1) -> 8; a steep one, c(5) = 2.1 c(1) ->
+    ceil(1.1 / 0.02) = 55 steps.
+    """
+    extra = max(curve.relative(fed) - 1.0, 0.0)
+    return max(every, math.ceil(extra / share - 1e-9))
 
 
 DEFAULT_BLOCK = 16  # tokens guessed ahead per pass when neither the options nor the adapter say
