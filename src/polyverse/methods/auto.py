@@ -124,21 +124,10 @@ class AutoProposer(Proposer):
             self.stats[self.last_bucket].update(min(right, 1), 1)
         self.run = self.run + right if right == len(new) else 0
 
-    def _candidates(self) -> list[list[int]]:
-        """Continuations: the longest match's first, then other matches."""
-        found: list[list[int]] = []
-        for n in range(min(self.cfg.ngram, len(self.index.tokens)), 0, -1):
-            for c in self.index.continuations(self.cfg.max_tokens, self.cfg.candidates, min_n=n):
-                if c not in found:
-                    found.append(c)
-            if len(found) >= self.cfg.candidates:
-                break
-        return found[: self.cfg.candidates]
-
     def propose(self, context: Sequence[int]) -> Draft:
         self._written(context)
         self.index.extend(context)
-        conts = self._candidates()
+        conts = self.index.continuations(self.cfg.max_tokens, self.cfg.candidates)  # the longest match's first
         self.predicted = conts[0] if conts else []
         self.last_bucket = min(self.run, RUNS) if conts else None
         self.drafted = self.verified = False
