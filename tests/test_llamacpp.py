@@ -177,3 +177,9 @@ def test_logits_held_past_the_next_pass_keep_their_rows(llm):
     be.commit([0])
     be.forward(chain_feed([1], len(ids) + 1))  # the unheld logits were not copied: nothing to check but no error
     assert torch.equal(held[:], rows)
+
+
+def test_bench_names_the_gguf_weight_type(llm):
+    from polyverse.bench.runner import weight_type
+
+    assert weight_type(llm) == "Q4_1 (llama.cpp)"  # the bundled GGUF's own type, not the transformers path's

@@ -120,6 +120,10 @@ def weight_type(model) -> str:
     if lean_model is not None:
         return f"{lean_model.dtype} (lean pass, {lean_model.isa})"
     weights = getattr(model.backend, "weights", None)
+    if weights is not None and not isinstance(weights, str):  # llama.cpp's loaded GGUF
+        from .llamacpp_peer import weight_type as gguf_type
+
+        return f"{gguf_type(model.backend.path)} (llama.cpp)"
     return f"{weights} (transformers)" if weights else str(next(model.hf_model.parameters()).dtype)
 
 
