@@ -67,6 +67,15 @@ def test_lazy_logits_match_the_full_projection():
     assert torch.allclose(lazy[:], full, atol=1e-5)
 
 
+def test_lazy_rows_read_out_of_order_are_their_own_rows():
+    torch.manual_seed(2)
+    head = torch.nn.Linear(8, 30, bias=False)
+    hidden = torch.randn(10, 8)
+    full = head(hidden).detach()
+    for order in ([5, 3, 4], [2, 4, 3, 5], [7, 8, 9]):  # runs of rows go through a view, others not
+        assert torch.allclose(Logits(hidden, Projection(head), 30)[order], full[order], atol=1e-5)
+
+
 def test_projection_follows_weight_updates():
     head = torch.nn.Linear(4, 6, bias=False)
     proj = Projection(head)

@@ -88,8 +88,10 @@ class Logits:
         missing = [r for r in wanted if r not in self.rows]
         if not missing:
             return
+        lo, hi = missing[0], missing[-1] + 1
+        rows = self.hidden[lo:hi] if missing == list(range(lo, hi)) else self.hidden[missing]  # a run of rows: a view
         with torch.inference_mode():
-            out = self.head(self.hidden[missing]).float()  # [m, V]
+            out = self.head(rows).float()  # [m, V]
         for r, row in zip(missing, out):
             self.rows[r] = row
 
