@@ -184,9 +184,14 @@ def test_masks_per_group_follow_what_each_depth_was_worth():
 
 
 def test_space_without_a_mask_token_is_a_clear_error():
-    class Tok:
-        def get_vocab(self):
-            return {"a": 0}
+    class Tok:  # a fast tokenizer's answers: an unknown token maps to the unknown token's id
+        vocab = {"a": 0}
+
+        def convert_tokens_to_ids(self, token):
+            return self.vocab.get(token, 0)
+
+        def convert_ids_to_tokens(self, i):
+            return {v: k for k, v in self.vocab.items()}[i]
 
     class Lm:
         tokenizer = Tok()
@@ -194,6 +199,8 @@ def test_space_without_a_mask_token_is_a_clear_error():
     be = TransformersBackend(tiny_model(seed=1))
     with pytest.raises(ConfigError, match="SPACE adapter"):
         find_mask_id(SpaceConfig(), MethodContext(be, None, None, Lm()))
+    Lm.tokenizer.vocab = {"a": 0, "[MASK]": 7}
+    assert find_mask_id(SpaceConfig(), MethodContext(be, None, None, Lm())) == 7
     with pytest.raises(ConfigError, match="outside"):
         make(SpaceConfig(mask_id=10_000), MethodContext(be, None, None, None))
     with pytest.raises(ConfigError):
@@ -216,6 +223,9 @@ class TinyTokenizer:
 
     def convert_tokens_to_ids(self, token):
         return self.vocab[token]
+
+    def convert_ids_to_tokens(self, i):
+        return {v: k for k, v in self.vocab.items()}[i]
 
 
 def test_add_mask_token_grows_the_embedding_with_the_mean_row():

@@ -210,13 +210,13 @@ def find_mask_id(config: SpaceConfig, ctx) -> int:
         mask_id = config.mask_id
     else:
         tok = ctx.model.tokenizer if ctx.model is not None else None
-        vocab = tok.get_vocab() if tok is not None else {}
-        if MASK_TOKEN not in vocab:
+        # one lookup, checked by the way back (the whole vocabulary as a dict costs a request dearly)
+        mask_id = tok.convert_tokens_to_ids(MASK_TOKEN) if tok is not None else None
+        if mask_id is None or tok.convert_ids_to_tokens(mask_id) != MASK_TOKEN:
             raise ConfigError(
                 "method 'space' needs a model fine-tuned with a [MASK] token, and this one has none: "
                 "load a SPACE adapter (--adapter space-gsm8k) or train one with `polyverse train space fit`"
             )
-        mask_id = vocab[MASK_TOKEN]
     if mask_id >= ctx.backend.vocab_size:
         raise ConfigError(f"space mask_id {mask_id} is outside the model's vocabulary of {ctx.backend.vocab_size}")
     return mask_id
