@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from polyverse.draft import Draft
-from polyverse.layout import Feed, additive_mask, chain_feed, draft_feed, is_plain_chain, visibility
+from polyverse.layout import Feed, additive_mask, chain_feed, draft_feed, is_plain_chain, visibility, visible
 
 
 def test_draft_depths_and_children():
@@ -64,6 +64,16 @@ def test_additive_mask_sees_context_and_own_branch():
         [0, 0, 0, 1, 0],
     ]
     assert m.min() == torch.finfo(torch.float32).min
+
+
+def test_visible_is_what_the_additive_mask_leaves_open():
+    context = torch.tensor([[True, False], [True, True], [False, True]])  # [q, past]
+    for ctx in (None, context):
+        for parents in ((-1, 0, 0), (-1, 0, 1), (-1, -1, 1)):
+            assert torch.equal(visible(parents, 2, ctx), additive_mask(parents, 2, context=ctx)[0, 0] == 0)
+    assert visible((-1, 0, 0), 2, context)[2].tolist() == [False, True, True, False, True]
+    with pytest.raises(ValueError, match="context visibility"):
+        visible((-1, 0), 2, context)
 
 
 def test_chain_detection():

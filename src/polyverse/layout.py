@@ -114,12 +114,23 @@ def additive_mask(
     ([q, past] bool) marks visible to it; all ``past`` entries when ``context`` is None.
     """
     q = len(parents)
+    vis = visible(parents, past, context)  # [q, kv]
+    mask = torch.zeros(q, past + q, dtype=dtype)  # [q, kv]
+    mask.masked_fill_(~vis, torch.finfo(dtype).min)
+    return mask[None, None]  # [1, 1, q, kv]
+
+
+def visible(parents: "tuple[int, ...]", past: int, context: torch.Tensor | None = None) -> torch.Tensor:
+    """[q, past + q] bool: what each fed token sees, the cells ``additive_mask`` leaves at 0.
+
+    >>> visible((-1, 0, 0), 1).int().tolist()
+    [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 1]]
+    """
+    q = len(parents)
     vis = torch.ones(q, past + q, dtype=torch.bool)  # [q, kv]
     if context is not None:
         if tuple(context.shape) != (q, past):
             raise ValueError(f"context visibility has shape {tuple(context.shape)}, expected {(q, past)}")
         vis[:, :past] = context
     vis[:, past:] = visibility(parents)
-    mask = torch.zeros(q, past + q, dtype=dtype)  # [q, kv]
-    mask.masked_fill_(~vis, torch.finfo(dtype).min)
-    return mask[None, None]  # [1, 1, q, kv]
+    return vis

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from ..layout import Feed, additive_mask, is_plain_chain
+from ..layout import Feed, additive_mask, is_plain_chain, visible as layout_visible
 from ..logits import Logits, first_maxes
 from .cpu.lean import LeanCache
 from .cpu.prepare import DecodeModel
@@ -149,7 +149,7 @@ class TransformersBackend:
         context = self._context(feed, past)  # [q, past] bool or None (= all visible)
         visible = None
         if context is not None or not is_plain_chain(feed, past):
-            visible = additive_mask(feed.parents, past, torch.float32, context)[0, 0] == 0  # [q, past + q]
+            visible = layout_visible(feed.parents, past, context)  # [q, past + q]
         return ids, pos, visible
 
     @property
