@@ -15,7 +15,8 @@ the cells of its (first) sequence at positions up to its own. The committed cont
   join several sequences in one batch only while their cells match; a join that does not (a
   closing path joining its parent) is applied after the pass with ``seq_cp``.
 
-Logits are requested only for the rows a method reads. Install with ``pip install 'polyverse[llamacpp]'``.
+Logits are requested only for the rows a method reads, and read where llama.cpp wrote them
+(``logits.Borrowed``: a plain greedy step copies none). Install with ``pip install 'polyverse[llamacpp]'``.
 """
 
 from __future__ import annotations
