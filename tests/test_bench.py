@@ -5,6 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+import polyverse
 from polyverse.bench.contenders import Contender, Run
 from polyverse.bench.data import load_set, read_jsonl
 from polyverse.bench.runner import BenchConfig, run_bench
@@ -214,3 +215,23 @@ def test_load_runs_a_server_and_reports(tiny_dir, tmp_path):
     assert fig["requests_ok"] >= 2 and fig["requests_failed"] == 0 and fig["server_error_lines"] == 0
     assert fig["completion_tokens"] >= 1 and fig["accepted_per_pass_mean"] == 1.0
     assert json.loads(r.stdout) == fig
+
+
+def test_each_bench_row_prefills_its_whole_prompt(tiny_dir, monkeypatch):
+    """The lean pass keeps computed prompt prefixes for later requests; in the bench every row runs
+    the same prompt, and copying the row before's cells would skip a prefill no peer skips."""
+    from polyverse.backends.cpu.prefix import PrefixStore
+    from polyverse.bench.contenders import Contender
+
+    model = polyverse.load(str(tiny_dir), progress=False, dtype="fp32")
+    if model.backend.decode_model.prefixes is None:
+        pytest.skip("the lean CPU pass is not available here")
+    restored = []
+    original = PrefixStore.restore
+    monkeypatch.setattr(PrefixStore, "restore", lambda self, t, c: restored.append(original(self, t, c)) or restored[-1])
+    ids = list(range(3, 40))
+    for method in ("ar", "auto"):
+        Contender(method, method).run(model, ids, 4)
+    assert restored == [0, 0]
+    model.generate(ids, max_new_tokens=4)  # outside the bench the store serves the repeated prompt
+    assert restored[-1] > 0

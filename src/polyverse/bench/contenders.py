@@ -41,10 +41,21 @@ class Contender:
     def run(self, model, ids: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> Run:
         if self.method is None:
             return hf_generate(model, ids, max_new_tokens, temperature, seed, **self.options)
+        forget_prefixes(model)
         t0 = time.perf_counter()
         g = model.generate(list(ids), method=self.method, options=self.options, max_new_tokens=max_new_tokens,
                            temperature=temperature, seed=seed)
         return Run(list(g.token_ids), time.perf_counter() - t0, g.stats.passes, list(g.stats.accepted_per_pass))
+
+
+def forget_prefixes(model) -> None:
+    """Empty the model's store of computed prompt prefixes (``backends.cpu.prefix``): every row of a
+    prompt would otherwise copy the cells the row before it computed for that very prompt and skip
+    its prefill, which no peer does; each row prefills its whole prompt, as llama.cpp and
+    transformers `generate` do."""
+    prefixes = getattr(getattr(model.backend, "decode_model", None), "prefixes", None)
+    if prefixes is not None:
+        prefixes.clear()
 
 
 def hf_generate(model, ids: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0, **kwargs) -> Run:

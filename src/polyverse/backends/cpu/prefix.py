@@ -20,7 +20,6 @@ from typing import Sequence
 LEAST = 8  # the fewest shared tokens worth copying
 
 
-
 def common_length(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens ``a`` and ``b`` share.
 
@@ -45,6 +44,11 @@ class PrefixStore:
 
     def __len__(self) -> int:
         return len(self._store)
+
+    def clear(self) -> None:
+        """Forget every stored prefix."""
+        with self._lock:
+            self._store.clear()
 
     def restore(self, tokens: Sequence[int], cache) -> int:
         """Copy the cells of the longest stored prefix of ``tokens`` into the empty ``cache``
