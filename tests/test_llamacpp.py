@@ -157,26 +157,32 @@ def test_sessions_share_the_loaded_weights_and_decode_alike(llm, references):
 
 
 @pytest.mark.bundled
-def test_logits_held_past_the_next_pass_keep_their_rows(llm):
+def test_logits_held_past_the_next_pass_keep_their_rows(llm, monkeypatch):
     """A pass's logits are read where llama.cpp wrote them; the backend copies them out before its
-    next pass only while someone still holds them, so a held pass's rows never change under it."""
+    next pass only while someone still holds them, so a held pass's rows never change under it and
+    a plain step that held nothing copies nothing."""
     from polyverse.layout import chain_feed
-    from polyverse.logits import first_maxes
+    from polyverse.logits import Borrowed, first_maxes
 
+    copied = []
+    settle = Borrowed.settle
+    monkeypatch.setattr(Borrowed, "settle", lambda self: (self._all is None and copied.append(True)) or settle(self))
     be = llm.session().backend
     ids = llm.encode("The capital of France is")
     be.reset()
     held = be.forward(chain_feed(ids, 0), logits_for=[len(ids) - 2, len(ids) - 1])
-    tops = [held.top(0), held.top(1)]  # found in llama.cpp's buffer
+    tops = [held.top(0), held.top(1)]  # found in llama.cpp's buffer, nothing copied
     be.commit(range(len(ids)))
+    assert copied == []
     dropped = be.forward(chain_feed([tops[1]], len(ids)))  # overwrites llama.cpp's buffer
-    assert be._lent is dropped and held.computed() == 2
-    rows = held[:]  # [2, V]: copied before that pass
+    assert copied == [True] and held.computed() == 2  # held: copied before that pass
+    rows = held[:]  # [2, V]
     assert first_maxes(rows) == tops and len(set(first_maxes(rows) + [dropped.top(0)])) > 1
+    next_token = dropped.top(0)
     del dropped
     be.commit([0])
-    be.forward(chain_feed([1], len(ids) + 1))  # the unheld logits were not copied: nothing to check but no error
-    assert torch.equal(held[:], rows)
+    be.forward(chain_feed([next_token], len(ids) + 1))
+    assert copied == [True]  # the pass nobody held was not copied
 
 
 def test_bench_names_the_gguf_weight_type(llm):

@@ -151,6 +151,34 @@ class AutoProposer(Proposer):
             self.verified = True
 
 
+class NgramBranch:
+    """`auto`'s n-gram draft as a branch beside another method's draft (`jacobi`'s block, `space`'s
+    layout): its length is `auto`'s choice, priced by what its rows add to that draft's pass
+    (``CostCurve.beyond``), and it is credited with what the target wrote, whichever branch carried it."""
+
+    def __init__(self, curve: CostCurve, ngram: int, tokens: int) -> None:
+        self.curve = curve
+        self.most = tokens + 1  # the branch's rows with the root's, the most it adds to a pass
+        self.priced: dict[int, CostCurve] = {}  # rows of the other draft -> the branch's costs beyond them
+        self.auto = AutoProposer(AutoConfig(max_tokens=tokens, ngram=ngram), curve)
+        self.tokens: list[int] = []  # the branch proposed last (empty: none fed)
+
+    def start(self, context: Sequence[int]) -> None:
+        self.auto.start(context)
+
+    def propose(self, context: Sequence[int], beside: int) -> list[int]:
+        """The branch to feed beside a draft of ``beside`` nodes; empty where it does not pay."""
+        if beside not in self.priced:
+            self.priced[beside] = self.curve.beyond(beside, self.most)
+        self.auto.reprice(self.priced[beside])
+        self.tokens = list(self.auto.propose(context).tokens)
+        return self.tokens
+
+    def credit(self, written: Sequence[int]) -> None:
+        """The pass wrote ``written`` (accepted tokens and the bonus)."""
+        self.auto.credit(self.tokens, written)
+
+
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the common prefix of ``a`` and ``b``."""
     n = 0

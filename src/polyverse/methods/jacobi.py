@@ -34,7 +34,7 @@ from ..logits import first_maxes
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
-from .auto import AutoConfig, AutoProposer, best_length
+from .auto import NgramBranch, best_length
 
 PROBE_EVERY = 8  # passes without a block before a probe (at least; more where a probe costs more)
 PROBE_TOKENS = 4  # a probe feeds at most this many guesses of the block
@@ -91,17 +91,13 @@ class JacobiProposer(Proposer):
         """``curve``: the backend's pass costs; without it the whole block goes alone."""
         self.n = config.block if config.block is not None else DEFAULT_BLOCK
         self.guess: list[int] = []
-        self.curve = curve  # prices the n-gram branch
         self.sizing = curve if config.adaptive else None  # sizes the block
         self.accept = Acceptance()
         self.idle = 0  # passes without a block (a probe measures acceptance again)
         self.b = self.n  # the block fed last
-        self.top = config.ngram_tokens + 1
-        self.priced: dict[int, CostCurve] = {}  # block fed -> the n-gram branch's costs beyond it
-        self.ngrams: AutoProposer | None = None
+        self.ngrams: NgramBranch | None = None
         if curve is not None and config.ngram > 0:
-            self.ngrams = AutoProposer(AutoConfig(max_tokens=config.ngram_tokens, ngram=config.ngram), curve)
-        self.branch: list[int] = []  # the n-gram branch of the last draft
+            self.ngrams = NgramBranch(curve, config.ngram, config.ngram_tokens)
 
     def start(self, context: Sequence[int]) -> None:
         self.guess = []
@@ -132,15 +128,8 @@ class JacobiProposer(Proposer):
         guess = self.guess[:b]
         filler = guess[-1] if guess else int(context[-1])
         block = guess + [filler] * (b - len(guess))
-        self.branch = []
-        if self.ngrams is not None:
-            if b not in self.priced:  # the branch's rows are priced on top of the block's
-                self.priced[b] = self.curve.beyond(b, self.top)
-            self.ngrams.reprice(self.priced[b])
-            self.branch = list(self.ngrams.propose(context).tokens)
-        if not self.branch:
-            return Draft.chain(block)
-        return Draft.tree([block, self.branch])
+        branch = self.ngrams.propose(context, b) if self.ngrams is not None else []
+        return Draft.tree([block, branch]) if branch else Draft.chain(block)
 
     def observe(self, obs: Observation) -> None:
         """Keep the Jacobi update of the positions after the bonus token, on the branch the accepted
@@ -150,7 +139,7 @@ class JacobiProposer(Proposer):
         rows 2..4 of the logits (fed b, c, d) predict the 3rd to 5th positions -> next guesses.
         """
         if self.ngrams is not None:
-            self.ngrams.credit(self.branch, obs.verdict.tokens)
+            self.ngrams.credit(obs.verdict.tokens)
         if self.b:  # how far the block's own guesses held: the path's leading nodes 0, 1, .. inside it
             held = 0
             for node in obs.verdict.accepted:

@@ -46,7 +46,7 @@ from ..errors import ConfigError
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
-from .auto import AutoConfig, AutoProposer
+from .auto import NgramBranch
 
 MASK_TOKEN = "[MASK]"
 DEFAULT_K = 5  # masks per group when neither the options nor the adapter say
@@ -121,13 +121,9 @@ class SpaceProposer(Proposer):
         self.candidates: list[int] = []
         self.draft = Draft.empty()  # the last draft proposed, before any pruning by the loop
         self.groups: list[list[int]] = []
-        self.curve = curve
-        self.top = config.ngram_tokens + 1
-        self.priced: dict[int, CostCurve] = {}  # rows of the SPACE layout -> the branch's costs beyond them
-        self.ngrams = None
+        self.ngrams: NgramBranch | None = None
         if curve is not None and config.ngram > 0:
-            self.ngrams = AutoProposer(AutoConfig(max_tokens=config.ngram_tokens, ngram=config.ngram), curve)
-        self.branch: list[int] = []
+            self.ngrams = NgramBranch(curve, config.ngram, config.ngram_tokens)
         self.masks = self.k  # masks per group in the next pass
         self.worth: list[float] = []  # A_j: decayed averages of p_1 .. p_j over the groups read
 
@@ -157,22 +153,15 @@ class SpaceProposer(Proposer):
 
     def propose(self, context: Sequence[int]) -> Draft:
         self.draft, self.groups = space_draft(self.candidates, self.masks, self.mask_id)
-        self.branch = []
-        if self.ngrams is None:
-            return self.draft
-        n = len(self.draft)
-        if n not in self.priced:
-            self.priced[n] = self.curve.beyond(n, self.top)
-        self.ngrams.reprice(self.priced[n])
-        self.branch = list(self.ngrams.propose(context).tokens)
-        if not self.branch:
+        branch = self.ngrams.propose(context, len(self.draft)) if self.ngrams is not None else []
+        if not branch:
             return self.draft
         # below the root, after the layout: the candidates' nodes and groups keep their numbers
-        return Draft.tree([self.branch], base=self.draft)
+        return Draft.tree([branch], base=self.draft)
 
     def observe(self, obs: Observation) -> None:
         if self.ngrams is not None:
-            self.ngrams.credit(self.branch, obs.verdict.tokens)
+            self.ngrams.credit(obs.verdict.tokens)
         # the loop may prune nodes (the token budget, a grammar) and add some (a grammar's forced
         # tokens), renumbering the draft: follow each of ours by its token path
         index = self.draft.node_map(obs.draft)  # our node -> its index in the fed draft
