@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= Add a comment above every line of this function and return the whole function:\n\ndef mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)
 
-.PHONY: install demo test test-vllm test-ray bench-vllm bench bench-serve soak benchmarks cllm-adapter space-data space-adapter multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
+.PHONY: install demo test test-vllm test-ray bench-vllm bench bench-serve soak benchmarks cllm-adapter space-data space-adapter draft-head multiverse-data multiverse-adapter multiverse-bench llamacpp-bench vllm-env
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +98,15 @@ space-adapter: space-data
 	for k in 1 2 3; do $(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k $$k --out benchmarks/space-gsm8k/eval-k$$k.json; done
 	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 10 --max-new-tokens 128 --k 3 --no-adaptive --out benchmarks/space-gsm8k/eval-k3-all.json
 	$(BIN)/polyverse train space eval --adapter space-gsm8k --limit 30 --max-new-tokens 128 --out benchmarks/space-gsm8k/eval-k3-30q.json
+
+# the draft head auto uses on the bundled model: its own answers to made-up instructions and GSM8K
+# train questions, then the head fitted on its hidden states (copied into the package)
+draft-head: $(STAMP)
+	$(BIN)/python scripts/head_prompts.py distill-out/head-prompts.jsonl
+	$(BIN)/polyverse train distill --data distill-out/head-prompts.jsonl --out distill-out/head-self.jsonl --limit 908
+	$(BIN)/polyverse train head --data distill-out/head-self.jsonl --out head-out
+	mkdir -p src/polyverse/heads/smollm2-135m-instruct
+	cp head-out/head.safetensors head-out/polyverse.json src/polyverse/heads/smollm2-135m-instruct/
 
 # Multiverse: GSM8K train solutions turned into <Parallel> structure by the rule-based curator (add
 # --llm URL for the five LLM stages), then a LoRA SFT of the bundled model under Multiverse Attention

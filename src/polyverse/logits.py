@@ -116,6 +116,13 @@ class Logits:
         self._ensure(rows)
         return torch.stack([self.rows[r] for r in rows])  # [len(rows), V]
 
+    def features(self, row: int) -> torch.Tensor | None:
+        """The hidden state [H] row ``row`` is projected from (after the final norm: what a draft
+        head reads), or None where the backend handed over logits only (``of``, ``Borrowed``)."""
+        if self.head is _identity:
+            return None
+        return self.hidden[row]
+
     def top(self, row: int) -> int:
         """The index of row ``row``'s largest logit (the first of equals, as ``argmax``); a pass
         that projected several requests' rows together may have found it for all of them at once."""

@@ -19,6 +19,7 @@ from .generate import Generate, list_methods
 from .multiverse import curate, multiverse_app
 from .serve import serve
 from .train import train_app
+from .train_head import head_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Parallel decoding for language models: many tokens per forward pass, same output.")
@@ -30,6 +31,7 @@ app.command("methods")(list_methods)
 app.add_typer(bench_app, name="bench")  # the method bench, and `load`, `ar-jacobi`, `multiverse`
 app.add_typer(train_app, name="train")  # the CLLM and SPACE pipelines, self-distillation
 train_app.add_typer(multiverse_app, name="multiverse")  # Multiverse SFT
+train_app.command("head")(head_cmd)  # a draft head for auto
 app.add_typer(export_app, name="export")  # `polyverse export gguf`
 
 

@@ -27,10 +27,12 @@ from typing import Sequence
 from ..batching.budget import Acceptance
 from ..costs import CostCurve, cost_curve
 from ..draft import Draft
+from ..heads import Drafter, for_model
 from ..loop import Observation, Proposer
 from ..ngrams import NgramIndex
 from ..options import method_options, option
 from ..registry import registry
+from .head_branch import HeadBranch
 
 
 @method_options("auto")
@@ -41,6 +43,7 @@ class AutoConfig:
     # 1 by default: a side branch rarely wins, and where passes of a few tokens cost about what one
     # does the cheapest feed pays most often
     candidates: int = option(1, "continuations per pass", lo=1, hi=16, flag="--candidates")
+    head: bool = option(True, "draft with the model's shipped draft head where there is nothing to copy")
 
 
 def best_length(alpha: float, available: int, curve: CostCurve, width: int = 1,
@@ -69,9 +72,11 @@ RUNS = 4  # run lengths with an estimate of their own; longer runs share the las
 
 
 class AutoProposer(Proposer):
-    def __init__(self, config: AutoConfig, curve: CostCurve) -> None:
+    def __init__(self, config: AutoConfig, curve: CostCurve, drafter: "Drafter | None" = None) -> None:
         self.cfg = config
         self.curve = curve
+        # the draft head's guesses, fed instead of the n-gram draft when they promise more tokens per second
+        self.head = HeadBranch(drafter, curve, config.decay, config.max_tokens) if drafter is not None else None
         self.index = NgramIndex(config.ngram)
         # a longer run predicts better: a more hopeful prior for it
         self.stats = [Acceptance(config.decay, 1.0 + run / 2, 1.0) for run in range(RUNS + 1)]
@@ -110,6 +115,8 @@ class AutoProposer(Proposer):
         self.index.extend(context)
         self.run, self.predicted, self.seen = 0, [], len(context)
         self.last_bucket, self.drafted, self.verified = None, False, False
+        if self.head is not None:
+            self.head.start(context)
 
     def _written(self, context: Sequence[int]) -> None:
         """Evidence from the tokens written since the last proposal: the run goes on while they are
@@ -131,11 +138,19 @@ class AutoProposer(Proposer):
         self.predicted = conts[0] if conts else []
         self.last_bucket = min(self.run, RUNS) if conts else None
         self.drafted = self.verified = False
-        if not conts:
-            return Draft.empty()
-        width = len(conts)
-        alpha = self.stats[self.last_bucket].alpha
-        k = best_length(alpha, len(conts[0]), self.curve, width, self.costs(width))
+        k, rate = 0, 1.0 / self.costs(1)[0]
+        if conts:
+            width = len(conts)
+            alpha = self.stats[self.last_bucket].alpha
+            costs = self.costs(width)
+            k = best_length(alpha, len(conts[0]), self.curve, width, costs)
+            rate = sum(alpha ** j for j in range(k + 1)) / costs[k]
+        if self.head is not None:
+            self.head.written(context)
+            guesses, head_rate = self.head.propose(context) if self.head.could_beat(rate) else ([], 0.0)
+            if guesses and head_rate > rate:
+                self.head.drafts += 1
+                return Draft.chain(guesses)
         if k == 0:
             return Draft.empty()
         self.drafted = True
@@ -146,6 +161,8 @@ class AutoProposer(Proposer):
         return self.stats[self.last_bucket].alpha if self.drafted else None
 
     def observe(self, obs: Observation) -> None:
+        if self.head is not None:
+            self.head.observe(obs.logits, obs.verdict.accepted)
         if self.drafted and len(obs.draft):
             self.stats[self.last_bucket].update(len(obs.verdict.accepted), max(obs.draft.depths()))
             self.verified = True
@@ -188,7 +205,8 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def make(config: AutoConfig, ctx) -> AutoProposer:
-    return AutoProposer(config, cost_curve(ctx.model, ctx.backend))
+    drafter = for_model(ctx.model) if config.head and ctx.model is not None else None
+    return AutoProposer(config, cost_curve(ctx.model, ctx.backend), drafter)
 
 
 registry.register("auto", AutoConfig, make,

@@ -454,6 +454,24 @@ torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& w, int kind
   return y;
 }
 
+// One packed weight kept for repeated products: a small network beside the pass (a draft head),
+// whose weights a pass has just pushed out of the caches, streams them in the pass's own kinds
+struct Linear {
+  Weight W;
+  bool wide;
+  Linear(const torch::Tensor& w, const c10::optional<torch::Tensor>& bias, int kind, bool wide)
+      : W(pack(w, kind, bias)), wide(wide) {}
+  // x [m, k] -> y [m, n]
+  torch::Tensor forward(const torch::Tensor& x_in) const {
+    const torch::Tensor x = x_in.to(torch::kFloat32).contiguous();
+    TORCH_CHECK(x.dim() == 2 && x.size(1) == W.k, "x must be [m, k] with the weight's k");
+    auto y = torch::empty({x.size(0), W.n}, torch::kFloat32);
+    Rows rows;
+    if (x.size(0)) product(wide, W, rows, x.data_ptr<float>(), x.size(0), y.data_ptr<float>());
+    return y;
+  }
+};
+
 }  // namespace lean
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
@@ -468,5 +486,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       .def("forward", &lean::Model::forward, py::call_guard<py::gil_scoped_release>())
       .def("forward_many", &lean::Model::forward_many, py::call_guard<py::gil_scoped_release>())
       .def("project", &lean::Model::project, py::call_guard<py::gil_scoped_release>());
+  py::class_<lean::Linear>(module, "Linear")
+      .def(py::init<torch::Tensor, c10::optional<torch::Tensor>, int, bool>())
+      .def("forward", &lean::Linear::forward, py::call_guard<py::gil_scoped_release>());
   module.def("linear", &lean::linear, "x [m, k] @ w [n, k]^T on packed weights of a kind (0 fp32, 1 bf16, 2 int8)");
 }
