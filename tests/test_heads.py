@@ -195,3 +195,38 @@ def test_auto_with_a_head_writes_what_ar_writes(tmp_path, tiny_dir):
         assert tuple(t for s in steps for t in s.tokens) == tuple(ar)
         drafted += proposer.head.drafts
     assert drafted > 0
+
+
+def test_auto_feeds_the_ngram_draft_and_the_heads_guesses_side_by_side():
+    from polyverse.loop import Observation
+    from polyverse.verify import Verdict
+
+    context = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6]  # the n-gram continuation after "5 6": 7 8 5 6 ...
+    proposer = AutoProposer(AutoConfig(), FLAT, Scripted([(40, 0.95), (41, 0.95)]))
+    proposer.start(context)
+    proposer.head.observe(Rows(1), [])
+    draft = proposer.propose(context)
+    roots = [t for t, p in zip(draft.tokens, draft.parents) if p == -1]
+    assert sorted(roots) == [7, 40]  # two branches: the n-gram's and the head's
+    before = proposer.stats[proposer.last_bucket].hits
+    # the head's branch carried the pass: 40 accepted, then the model wrote 9
+    node = draft.tokens.index(40)
+    proposer.observe(Observation(draft, Verdict((node,), (40, 9)), Rows(len(draft) + 1), tuple(context + [40, 9])))
+    assert proposer.stats[proposer.last_bucket].hits < before + 0.5  # the n-gram draft is credited nothing
+
+
+def test_auto_does_not_compute_guesses_where_the_ngram_run_pays_more():
+    context = [5, 6, 7, 8] * 6
+    head = Scripted([(40, 0.5)])
+    proposer = AutoProposer(AutoConfig(), FLAT, head)
+    proposer.start(context)
+    for bucket_stats in proposer.stats:
+        bucket_stats.hits, bucket_stats.misses = 100.0, 0.01  # the n-gram is always right
+    for stats in proposer.head.stats:
+        stats.hits, stats.misses = 1.0, 1.0  # the head is right half the time
+    proposer.head.observe(Rows(1), [])
+    assert len(proposer.propose(context)) > 8 and head.calls == 0
+    for bucket_stats in proposer.stats:
+        bucket_stats.hits, bucket_stats.misses = 0.01, 100.0  # now the n-gram is never right
+    proposer.propose(context)
+    assert head.calls > 0

@@ -84,7 +84,8 @@ class AutoProposer(Proposer):
         self.predicted: list[int] = []  # the best continuation at the last proposal
         self.seen = 0  # context length at the last proposal
         self.last_bucket: int | None = None  # run bucket whose alpha priced the last proposal (None: no match)
-        self.drafted = False  # whether the last proposal drafted anything
+        self.drafted = False  # whether the last proposal fed the n-gram draft
+        self.branch: list[list[int]] = []  # that draft's continuations
         self.verified = False  # whether a fed draft or branch of the last proposal has been credited
         self._costs: dict[int, list[float]] = {}  # width -> c(1 + width * k), k = 0 .. max_tokens
 
@@ -145,16 +146,33 @@ class AutoProposer(Proposer):
             costs = self.costs(width)
             k = best_length(alpha, len(conts[0]), self.curve, width, costs)
             rate = sum(alpha ** j for j in range(k + 1)) / costs[k]
+        self.branch = [c[:k] for c in conts] if k else []  # the n-gram draft, if fed
         if self.head is not None:
             self.head.written(context)
             guesses, head_rate = self.head.propose(context) if self.head.could_beat(rate) else ([], 0.0)
-            if guesses and head_rate > rate:
-                self.head.drafts += 1
-                return Draft.chain(guesses)
+            if guesses:
+                both = self._both(guesses)
+                if both > max(rate, head_rate):  # both, side by side: the n-gram's rows and the head's
+                    self.head.drafts += 1
+                    self.drafted = True
+                    return Draft.tree(self.branch + [guesses])
+                if head_rate > rate:
+                    self.head.drafts += 1
+                    return Draft.chain(guesses)
         if k == 0:
             return Draft.empty()
         self.drafted = True
-        return Draft.tree([c[:k] for c in conts])
+        return Draft.tree(self.branch)
+
+    def _both(self, guesses: list[int]) -> float:
+        """Expected tokens per second of the n-gram draft and the head's guesses fed together, where
+        they start differently (then at most one of them is accepted, and the chances add)."""
+        if not self.branch or any(b[0] == guesses[0] for b in self.branch):
+            return 0.0
+        alpha = self.stats[self.last_bucket].alpha
+        k = max(len(b) for b in self.branch)
+        expected = sum(alpha ** j for j in range(k + 1)) + sum(self.head.chances)
+        return expected / self.curve(1 + sum(len(b) for b in self.branch) + len(guesses))
 
     def acceptance(self) -> float | None:
         """Alpha that priced the last draft (None when it drafted nothing)."""
@@ -164,7 +182,10 @@ class AutoProposer(Proposer):
         if self.head is not None:
             self.head.observe(obs.logits, obs.verdict.accepted)
         if self.drafted and len(obs.draft):
-            self.stats[self.last_bucket].update(len(obs.verdict.accepted), max(obs.draft.depths()))
+            if len(obs.draft) > sum(len(b) for b in self.branch):  # the head's guesses beside it
+                self.credit(self.branch[0], obs.verdict.tokens)
+            else:
+                self.stats[self.last_bucket].update(len(obs.verdict.accepted), max(obs.draft.depths()))
             self.verified = True
 
 

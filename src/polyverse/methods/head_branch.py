@@ -40,6 +40,7 @@ class HeadBranch:
         self.stats = [Acceptance(decay, 2 * m, 2 * (1 - m)) for m in mids]
         self.hidden: torch.Tensor | None = None  # [H] the row that chose the pending token
         self.guesses: list[tuple[int, int]] = []  # (token, bucket) chained at the last proposal
+        self.chances: list[float] = []  # the chance that the proposed guesses are accepted up to each one
         self.seen = 0
         self.drafts = 0  # passes this branch drafted
 
@@ -95,4 +96,5 @@ class HeadBranch:
             rate = expected / self.curve(1 + k)
             if rate > best_rate:
                 best_k, best_rate = k, rate
+        self.chances = chances[:best_k]
         return [t for t, _ in self.guesses[:best_k]], best_rate
