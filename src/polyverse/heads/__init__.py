@@ -48,13 +48,16 @@ def bind(folder: Path, hf_model, kind: str | None = None) -> Drafter:
 
 def for_model(model: Any, folders: "list[Path] | None" = None) -> Drafter | None:
     """The shipped head trained on ``model``'s weights (a polyverse Model), bound and cached in its
-    resources (``folders``: where to look instead of the shipped heads); None when there is none (another model, or an adapter merged). A backend whose logits
-    carry no hidden rows (llama.cpp) gives the head nothing to start from: it then drafts nothing."""
+    resources (``folders``: where to look instead of the shipped heads); None when there is none
+    (another model, an adapter merged, the llama.cpp backend)."""
     if "draft_head" in model.resources:
         return model.resources["draft_head"]
+    from ..backends.transformers import TransformersBackend
+
     drafter = None
     hf = getattr(model, "hf_model", None)
-    if hf is not None and not model.adapter:
+    # llama.cpp's passes return logits only: a head there would have no hidden state to start from
+    if hf is not None and not model.adapter and isinstance(model.backend, TransformersBackend):
         for folder in shipped() if folders is None else folders:
             if _matches(json.loads((folder / META).read_text()), hf):
                 lean = getattr(model.backend, "lean", None)  # the head's products in the pass's weight type

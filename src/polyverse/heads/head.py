@@ -74,7 +74,7 @@ class Drafter:
 
     def __init__(self, head: DraftHead, embed: torch.Tensor, lm_head: torch.Tensor, kind: str | None = None) -> None:
         # embed, lm_head [V, H]: the target's input embeddings and LM-head rows (the same tensor when tied)
-        self.head = head
+        self.head = head.to(embed.device)
         self.embed = embed
         self.rows = lm_head[head.ids].float().contiguous()  # [V', H]
         self.ids = head.ids.tolist()
