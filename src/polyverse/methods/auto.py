@@ -86,6 +86,7 @@ class AutoProposer(Proposer):
         self.last_bucket: int | None = None  # run bucket whose alpha priced the last proposal (None: no match)
         self.drafted = False  # whether the last proposal fed the n-gram draft
         self.branch: list[list[int]] = []  # that draft's continuations
+        self.beside = False  # whether the head's guesses were fed beside it
         self.verified = False  # whether a fed draft or branch of the last proposal has been credited
         self._costs: dict[int, list[float]] = {}  # width -> c(1 + width * k), k = 0 .. max_tokens
 
@@ -138,7 +139,7 @@ class AutoProposer(Proposer):
         conts = self.index.continuations(self.cfg.max_tokens, self.cfg.candidates)  # the longest match's first
         self.predicted = conts[0] if conts else []
         self.last_bucket = min(self.run, RUNS) if conts else None
-        self.drafted = self.verified = False
+        self.drafted = self.verified = self.beside = False
         k, rate = 0, 1.0 / self.costs(1)[0]
         if conts:
             width = len(conts)
@@ -154,7 +155,7 @@ class AutoProposer(Proposer):
                 both = self._both(guesses)
                 if both > max(rate, head_rate):  # both, side by side: the n-gram's rows and the head's
                     self.head.drafts += 1
-                    self.drafted = True
+                    self.drafted = self.beside = True
                     return Draft.tree(self.branch + [guesses])
                 if head_rate > rate:
                     self.head.drafts += 1
@@ -182,7 +183,7 @@ class AutoProposer(Proposer):
         if self.head is not None:
             self.head.observe(obs.logits, obs.verdict.accepted)
         if self.drafted and len(obs.draft):
-            if len(obs.draft) > sum(len(b) for b in self.branch):  # the head's guesses beside it
+            if self.beside:  # the head's guesses beside it: credited with what its own branch carried
                 self.credit(self.branch[0], obs.verdict.tokens)
             else:
                 self.stats[self.last_bucket].update(len(obs.verdict.accepted), max(obs.draft.depths()))
