@@ -230,3 +230,27 @@ def test_auto_does_not_compute_guesses_where_the_ngram_run_pays_more():
         bucket_stats.hits, bucket_stats.misses = 0.01, 100.0  # now the n-gram is never right
     proposer.propose(context)
     assert head.calls > 0
+
+
+def test_train_head_command_writes_a_head_that_binds(tmp_path, tiny_dir):
+    import json
+
+    from typer.testing import CliRunner
+
+    from polyverse.cli import app
+
+    data = tmp_path / "answers.jsonl"
+    rows = [{"prompt": f"question {i}", "response": f"the answer is {i} and then some more words {i}"} for i in range(12)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "head"
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "head", "--model", str(tiny_dir), "--data", str(data), "--out", str(out),
+                              "--inner", "32", "--vocab", "50", "--epochs", "2", "--batch", "16", "--holdout", "0.25"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "polyverse.json").read_text())
+    assert meta["rows"] == 12 and 0 <= meta["held_out_first_guess"] <= 1 and meta["inner"] == 32
+    model = polyverse.load(str(tiny_dir), progress=False)
+    assert isinstance(for_model(model, [out]), Drafter)
+    res = runner.invoke(app, ["train", "head", "--model", str(tiny_dir), "--data", str(tmp_path / "none.jsonl"),
+                              "--out", str(out)])
+    assert res.exit_code != 0 and "no such file" in res.output and "Traceback" not in res.output
