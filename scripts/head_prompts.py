@@ -1,7 +1,6 @@
 """Write the instructions the shipped draft head was trained on (its answers come from
 `polyverse train distill`): made-up chat instructions from the templates below, and the first
-GSM8K train questions (after the instructions in the file, numbered apart, so a longer list of
-instructions keeps the rows written before). None of them is a bench prompt.
+GSM8K train questions. None of them is a bench prompt.
 
     python scripts/head_prompts.py OUT.jsonl [GSM8K_TRAIN.jsonl] [QUESTIONS]
 """
@@ -87,12 +86,6 @@ def instructions() -> list[str]:
     for t in A2:
         key = t[t.index("{") + 1]
         out += [t.format(**{key: x}) for x in fill[key]]
-    # the topic templates of each list with the other list's topics
-    for t in T2:
-        out += [t.format(t=x) for x in TOPICS]
-    for t in TEMPLATES:
-        if "{t}" in t and "{u}" not in t:
-            out += [t.format(t=x) for x in TOP2]
     return out
 
 
