@@ -7,6 +7,7 @@ import torch
 import polyverse
 from polyverse.costs import CostCurve
 from polyverse.heads import DraftHead, Drafter, HeadShape, bind, fingerprint, for_model
+from polyverse.heads.head import Guess
 from polyverse.logits import Logits
 from polyverse.methods.auto import AutoConfig, AutoProposer
 from polyverse.methods.head_branch import HeadBranch, bucket
@@ -39,8 +40,9 @@ def test_drafter_guesses_only_its_tokens_with_a_probability():
     torch.manual_seed(0)
     embed = torch.randn(20, 8)
     drafter = Drafter(DraftHead(HeadShape(8, 6, 3), torch.tensor([4, 7, 11])), embed, embed)
-    z, token, prob = drafter.step(torch.randn(8), 3)
+    z, token, prob, second, second_prob = drafter.step(torch.randn(8), 3)
     assert z.shape == (8,) and token in (4, 7, 11) and 1 / 3 <= prob <= 1
+    assert second in (4, 7, 11) and second != token and 0 < second_prob <= prob and prob + second_prob <= 1 + 1e-6
 
 
 @pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
@@ -57,8 +59,8 @@ def test_the_packed_head_guesses_as_torch_does(kind):
     agree = 0
     for token in range(20):
         hidden = torch.randn(64)
-        z1, t1, p1 = plain.step(hidden, token)
-        z2, t2, p2 = packed.step(hidden, token)
+        z1, t1, p1, _, _ = plain.step(hidden, token)
+        z2, t2, p2, _, _ = packed.step(hidden, token)
         tol = 1e-4 if kind == "fp32" else 0.1
         assert torch.allclose(z1, z2, atol=tol * 10, rtol=tol) and 5 <= t2 < 45
         agree += t1 == t2
@@ -78,7 +80,7 @@ class Scripted:
     def step(self, hidden, token):
         token, prob = self.script[self.calls % len(self.script)]
         self.calls += 1
-        return hidden, token, prob
+        return Guess(hidden, token, prob, token + 1, (1 - prob) / 2)
 
 
 class Rows:
@@ -254,3 +256,20 @@ def test_train_head_command_writes_a_head_that_binds(tmp_path, tiny_dir):
     res = runner.invoke(app, ["train", "head", "--model", str(tiny_dir), "--data", str(tmp_path / "none.jsonl"),
                               "--out", str(out)])
     assert res.exit_code != 0 and "no such file" in res.output and "Traceback" not in res.output
+
+
+def test_branch_feeds_the_runner_up_where_it_is_often_right():
+    for right, fed in ((0.9, True), (0.001, False)):
+        branch = HeadBranch(Scripted([(7, 0.5)]), FLAT, 0.9, 8)
+        branch.start([1])
+        for stats in branch.seconds:
+            stats.hits, stats.misses = right, 1 - right
+        branch.observe(Rows(1), [])
+        guesses, _ = branch.propose([1])
+        assert guesses and (branch.alt == 8) == fed
+    context = [1]
+    branch.observe(Rows(1), [])
+    branch.propose(context)
+    before = branch.seconds[branch.second[1]].hits
+    branch.written(context + [8])  # the runner-up was the token written
+    assert branch.seconds[bucket(0.25)].hits > before

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,14 @@ class DraftHead(torch.nn.Module):
         return head.eval(), meta
 
 
+class Guess(NamedTuple):
+    z: torch.Tensor  # [H] the head's stand-in for the target's hidden state at the guessed token
+    token: int  # the guess
+    prob: float  # the head's probability of it
+    second: int  # its runner-up
+    second_prob: float
+
+
 class Drafter:
     """A draft head bound to a target's embeddings, for decoding: chains of guessed tokens.
 
@@ -81,8 +90,8 @@ class Drafter:
         self.packed = _packed(head, self.rows, kind) if kind is not None else None
 
     @torch.inference_mode()
-    def step(self, hidden: torch.Tensor, token: int) -> tuple[torch.Tensor, int, float]:
-        """hidden [H], the token its row chose -> (z [H], the next guessed token, the head's probability of it)."""
+    def step(self, hidden: torch.Tensor, token: int) -> "Guess":
+        """hidden [H], the token its row chose -> its guess at the next token (``Guess``)."""
         hidden = hidden.float()
         if self.packed is None:
             z = self.head(hidden[None], self.embed[token].float()[None])[0]  # [H]
@@ -92,9 +101,9 @@ class Drafter:
             x = torch.cat([hidden, self.embed[token].float()])[None]  # [1, 2H]
             z = hidden + down.forward(F.silu(mix.forward(x)))[0]  # [H]
             logits = rows.forward(z[None])[0, : len(self.ids)]  # [V'] (the packed rows are padded)
-        best = int(logits.argmax())
-        prob = float(torch.softmax(logits, dim=-1)[best])
-        return z, self.ids[best], prob
+        probs, best = torch.softmax(logits, dim=-1).topk(min(2, len(self.ids)))
+        second = (self.ids[int(best[1])], float(probs[1])) if len(best) > 1 else (self.ids[int(best[0])], 0.0)
+        return Guess(z, self.ids[int(best[0])], float(probs[0]), *second)
 
 
 def _packed(head: DraftHead, rows: torch.Tensor, kind: str):
@@ -106,7 +115,7 @@ def _packed(head: DraftHead, rows: torch.Tensor, kind: str):
     if which is None or any(n % 32 for n in (head.shape.hidden, head.shape.inner)):
         return None
     code, wide = lean.KINDS[kind], which == "avx512"
-    extra = -rows.shape[0] % 32  # pad with copies of the first row: a copy never beats it (argmax takes the first)
+    extra = -rows.shape[0] % 32  # pad to the kernels' 32 columns (the padding's logits are cut off again)
     padded = torch.cat([rows, rows[:1].expand(extra, -1)]) if extra else rows
     with torch.no_grad():
         return (ext.Linear(head.mix.weight, head.mix.bias, code, wide), ext.Linear(head.down.weight, head.down.bias, code, wide),

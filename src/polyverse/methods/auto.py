@@ -159,7 +159,7 @@ class AutoProposer(Proposer):
                     return Draft.tree(self.branch + [guesses])
                 if head_rate > rate:
                     self.head.drafts += 1
-                    return Draft.chain(guesses)
+                    return Draft.chain(guesses) if self.head.alt is None else Draft.tree([guesses, [self.head.alt]])
         if k == 0:
             return Draft.empty()
         self.drafted = True

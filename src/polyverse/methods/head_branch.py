@@ -20,8 +20,8 @@ from ..costs import CostCurve
 from ..heads import Drafter
 
 EDGES = (0.2, 0.4, 0.6, 0.8)  # head probability -> bucket 0 .. 4
-DEEPEST = 8  # most guesses chained in one step
-WORTH = 0.1  # a further guess is computed only while the chain so far is this likely to be accepted
+DEEPEST = 4  # most guesses chained in one step
+WORTH = 0.3  # a further guess is computed only while the chain so far is this likely to be accepted
 
 
 def bucket(prob: float) -> int:
@@ -38,6 +38,10 @@ class HeadBranch:
         # prior: a guess is accepted about as often as the head says (the middle of its bucket)
         mids = [(lo + hi) / 2 for lo, hi in zip((0.0,) + EDGES, EDGES + (1.0,))]
         self.stats = [Acceptance(decay, 2 * m, 2 * (1 - m)) for m in mids]
+        # the first guess's runner-up, fed beside the chain where it pays: right about as often as the head says
+        self.seconds = [Acceptance(decay, 2 * m, 2 * (1 - m)) for m in mids]
+        self.second: tuple[int, int] | None = None  # (token, bucket) of the last proposal's runner-up
+        self.alt: int | None = None  # the runner-up, when the last proposal feeds it
         self.hidden: torch.Tensor | None = None  # [H] the row that chose the pending token
         self.guesses: list[tuple[int, int]] = []  # (token, bucket) chained at the last proposal
         self.chances: list[float] = []  # the chance that the proposed guesses are accepted up to each one
@@ -55,7 +59,9 @@ class HeadBranch:
             self.stats[b].update(int(token == real), 1)
             if token != real:
                 break
-        self.guesses = []
+        if self.second is not None and new:
+            self.seconds[self.second[1]].update(int(self.second[0] == new[0]), 1)
+        self.guesses, self.second = [], None
 
     def observe(self, logits, accepted: Sequence[int]) -> None:
         """Keep the hidden state of the row that chose the new pending token (the last accepted)."""
@@ -84,9 +90,12 @@ class HeadBranch:
         hidden, token = self.hidden, int(context[-1])
         chances: list[float] = []
         chance = 1.0
+        self.alt = None
         while len(self.guesses) < self.most and chance >= WORTH:
-            hidden, token, prob = self.drafter.step(hidden, token)
-            b = bucket(prob)
+            guess = self.drafter.step(hidden, token)
+            hidden, token, b = guess.z, guess.token, bucket(guess.prob)
+            if not self.guesses:
+                self.second = (guess.second, bucket(guess.second_prob))
             self.guesses.append((token, b))
             chance *= self.stats[b].alpha
             chances.append(chance)
@@ -97,4 +106,8 @@ class HeadBranch:
             if rate > best_rate:
                 best_k, best_rate = k, rate
         self.chances = chances[:best_k]
+        if best_k and self.second is not None:  # the runner-up as a second branch of one token
+            with_alt = (1.0 + sum(self.chances) + self.seconds[self.second[1]].alpha) / self.curve(2 + best_k)
+            if with_alt > best_rate:
+                self.alt, best_rate = self.second[0], with_alt
         return [t for t, _ in self.guesses[:best_k]], best_rate
