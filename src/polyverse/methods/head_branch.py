@@ -6,7 +6,8 @@ accepted is learnt here, per probability bucket, from the tokens the target writ
 the guesses were fed: the written text says whether they were right), so an overconfident head is
 corrected by what it meets. The chance that the first j guesses are all accepted is the product of
 their buckets' acceptance; with the backend's cost curve c(q) the branch drafts the k that
-maximises (1 + sum of those chances up to k) / c(1 + k).
+maximises (1 + sum of those chances up to k) / c(1 + k), and adds the first guess's runner-up as a
+one-token side branch where its own learnt chance (per bucket of its probability) pays for the row.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def bucket(prob: float) -> int:
 
 
 class HeadBranch:
+    """One request's head guesses: the hidden state to start from, the guesses made, their evidence."""
+
     def __init__(self, drafter: Drafter, curve: CostCurve, decay: float, most: int) -> None:
         self.drafter = drafter
         self.curve = curve
@@ -50,6 +53,7 @@ class HeadBranch:
 
     def start(self, context: Sequence[int]) -> None:
         self.hidden, self.guesses, self.seen = None, [], len(context)
+        self.second, self.alt = None, None
 
     def written(self, context: Sequence[int]) -> None:
         """Evidence: the tokens written since the last proposal against the guesses made there."""
