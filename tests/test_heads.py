@@ -273,3 +273,19 @@ def test_branch_feeds_the_runner_up_where_it_is_often_right():
     before = branch.seconds[branch.second[1]].hits
     branch.written(context + [8])  # the runner-up was the token written
     assert branch.seconds[bucket(0.25)].hits > before
+
+
+def test_the_bundled_model_finds_its_head_and_auto_drafts_from_it(bundled):
+    from polyverse.config import GenerationConfig
+    from polyverse.costs import cost_curve
+    from polyverse.loop import decode
+
+    drafter = for_model(bundled)
+    assert isinstance(drafter, Drafter)
+    ids = bundled.encode("Write a short poem about the sea.")
+    ar = bundled.generate(ids, method="ar", max_new_tokens=48).token_ids
+    proposer = AutoProposer(AutoConfig(), cost_curve(bundled, bundled.backend), drafter)
+    bundled.backend.reset()
+    steps = list(decode(bundled.backend, proposer, ids, GenerationConfig(max_new_tokens=48, eos_token_ids=bundled.eos_token_ids)))
+    assert tuple(t for s in steps for t in s.tokens) == tuple(ar)
+    assert proposer.head.drafts > 0 and len(steps) < len(ar)
