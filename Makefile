@@ -102,6 +102,7 @@ space-adapter: space-data
 # the draft head auto uses on the bundled model: its own answers to made-up instructions and GSM8K
 # train questions, then the head fitted on its hidden states (copied into the package)
 draft-head: $(STAMP)
+	mkdir -p distill-out
 	$(BIN)/python scripts/head_prompts.py distill-out/head-prompts.jsonl
 	$(BIN)/polyverse train distill --data distill-out/head-prompts.jsonl --out distill-out/head-self.jsonl --limit 908
 	$(BIN)/polyverse train head --data distill-out/head-self.jsonl --out head-out
