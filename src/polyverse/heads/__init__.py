@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .head import META, Drafter, DraftHead, HeadShape
 
 SHIPPED = Path(__file__).resolve().parent

@@ -45,9 +45,11 @@ class DraftHead(torch.nn.Module):
         self.down = torch.nn.Linear(shape.inner, shape.hidden)
         self.register_buffer("ids", ids.long())
 
-    def forward(self, hidden: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
-        """hidden, embedded [B, H] -> z [B, H]."""
-        return hidden + self.down(F.silu(self.mix(torch.cat([hidden, embedded], dim=-1))))
+    def forward(self, hidden: torch.Tensor, embedded: torch.Tensor, products=None) -> torch.Tensor:
+        """hidden, embedded [B, H] -> z [B, H]; ``products``: (mix, down) callables to run the two
+        layers with instead of the modules' own (the lean kernels' packed copies)."""
+        mix, down = products if products is not None else (self.mix, self.down)
+        return hidden + down(F.silu(mix(torch.cat([hidden, embedded], dim=-1))))
 
     def save(self, folder: Path, meta: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -85,25 +87,24 @@ class Drafter:
         # embed, lm_head [V, H]: the target's input embeddings and LM-head rows (the same tensor when tied)
         self.head = head.to(embed.device)
         self.embed = embed
-        self.rows = lm_head[head.ids].float().contiguous()  # [V', H]
         self.ids = head.ids.tolist()
-        self.packed = _packed(head, self.rows, kind) if kind is not None else None
+        rows = lm_head[head.ids].float().contiguous()  # [V', H]
+        packed = _packed(head, rows, kind) if kind is not None else None
+        if packed is None:
+            self.products, self.project = None, lambda z: z @ rows.T  # [B, H] -> [B, V']
+        else:
+            mix, down, out = packed
+            self.products = (mix.forward, down.forward)
+            self.project = lambda z: out.forward(z)[:, : len(self.ids)]  # the packed rows are padded
+        self.packed = packed is not None
 
     @torch.inference_mode()
     def step(self, hidden: torch.Tensor, token: int) -> "Guess":
         """hidden [H], the token its row chose -> its guess at the next token (``Guess``)."""
-        hidden = hidden.float()
-        if self.packed is None:
-            z = self.head(hidden[None], self.embed[token].float()[None])[0]  # [H]
-            logits = self.rows @ z  # [V']
-        else:
-            mix, down, rows = self.packed
-            x = torch.cat([hidden, self.embed[token].float()])[None]  # [1, 2H]
-            z = hidden + down.forward(F.silu(mix.forward(x)))[0]  # [H]
-            logits = rows.forward(z[None])[0, : len(self.ids)]  # [V'] (the packed rows are padded)
-        probs, best = torch.softmax(logits, dim=-1).topk(min(2, len(self.ids)))
+        z = self.head(hidden.float()[None], self.embed[token].float()[None], self.products)  # [1, H]
+        probs, best = torch.softmax(self.project(z)[0], dim=-1).topk(min(2, len(self.ids)))  # of [V']
         second = (self.ids[int(best[1])], float(probs[1])) if len(best) > 1 else (self.ids[int(best[0])], 0.0)
-        return Guess(z, self.ids[int(best[0])], float(probs[0]), *second)
+        return Guess(z[0], self.ids[int(best[0])], float(probs[0]), *second)
 
 
 def _packed(head: DraftHead, rows: torch.Tensor, kind: str):
@@ -115,8 +116,6 @@ def _packed(head: DraftHead, rows: torch.Tensor, kind: str):
     if which is None or any(n % 32 for n in (head.shape.hidden, head.shape.inner)):
         return None
     code, wide = lean.KINDS[kind], which == "avx512"
-    extra = -rows.shape[0] % 32  # pad to the kernels' 32 columns (the padding's logits are cut off again)
-    padded = torch.cat([rows, rows[:1].expand(extra, -1)]) if extra else rows
     with torch.no_grad():
         return (ext.Linear(head.mix.weight, head.mix.bias, code, wide), ext.Linear(head.down.weight, head.down.bias, code, wide),
-                ext.Linear(padded, None, code, wide))
+                ext.Linear(lean.padded(rows), None, code, wide))

@@ -68,6 +68,12 @@ def best_length(alpha: float, available: int, curve: CostCurve, width: int = 1,
     return best_k
 
 
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens a pass with a k-token draft writes, each draft token accepted with chance alpha:
+    1 + alpha + ... + alpha^k (the bonus token and the accepted ones)."""
+    return sum(alpha ** j for j in range(k + 1))
+
+
 RUNS = 4  # run lengths with an estimate of their own; longer runs share the last one
 
 
@@ -146,7 +152,7 @@ class AutoProposer(Proposer):
             alpha = self.stats[self.last_bucket].alpha
             costs = self.costs(width)
             k = best_length(alpha, len(conts[0]), self.curve, width, costs)
-            rate = sum(alpha ** j for j in range(k + 1)) / costs[k]
+            rate = expected_tokens(alpha, k) / costs[k]
         self.branch = [c[:k] for c in conts] if k else []  # the n-gram draft, if fed
         if self.head is not None:
             self.head.written(context)
@@ -172,7 +178,7 @@ class AutoProposer(Proposer):
             return 0.0
         alpha = self.stats[self.last_bucket].alpha
         k = max(len(b) for b in self.branch)
-        expected = sum(alpha ** j for j in range(k + 1)) + sum(self.head.chances)
+        expected = expected_tokens(alpha, k) + sum(self.head.chances)
         return expected / self.curve(1 + sum(len(b) for b in self.branch) + len(guesses))
 
     def acceptance(self) -> float | None:

@@ -141,7 +141,7 @@ def unsupported(model: torch.nn.Module) -> str | None:
     return None
 
 
-def _padded(weight: torch.Tensor) -> torch.Tensor:
+def padded(weight: torch.Tensor) -> torch.Tensor:
     """weight [n, k] with zero rows appended up to a multiple of ``BLOCK`` (a vocabulary of 49153)."""
     extra = -weight.shape[0] % BLOCK
     return weight if not extra else torch.cat([weight, weight.new_zeros(extra, weight.shape[1])])
@@ -192,7 +192,7 @@ class LeanModel:
                 gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])  # [2 I, H]
                 self._model.add_layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight, qkv, bias,
                                       att.o_proj.weight, gate_up, mlp.down_proj.weight, kind)
-            self._model.set_head(_padded(model.get_output_embeddings().weight), kind)
+            self._model.set_head(padded(model.get_output_embeddings().weight), kind)
         self.layers = len(body.layers)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor | None,
