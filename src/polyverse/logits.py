@@ -4,12 +4,14 @@ The LM head (hidden -> vocabulary) is a large share of a pass that feeds many to
 draft rows past the first rejection are never read. ``Logits`` keeps the pass's hidden states and
 projects rows in blocks as they are indexed, through the head product the backend passes in (a
 callable hidden [m, H] -> logits [m, V]); a backend that computes its logits itself hands them over
-whole (``Logits.of``).
+whole (``Logits.of``). Where the backend has a cheaper way to a row's argmax than its full product
+(a ``Screen``: the lean CPU pass's int8 screen of the head), ``top`` and ``rough`` use it, and a
+greedy pass projects no row at all.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -27,6 +29,33 @@ def first_maxes(rows: torch.Tensor) -> list[int]:
     if rows.dtype == torch.float32 and rows.device.type == "cpu" and not rows.requires_grad:
         return rows.numpy().argmax(axis=-1).tolist()
     return rows.argmax(dim=-1).tolist()
+
+
+class Screen(Protocol):
+    """A backend's cheap argmax of the head: hidden [m, H] -> (m argmaxes, -1 where it cannot say;
+    screened logits [m, V], close to the exact ones)."""
+
+    def __call__(self, hidden: torch.Tensor) -> tuple[list[int], torch.Tensor]: ...
+
+
+def rough(logits, rows: list[int]) -> torch.Tensor:
+    """``logits.rough(rows)`` where the logits have it (a ``Logits``), else the rows themselves."""
+    f = getattr(logits, "rough", None)
+    return f(rows) if f is not None else logits[rows]
+
+
+def guesses(logits, rows: list[int]) -> list[int]:
+    """Each row's argmax as a draft token (verified later, so it need not be exact): the exact one
+    where known, else the argmax of ``rough``'s rows.
+
+    Example: rows (3, 4) of logits whose row 3 argmax is known to be 7 and whose row 4 screens to 2
+    -> [7, 2].
+    """
+    tops = getattr(logits, "tops", {})
+    if all(r in tops for r in rows):
+        return [tops[r] for r in rows]
+    found = first_maxes(rough(logits, rows)) if rows else []
+    return [tops.get(r, t) for r, t in zip(rows, found)]
 
 
 def first_max(row: torch.Tensor) -> int:
@@ -50,14 +79,17 @@ class Logits:
     row 10 then computes rows 10-17.
     """
 
-    def __init__(self, hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], vocab: int, block: int = 8):
+    def __init__(self, hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], vocab: int, block: int = 8,
+                 screen: "Screen | None" = None):
         self.hidden = hidden  # [q, H]: the pass's rows before the head (or its logits, for ``of``)
         self.head = head
         self.vocab = vocab
         self.block = block
+        self.screen = screen
         self.rows: dict[int, torch.Tensor] = {}
         self._all: torch.Tensor | None = None  # [q, V] when every row was computed at once
         self.tops: dict[int, int] = {}  # row -> its largest logit's index, where known
+        self.roughs: dict[int, torch.Tensor] = {}  # row -> its screened logits [V], where screened
 
     @classmethod
     def of(cls, logits: torch.Tensor, tops: dict[int, int] | None = None) -> "Logits":
@@ -125,11 +157,41 @@ class Logits:
 
     def top(self, row: int) -> int:
         """The index of row ``row``'s largest logit (the first of equals, as ``argmax``); a pass
-        that projected several requests' rows together may have found it for all of them at once."""
+        that projected several requests' rows together may have found it for all of them at once.
+        With a screen, rows are screened in blocks as ``__getitem__`` projects them, and only a row
+        the screen leaves open is projected."""
         best = self.tops.get(row)
+        if best is None and self.screen is not None and self._all is None and row not in self.rows:
+            if row not in self.roughs:
+                size = self.block if self.roughs else 2
+                self.screened([r for r in range(row, min(row + size, len(self))) if r not in self.rows])
+            best = self.tops.get(row)
         if best is None:
             best = self.tops[row] = first_max(self[row])
         return best
+
+    def screened(self, rows: list[int]) -> None:
+        """Screen ``rows`` (those not screened yet) in one product: their argmaxes where the screen
+        settles them, and their screened logits for ``rough``."""
+        rows = [r for r in rows if r not in self.roughs]
+        if not rows or self.screen is None:
+            return
+        lo = rows[0]
+        hidden = self.hidden[lo: lo + len(rows)] if rows == list(range(lo, lo + len(rows))) else self.hidden[rows]
+        with torch.inference_mode():
+            tops, rough = self.screen(hidden)  # [m], [m, V]
+        for r, best, z in zip(rows, tops, rough):
+            self.roughs[r] = z
+            if best >= 0:
+                self.tops[r] = best
+
+    def rough(self, rows: list[int]) -> torch.Tensor:
+        """Rows [len(rows), V] good enough to draft from, not to verify with: the screened logits
+        where there is a screen (what is computed exactly already is used as it is), else the rows."""
+        if self.screen is None or self._all is not None or not rows:
+            return self[rows]
+        self.screened([r for r in rows if r not in self.rows])
+        return torch.stack([self.rows[r] if r in self.rows else self.roughs[r] for r in rows])  # [len(rows), V]
 
     def full(self) -> torch.Tensor:
         """Every row: [q, V]."""

@@ -74,6 +74,8 @@ class TransformersBackend:
     def cost_key(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
         path = f"lean-{self.lean.dtype}-{self.lean.isa}" if self.lean is not None else str(self.dtype)
+        if self.lean is not None and self.lean.screen is not None:
+            path += "-screen"  # argmaxes from the screen: cheaper passes
         return f"transformers|{n}|{path}|{self.device}"
 
     def session(self) -> "TransformersBackend":
@@ -135,11 +137,16 @@ class TransformersBackend:
                                    self.cache, past)  # [q, H]
         self.cache.length = past + len(feed)
         self._pending = len(feed)
+        screen = self.lean.screen
         if logits_for is None:
-            return Logits(hidden, self.lean.project, self.vocab_size)
+            return Logits(hidden, self.lean.project, self.vocab_size, screen=screen)
         rows = list(logits_for)
         if not rows:
             return Logits.of(torch.empty(0, self.vocab_size))
+        if screen is not None and rows == list(range(len(feed))):  # every row: screened at once, exact on demand
+            logits = Logits(hidden, self.lean.project, self.vocab_size, screen=screen)
+            logits.screened(rows)
+            return logits
         return Logits.of(self.lean.project(hidden[rows]))  # [len(logits_for), V]
 
     def _lean_inputs(self, feed: Feed, past: int) -> tuple[Sequence[int], Sequence[int], torch.Tensor | None]:
@@ -189,15 +196,23 @@ class TransformersBackend:
             first.append([start + r for r in rows])
             start += q
         flat = [r for rows in first for r in rows]
-        projected = lean.project(hidden[flat]) if flat else torch.empty(0, lean.vocab)  # [len(flat), V]
-        tops = first_maxes(projected) if flat else []  # one call for every part's rows
+        screen = lean.screen if all(lf is None or list(lf) in ([], list(range(len(f)))) for _, f, lf in parts) else None
+        if screen is not None:  # argmaxes and drafting rows from the screen, exact rows on demand
+            tops, projected = screen(hidden[flat]) if flat else ([], torch.empty(0, lean.vocab))  # [len(flat), V]
+        else:
+            projected = lean.project(hidden[flat]) if flat else torch.empty(0, lean.vocab)  # [len(flat), V]
+            tops = first_maxes(projected) if flat else []  # one call for every part's rows
         start = taken = 0
         for (b, feed, logits_for), rows in zip(parts, first):
             q = len(feed)
             mine = projected[taken: taken + len(rows)]  # [len(rows), V]
             found = tops[taken: taken + len(rows)]
             taken += len(rows)
-            if logits_for is not None or not lazy:  # every row asked for (in order), or every row
+            if screen is not None:  # the rows keep their numbers (every row, or none, was asked for)
+                logits = Logits(hidden[start: start + q], lean.project, b.vocab_size, screen=screen)
+                logits.roughs.update({r - start: row for r, row in zip(rows, mine)})
+                logits.tops.update({r - start: t for r, t in zip(rows, found) if t >= 0})
+            elif logits_for is not None or not lazy:  # every row asked for (in order), or every row
                 logits = Logits.of(mine) if rows else Logits.of(torch.empty(0, b.vocab_size))
                 logits.tops = dict(enumerate(found))
             else:  # the first rows now, the others as verification reads them (as a pass of its own would)

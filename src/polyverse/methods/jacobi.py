@@ -30,7 +30,7 @@ from typing import Sequence
 from ..batching.budget import Acceptance
 from ..costs import CostCurve, cost_curve
 from ..draft import Draft
-from ..logits import first_maxes
+from ..logits import guesses
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
@@ -151,7 +151,7 @@ class JacobiProposer(Proposer):
         if not rest:
             self.guess = []
             return
-        self.guess = first_maxes(obs.logits[[r + 1 for r in rest]])  # [len(rest)]
+        self.guess = guesses(obs.logits, [r + 1 for r in rest])  # [len(rest)]
 
 
 def trained_block(model, default: int = DEFAULT_BLOCK) -> int:

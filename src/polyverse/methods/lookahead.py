@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from ..draft import Draft
-from ..logits import first_maxes
+from ..logits import guesses
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
@@ -105,7 +105,7 @@ class LookaheadProposer(Proposer):
             return  # the loop cut the draft (near the length budget, or a grammar): no window update this step
         w, n = self.cfg.window, self.cfg.ngram
         last = (n - 2) * w  # first node of the last level
-        out = first_maxes(obs.logits[last + 1 : last + 1 + w])  # [W]
+        out = guesses(obs.logits, list(range(last + 1, last + 1 + w)))  # [W]
         for i in range(w):
             column = [self.levels[l][i] for l in range(n - 1)] + [out[i]]
             self.pool.add(column[0], tuple(column[1:]))

@@ -43,6 +43,7 @@ import torch
 from ..costs import CostCurve, cost_curve
 from ..draft import Draft
 from ..errors import ConfigError
+from ..logits import rough
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
@@ -176,7 +177,7 @@ class SpaceProposer(Proposer):
             if node not in index:
                 break
             rows.append(1 + index[node])  # logits row of the group's next mask
-        probs = torch.softmax(obs.logits[rows].float(), dim=-1)  # [len(rows), V]
+        probs = torch.softmax(rough(obs.logits, rows).float(), dim=-1)  # [len(rows), V]: drafts only
         conf, best = probs.max(dim=-1)  # [len(rows)]
         proposals = best.tolist()
         cut = proposals.index(self.mask_id) if self.mask_id in proposals else len(proposals)

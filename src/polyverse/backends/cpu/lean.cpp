@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <array>
+#include <memory>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -199,6 +200,7 @@ class Model {
 
   int64_t layers() const { return static_cast<int64_t>(layers_.size()); }
   bool wide() const { return wide_; }
+  const Weight& head() const { return head_; }
 
   // ids [q] int64, pos [q] int64, visible [q, past + q] bool (undefined: a causal chain after the
   // cache), kcache [L, Hkv, capacity / kTile, D, kTile] (keys in tiles of cells, each transposed)
@@ -472,6 +474,8 @@ struct Linear {
   }
 };
 
+#include "lean_screen.h"
+
 }  // namespace lean
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
@@ -489,5 +493,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   py::class_<lean::Linear>(module, "Linear")
       .def(py::init<torch::Tensor, c10::optional<torch::Tensor>, int, bool>())
       .def("forward", &lean::Linear::forward, py::call_guard<py::gil_scoped_release>());
+  py::class_<lean::Screen>(module, "Screen")
+      .def(py::init<const lean::Model&, torch::Tensor, int64_t, int64_t>())
+      .def("top", &lean::Screen::top, py::call_guard<py::gil_scoped_release>());
   module.def("linear", &lean::linear, "x [m, k] @ w [n, k]^T on packed weights of a kind (0 fp32, 1 bf16, 2 int8)");
 }

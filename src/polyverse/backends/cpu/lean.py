@@ -33,11 +33,11 @@ from typing import Sequence
 
 import torch
 
-from . import features
+from . import features, screen
 
 SOURCE = Path(__file__).with_name("lean.cpp")
 HEADERS = tuple(Path(__file__).with_name(n)
-                for n in ("lean_isa.h", "lean_attention.h", "lean_pack.h", "lean_segments.h"))
+                for n in ("lean_isa.h", "lean_attention.h", "lean_pack.h", "lean_segments.h", "lean_screen.h"))
 NAME = "polyverse_cpu_lean"
 DTYPES = ("fp32", "bf16", "int8")
 KINDS = {"fp32": 0, "bf16": 1, "int8": 2}
@@ -192,7 +192,9 @@ class LeanModel:
                 gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])  # [2 I, H]
                 self._model.add_layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight, qkv, bias,
                                       att.o_proj.weight, gate_up, mlp.down_proj.weight, kind)
-            self._model.set_head(padded(model.get_output_embeddings().weight), kind)
+            head = padded(model.get_output_embeddings().weight)
+            self._model.set_head(head, kind)
+            self.screen = screen.make(ext, self._model, head, dtype, self.vocab)  # argmaxes without the whole head
         self.layers = len(body.layers)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor | None,

@@ -380,3 +380,71 @@ float quantize32(const float* x, int8_t* out) {
   for (int j = 0; j < 32; ++j) out[j] = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, scaled[j])));
   return s;
 }
+
+// ---- the head's screen (lean_screen.h): its bounds and candidates, vectorised -------------------
+
+#if LEAN_AVX512
+inline vf vload_u8(const uint8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))); }
+inline vf vabs(vf v) { return _mm512_abs_ps(v); }
+inline bool vany_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ) != 0; }
+inline float vmax_all(vf v) { return _mm512_reduce_max_ps(v); }
+#else
+inline vf vload_u8(const uint8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))); }
+inline vf vabs(vf v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
+inline bool vany_ge(vf a, vf b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)) != 0; }
+inline float vmax_all(vf v) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  float top = t[0];
+  for (int i = 1; i < 8; ++i) top = std::max(top, t[i]);
+  return top;
+}
+#endif
+
+// panel p's bounds for m rows: bound[r, j] = 1.001 sum_b sw[p, b, c] (alpha[r, b] + beta[r, b] l1[p, b, c]),
+// and low[r] raised to the largest z[r, j] - bound[r, j] over the panel's columns below vocab
+void screen_panel(const float* sw, const uint8_t* l1, const float* alpha, const float* beta, const float* z,
+                  int64_t m, int64_t n, int64_t blocks, int64_t vocab, int64_t p, float* bound, float* low) {
+  constexpr int kV = kPanel / kLanes;
+  const int64_t j0 = p * kPanel, live = std::min<int64_t>(kPanel, vocab - j0);
+  for (int64_t r = 0; r < m; ++r) {
+    vf e[kV];
+    for (int v = 0; v < kV; ++v) e[v] = vzero();
+    for (int64_t b = 0; b < blocks; ++b) {
+      const float* s = sw + (p * blocks + b) * kPanel;
+      const uint8_t* l = l1 + (p * blocks + b) * kPanel;
+      const vf al = vset(alpha[r * blocks + b]), be = vset(beta[r * blocks + b]);
+      for (int v = 0; v < kV; ++v) e[v] = vfma(vload(s + v * kLanes), vfma(be, vload_u8(l + v * kLanes), al), e[v]);
+    }
+    float* bd = bound + r * n + j0;
+    const float* zr = z + r * n + j0;
+    for (int v = 0; v < kV; ++v) vstore(bd + v * kLanes, vfma(e[v], vset(1.001f), vset(1e-30f)));
+    float top = low[r];
+    if (live == kPanel) {
+      vf t = vsub(vload(zr), vload(bd));
+      for (int v = 1; v < kV; ++v) t = vmax(t, vsub(vload(zr + v * kLanes), vload(bd + v * kLanes)));
+      top = std::max(top, vmax_all(t));
+    } else {
+      for (int64_t c = 0; c < live; ++c) top = std::max(top, zr[c] - bd[c]);
+    }
+    low[r] = top;
+  }
+}
+
+// the columns j < vocab, ascending, whose screened value plus bound reaches lower (stops past most)
+void screen_keep(const float* z, const float* bound, int64_t vocab, float lower, int64_t most, std::vector<int64_t>& out) {
+  const vf lo = vset(lower), slack = vset(2e-6f * std::fabs(lower));
+  for (int64_t j0 = 0; j0 < vocab; j0 += kLanes) {
+    if (j0 + kLanes <= vocab) {
+      const vf zz = vload(z + j0);
+      // a looser test first: the exact one below decides
+      const vf t = vadd(vadd(zz, vmul(vload(bound + j0), vset(1.0001f))), vadd(vmul(vabs(zz), vset(2e-6f)), slack));
+      if (!vany_ge(t, lo)) continue;
+    }
+    for (int64_t j = j0; j < std::min(vocab, j0 + kLanes); ++j)
+      if (z[j] + bound[j] + 1e-6f * (std::fabs(z[j]) + std::fabs(lower)) >= lower) {
+        out.push_back(j);
+        if (static_cast<int64_t>(out.size()) > most) return;
+      }
+  }
+}

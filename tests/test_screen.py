@@ -1,0 +1,149 @@
+"""The int8 screen of the LM head (backends/cpu/screen + lean_screen.h): its argmax is the full
+product's, bit for bit, ties and near-ties included; rows it cannot settle are left to the full
+product; ``Logits`` reads argmaxes and drafting rows from it; greedy decoding is unchanged."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import polyverse
+from polyverse.backends.cpu import lean, screen
+from polyverse.logits import Logits, first_maxes, guesses, rough
+from polyverse.models.tiny import tiny_model
+
+from test_lean import ISAS, instruction_set
+
+pytestmark = pytest.mark.skipif(not ISAS, reason="the lean pass does not build or run here")
+CASES = [(d, i) for d in ("fp32", "bf16") for i in ISAS]
+VOCAB = 320  # ten panels of 32 columns
+
+
+def planted_head(seed: int) -> torch.Tensor:
+    """A random head [VOCAB, 64] with exact and near ties planted: column 40 equals column 9,
+    column 41 is column 9 nudged by a relative 1e-4, column 200 by 1e-6."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(VOCAB, 64, generator=g) * 0.1
+    w[40] = w[9]
+    w[41] = w[9] * (1 + 1e-4)
+    w[200] = w[9] * (1 - 1e-6)
+    return w
+
+
+def lean_model(dtype: str, isa: str, head: torch.Tensor) -> lean.LeanModel:
+    model = tiny_model(seed=1, vocab_size=VOCAB)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(head)
+    with instruction_set(isa):
+        return lean.LeanModel(model, dtype)
+
+
+def rows_toward(head: torch.Tensor, seed: int, scale: float, n: int = 24) -> torch.Tensor:
+    """Hidden rows [n, 64]: random ones, and ones pointing at column 9 (where the ties are)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, 64, generator=g)
+    toward = head[9] / head[9].norm() * 8 + 0.05 * torch.randn(n, 64, generator=g)
+    return torch.cat([noise, toward]) * scale  # [2n, 64]
+
+
+@pytest.mark.parametrize("dtype,isa", CASES)
+def test_the_screened_argmax_is_the_full_products_own(dtype, isa):
+    head = planted_head(0)
+    lm = lean_model(dtype, isa, head)
+    assert lm.screen is not None
+    hidden = rows_toward(head, 1, 1.0)
+    tops, screened = lm.screen(hidden)
+    exact = lm.project(hidden)  # [m, V]
+    want = first_maxes(exact)
+    settled = [i for i, t in enumerate(tops) if t >= 0]
+    assert len(settled) >= len(tops) * 3 // 4  # the screen settles most rows
+    assert all(tops[i] == want[i] for i in settled)
+    assert screened.shape == exact.shape and (screened - exact).abs().max() < 0.05 * exact.abs().max()
+    # rows pointing at column 9: its exact copy 40 ties it and loses (the first of equals wins), 41
+    # (a hair larger, or equal after bf16 rounding) is decided by the exact values
+    toward = [t for t in tops[len(tops) // 2:] if t >= 0]
+    assert toward and set(toward) <= {9, 41} and 40 not in tops
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10**6), log_scale=st.floats(-3, 3))
+def test_the_screen_never_changes_an_argmax(seed, log_scale):
+    dtype, isa = CASES[seed % len(CASES)]
+    head = planted_head(seed)
+    lm = lean_model(dtype, isa, head)
+    hidden = rows_toward(head, seed + 1, math.exp(log_scale), n=8)
+    tops, _ = lm.screen(hidden)
+    want = first_maxes(lm.project(hidden))
+    assert all(t == w for t, w in zip(tops, want) if t >= 0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_rows_the_screen_cannot_settle_are_left_to_the_full_product(isa):
+    flat = torch.ones(VOCAB, 64) * 0.01  # every column equal: all VOCAB of them candidates
+    lm = lean_model("bf16", isa, flat)
+    assert screen.MOST < VOCAB
+    hidden = torch.randn(3, 64)
+    hidden[1, 5] = float("nan")
+    tops, _ = lm.screen(hidden)
+    assert tops == [-1, -1, -1]
+    logits = Logits(hidden, lm.project, VOCAB, screen=lm.screen)
+    assert [logits.top(r) for r in range(3)] == first_maxes(lm.project(hidden))
+
+
+def test_no_screen_for_int8_heads_or_when_turned_off(monkeypatch):
+    head = planted_head(2)
+    assert lean_model("int8", ISAS[0], head).screen is None
+    monkeypatch.setenv(screen.DISABLE, "1")
+    assert lean_model("bf16", ISAS[0], head).screen is None
+
+
+class CountingScreen:
+    """A screen in Python: settles even rows only, screened rows = exact rows + 0.5 at column 0."""
+
+    def __init__(self, head):
+        self.head, self.calls = head, []
+
+    def __call__(self, hidden):
+        self.calls.append(len(hidden))
+        exact = self.head(hidden)
+        tops = [t if i % 2 == 0 else -1 for i, t in enumerate(first_maxes(exact))]
+        return tops, exact + torch.nn.functional.one_hot(torch.zeros(len(hidden), dtype=torch.long), exact.shape[1]) * 0.5
+
+
+def test_logits_read_argmaxes_and_drafting_rows_from_a_screen():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(50, 8, generator=g)
+    project = lambda h: h @ w.T  # noqa: E731
+    hidden = torch.randn(12, 8, generator=g)
+    exact = project(hidden)
+    fake = CountingScreen(project)
+    logits = Logits(hidden, project, 50, screen=fake)
+    assert logits.top(0) == first_maxes(exact[:1])[0]
+    assert fake.calls == [2] and logits.computed() == 0  # rows 0-1 screened, nothing projected
+    assert logits.top(1) == first_maxes(exact[1:2])[0]  # odd rows are left open: the full product
+    assert logits.computed() == 2  # rows 1-2, as a first read projects
+    assert logits.top(4) == first_maxes(exact[4:5])[0] and fake.calls == [2, 8]  # then a block of 8 screened
+    # drafting rows: screened where not projected, exact where projected
+    got = rough(logits, [1, 3])
+    assert torch.allclose(got[0], exact[1]) and torch.allclose(got[1], exact[3] + torch.eye(50)[0] * 0.5)
+    assert guesses(logits, [0, 11]) == [logits.top(0), first_maxes((exact[11] + torch.eye(50)[0] * 0.5)[None])[0]]
+    plain = Logits.of(exact)
+    assert torch.equal(rough(plain, [3]), exact[3:4]) and guesses(plain, [3]) == first_maxes(exact[3:4])
+
+
+@pytest.mark.parametrize("method", ["ar", "lookahead", "jacobi"])
+def test_greedy_decoding_is_the_same_with_and_without_the_screen(tiny_dir, method):
+    model = polyverse.load(str(tiny_dir), progress=False, dtype="bf16")
+    lm = model.backend.lean
+    if lm is None or lm.screen is None:
+        pytest.skip("no lean pass here")
+    prompt = model.tokenizer.encode("the screen keeps every argmax")
+    with_screen = model.generate(prompt, method=method, max_new_tokens=40).token_ids
+    kept, lm.screen = lm.screen, None
+    try:
+        without = model.generate(prompt, method=method, max_new_tokens=40).token_ids
+    finally:
+        lm.screen = kept
+    assert list(with_screen) == list(without)
