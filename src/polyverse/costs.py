@@ -66,7 +66,7 @@ def measure(backend, context_len: "int | Sequence[int]" = CONTEXTS, reps: int = 
     """Time passes of each size after a context of ``context_len`` tokens, or after each of several
     context lengths in turn (the curve is then the mean over them); resets the backend.
 
-    Each timed pass reads the logits of its first row, as verification always does. Sizes are
+    Each timed pass reads the argmax of its first row, as verification always does. Sizes are
     interleaved and the fastest of ``reps`` passes is kept, so that other work running during
     the measurement does not bias the curve (it is cached for good).
 

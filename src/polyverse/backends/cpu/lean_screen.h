@@ -107,7 +107,6 @@ struct Screen {
   }
 
  private:
-  // the argmax of one row among the columns its bounds keep, or -1 (too many of them, or a NaN)
   // the largest exact value among the chosen columns (ascending), the first of equals; -1 on a NaN
   int64_t pick(const float* x, const std::vector<int64_t>& chosen) const {
     Rows one;
