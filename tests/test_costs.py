@@ -46,6 +46,33 @@ def test_measure_over_several_context_lengths():
     assert be.length == 0
 
 
+def test_measure_reads_what_its_passes_are_asked_for():
+    """The plain curve reads each pass's first row; ``every`` asks for every row at once (as SPACE's
+    passes do), and the context and drafts continue a repeated run of tokens."""
+    be = TransformersBackend(tiny_model(seed=0))
+    asked, fed = [], []
+    forward = be.forward
+
+    def spy(feed, logits_for=None):
+        asked.append(None if logits_for is None else list(logits_for))
+        fed.append(feed)
+        return forward(feed, logits_for)
+
+    be.forward = spy
+    measure(be, context_len=40, reps=1, sizes=(1, 4))
+    passes = [(a, f) for a, f in zip(asked, fed) if a != []]  # the context's prefill asks for no row
+    assert passes and all(a is None for a, _ in passes)
+    asked.clear(), fed.clear()
+    measure(be, context_len=40, reps=1, sizes=(1, 4), every=True)
+    passes = [(a, f) for a, f in zip(asked, fed) if a != []]
+    assert passes and all(a == list(range(len(f))) for a, f in passes)
+    prefill = next(f for a, f in zip(asked, fed) if a == [])
+    period = list(prefill.tokens[:24])
+    assert list(prefill.tokens) == (period * 2)[:40]  # a run of 24 tokens, repeated
+    four = next(f for a, f in passes if len(f) == 4)
+    assert list(four.tokens) == [period[(39 + i) % 24] for i in range(4)]  # the drafts continue it
+
+
 # relative pass costs of a curve like llama.cpp's: its one-row path is a faster kernel than its batched one
 STEEP = CostCurve((1, 2, 3, 4, 6, 8, 12, 16, 24, 32), (1.0, 1.66, 1.77, 1.92, 2.25, 2.82, 3.56, 4.26, 6.18, 7.8))
 FLAT = CostCurve((1, 32), (1.0, 1.1))

@@ -28,7 +28,7 @@ SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 # cache, and step where its cache padding steps), so one length can mislead `auto` about decoding
 CONTEXTS = (64, 192, 320)
 PERIOD = 24  # tokens of the measuring context's repeated run
-VERSION = 12  # bumped when the pass or the measurement changes, so curves cached before are measured again
+VERSION = 13  # bumped when the pass or the measurement changes, so curves cached before are measured again
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,14 @@ class CostCurve:
         return CostCurve(tuple(range(1, top + 1)), tuple(self(n + q) for q in range(1, top + 1)))
 
 
-def measure(backend, context_len: "int | Sequence[int]" = CONTEXTS, reps: int = 5, sizes=SIZES) -> CostCurve:
+def measure(backend, context_len: "int | Sequence[int]" = CONTEXTS, reps: int = 5, sizes=SIZES,
+            every: bool = False) -> CostCurve:
     """Time passes of each size after a context of ``context_len`` tokens, or after each of several
     context lengths in turn (the curve is then the mean over them); resets the backend.
 
-    Each timed pass reads the argmax of its first row, as verification always does. Sizes are
+    Each timed pass reads the argmax of its first row, as verification always does; with ``every``
+    it asks for every row at once first, as a proposer that reads every row does (SPACE: its mask
+    groups' rows are drafted from, each pass's head product covers all of them). Sizes are
     interleaved and the fastest of ``reps`` passes is kept, so that other work running during
     the measurement does not bias the curve (it is cached for good).
 
@@ -79,14 +82,15 @@ def measure(backend, context_len: "int | Sequence[int]" = CONTEXTS, reps: int = 
     sizes = tuple(q for q in sizes if max(lengths) + q <= room) or (1,)
     vocab = backend.vocab_size
     g = torch.Generator().manual_seed(0)
-    # random tokens, repeated in a period: after the first period the model continues the text as
-    # confidently as it does real text, where random tokens throughout leave it unsure of every next
-    # token, which costs a screened head (``Logits.top``) more than decoding ever does
+    # random tokens, repeated in a period, and drafts that continue it: after the first period the
+    # model reads every row as confidently as it does real text, where random tokens leave it unsure
+    # of every next token, which costs a screened head (``Logits.top``) more than decoding ever does
     period = torch.randint(0, vocab, (PERIOD,), generator=g).tolist()
-    ctx = (period * (max(lengths) // PERIOD + 1))[: max(lengths)]
-    drafts = {q: Draft.chain(torch.randint(0, vocab, (q - 1,), generator=g).tolist()) for q in sizes}
+    text = period * ((max(lengths) + max(sizes)) // PERIOD + 1)
+    ctx = text[: max(lengths)]
     fastest: dict[int, list[float]] = {q: [] for q in sizes}
     for n in lengths:
+        drafts = {q: Draft.chain(text[n: n + q - 1]) for q in sizes}
         backend.reset()
         backend.forward(chain_feed(ctx[:n], 0), logits_for=[])
         backend.commit(range(n))
@@ -94,7 +98,7 @@ def measure(backend, context_len: "int | Sequence[int]" = CONTEXTS, reps: int = 
         for rep in range(reps + 1):
             for q in sizes:  # sizes interleaved, so a busy moment hits all of them alike
                 t0 = time.perf_counter()
-                logits = backend.forward(draft_feed(ctx[n - 1], n, drafts[q]))
+                logits = backend.forward(draft_feed(ctx[n - 1], n, drafts[q]), logits_for=range(q) if every else None)
                 logits.top(0) if hasattr(logits, "top") else logits[0]  # a rejected draft still reads its first block of rows
                 backend.commit([])
                 if rep:  # the first round warms up
@@ -115,27 +119,29 @@ _MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # bare models 
 _LOCK = threading.RLock()
 
 
-def cost_curve(model, backend) -> CostCurve:
-    """The cached curve of this model on this machine; measured on first use.
+def cost_curve(model, backend, every: bool = False) -> CostCurve:
+    """The cached curve of this model on this machine; measured on first use. ``every``: passes
+    whose every row is read (``measure``), a curve of its own.
 
     ``model`` is the polyverse Model (curve cached in memory and on disk), or None for a bare
     backend (curve measured quickly and kept in memory while its weights live).
     """
     with _LOCK:  # two threads on one model (two servers, a server and a bench) measure it once
         if model is None:
-            hf = backend.torch_model
-            if hf not in _MEMO:
-                _MEMO[hf] = measure(backend, context_len=32, reps=2)
-            return _MEMO[hf]
-        return _cached_curve(model, backend)
+            memo = _MEMO.setdefault(backend.torch_model, {})
+            if every not in memo:
+                memo[every] = measure(backend, context_len=32, reps=2, every=every)
+            return memo[every]
+        return _cached_curve(model, backend, every)
 
 
-def _cached_curve(model, backend) -> CostCurve:
+def _cached_curve(model, backend, every: bool = False) -> CostCurve:
     from .models.load import cache_dir
 
-    if "cost_curve" in model.resources:
-        return model.resources["cost_curve"]
-    path = cache_dir() / "costs" / f"{model_key(model)}.json"
+    name = "cost_curve_every" if every else "cost_curve"
+    if name in model.resources:
+        return model.resources[name]
+    path = cache_dir() / "costs" / f"{model_key(model)}{'-every' if every else ''}.json"
     curve = None
     if path.exists():
         try:
@@ -145,10 +151,10 @@ def _cached_curve(model, backend) -> CostCurve:
         except (ValueError, KeyError, TypeError):
             curve = None
     if curve is None:
-        curve = measure(backend)
+        curve = measure(backend, every=every)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"sizes": curve.sizes, "seconds": curve.seconds, "model": model.name, "version": VERSION}))
         tmp.replace(path)
-    model.resources["cost_curve"] = curve
+    model.resources[name] = curve
     return curve

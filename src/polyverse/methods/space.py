@@ -19,7 +19,8 @@ the last accepted node: they continue after the token the verification adds (the
 With ``adaptive`` (the default) the proposer does not always feed all of them: candidate j is
 accepted about as often as the mask's own confidence p_j says, so a pass with n candidates is
 expected to yield E(n) = 1 + p_1 + p_1 p_2 + ... + p_1..p_n tokens while it feeds
-q(n) = 1 + n + (n + 1) k tokens. With the backend's measured cost curve c(q) it keeps the n
+q(n) = 1 + n + (n + 1) k tokens. With the backend's measured cost curve c(q) (of passes whose
+every row is read, as SPACE's are: ``cost_curve(..., every=True)``) it keeps the n
 that maximises E(n) / c(q(n)): unlikely candidates, and the k masks hung below each, are not
 paid for. Which candidates are fed never changes what is written, only how fast. The masks per
 group are sized the same way: group j of masks yields the j-th candidate of the next pass, worth
@@ -224,7 +225,8 @@ def make(config: SpaceConfig, ctx) -> SpaceProposer:
     mask_id = find_mask_id(config, ctx)
     if config.k is None:
         config = replace(config, k=trained_k(ctx.model))
-    curve = cost_curve(ctx.model, ctx.backend) if config.adaptive or config.ngram > 0 else None
+    # priced as its passes run: every row's logits read at once (``reads_every_row``)
+    curve = cost_curve(ctx.model, ctx.backend, every=True) if config.adaptive or config.ngram > 0 else None
     return SpaceProposer(config, mask_id, curve if config.adaptive else None, curve)
 
 
