@@ -231,4 +231,7 @@ class GrammarState:
         ends = set(self.grammar.eos)
         body = [int(t) for t in tokens if int(t) not in ends]
         if body and not self.matcher.consume_tokens(body):
-            raise RuntimeError(f"the grammar refused output tokens {body}: {_brief(self.matcher.get_error())}")
+            # masked rows write only allowed tokens, so a refusal means the grammar asked for text this
+            # vocabulary cannot write (a character the tokenizer only has as <unk>): the request's fault
+            raise ConfigError(f"the grammar cannot be followed with this model's vocabulary: it refused the output "
+                              f"tokens {body}: {_brief(self.matcher.get_error())}")
