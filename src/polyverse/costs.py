@@ -99,7 +99,7 @@ def measure(backend, context_len: "int | Sequence[int]" = CONTEXTS, reps: int = 
             for q in sizes:  # sizes interleaved, so a busy moment hits all of them alike
                 t0 = time.perf_counter()
                 logits = backend.forward(draft_feed(ctx[n - 1], n, drafts[q]), logits_for=range(q) if every else None)
-                logits.top(0) if hasattr(logits, "top") else logits[0]  # a rejected draft still reads its first block of rows
+                logits.top(0)  # a rejected draft still reads its first row's argmax
                 backend.commit([])
                 if rep:  # the first round warms up
                     times[q].append(time.perf_counter() - t0)

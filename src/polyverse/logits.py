@@ -180,6 +180,11 @@ class Logits:
         hidden = self.hidden[lo: lo + len(rows)] if rows == list(range(lo, lo + len(rows))) else self.hidden[rows]
         with torch.inference_mode():
             tops, rough = self.screen(hidden)  # [m], [m, V]
+        self.take(rows, tops, rough)
+
+    def take(self, rows: list[int], tops: list[int], rough: torch.Tensor) -> None:
+        """Keep a screen's answers for ``rows``: argmaxes (-1: left to the full product) and screened
+        rows [len(rows), V] (a pass that screened several requests' rows at once hands each its own)."""
         for r, best, z in zip(rows, tops, rough):
             self.roughs[r] = z
             if best >= 0:

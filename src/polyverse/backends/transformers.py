@@ -210,8 +210,7 @@ class TransformersBackend:
             taken += len(rows)
             if screen is not None:  # the rows keep their numbers (every row, or none, was asked for)
                 logits = Logits(hidden[start: start + q], lean.project, b.vocab_size, screen=screen)
-                logits.roughs.update({r - start: row for r, row in zip(rows, mine)})
-                logits.tops.update({r - start: t for r, t in zip(rows, found) if t >= 0})
+                logits.take([r - start for r in rows], found, mine)
             elif logits_for is not None or not lazy:  # every row asked for (in order), or every row
                 logits = Logits.of(mine) if rows else Logits.of(torch.empty(0, b.vocab_size))
                 logits.tops = dict(enumerate(found))
