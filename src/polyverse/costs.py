@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import threading
 import time
 import weakref
 from bisect import bisect_left
+from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -158,3 +160,79 @@ def _cached_curve(model, backend, every: bool = False) -> CostCurve:
         tmp.replace(path)
     model.resources[name] = curve
     return curve
+
+
+LIVE_WINDOW = 16  # the last passes of a size whose median prices it
+LIVE_LEAST = 3  # passes of a size before their median replaces the measured cost
+LIVE_EVERY = 4  # passes between two updates of the prices
+
+
+class LiveCurve:
+    """A measured curve corrected by what decoding pays: the median of the last passes of each size
+    a proposer fed (their whole step, its own Python and the head included), the measured curve,
+    scaled by the nearest size seen, where a size has not been fed yet.
+
+    The measured curve times passes back to back on one context, fastest of a few; in decoding the
+    same sizes can cost more, and not alike (more rows of a tree read more distinct cells, and
+    screen rows the model is less sure of). A proposer that weighs expected tokens against the
+    price of its rows then feeds rows that do not pay.
+
+    Example: measured c(1) = 10 ms, c(4) = 11 ms, c(8) = 12 ms; decoding paid a median of 14 ms
+    for 8 rows -> c(8) = 14, c(4) = 11 * 14 / 12 (the nearest seen size scales it), c(1) from
+    the same scale.
+    """
+
+    def __init__(self, base: CostCurve) -> None:
+        self.base = base
+        self.curve = base  # the prices now: a CostCurve over the measured sizes and those seen
+        self.version = 0  # bumped at every update, for callers that keep derived prices
+        self._samples: dict[int, deque] = {}
+        self._since = 0
+        self._lock = threading.Lock()  # one per model, fed by every request that decodes alone
+
+    def __call__(self, q: int) -> float:
+        return self.curve(q)
+
+    def relative(self, q: int) -> float:
+        return self.curve.relative(q)
+
+    def beyond(self, n: int, top: int) -> CostCurve:
+        return self.curve.beyond(n, top)
+
+    def observe(self, q: int, seconds: float) -> None:
+        """A step that fed ``q`` tokens took ``seconds``."""
+        with self._lock:
+            self._samples.setdefault(q, deque(maxlen=LIVE_WINDOW)).append(seconds)
+            self._since += 1
+            if self._since >= LIVE_EVERY:
+                self._since = 0
+                self._update()
+
+    def _update(self) -> None:
+        seen = {q: statistics.median(s) for q, s in self._samples.items() if len(s) >= LIVE_LEAST}
+        if not seen:
+            return
+        sizes = sorted(set(self.base.sizes) | set(seen))
+        prices, top = [], 0.0
+        for q in sizes:
+            if q in seen:
+                price = seen[q]
+            else:  # the nearest size seen (the smaller on a tie) says how far off the measurement is
+                near = min(seen, key=lambda s: (abs(s - q), s))
+                price = self.base(q) * seen[near] / self.base(near)
+            top = max(top, price)  # a pass of more tokens never costs less
+            prices.append(top)
+        self.curve = CostCurve(tuple(sizes), tuple(prices))
+        self.version += 1
+
+
+def live_curve(model, backend, every: bool = False) -> LiveCurve:
+    """``cost_curve`` corrected by the passes decoding pays (``LiveCurve``), one per model and kind
+    of curve, shared by its requests (a bare backend: one per call)."""
+    if model is None:
+        return LiveCurve(cost_curve(None, backend, every))
+    name = "live_cost_curve_every" if every else "live_cost_curve"
+    with _LOCK:
+        if name not in model.resources:
+            model.resources[name] = LiveCurve(cost_curve(model, backend, every))
+        return model.resources[name]

@@ -49,6 +49,9 @@ class Observation:
     verdict: Verdict
     logits: torch.Tensor  # [1 + len(draft), V] target logits, feed order (root first), shaped as verified
     context: tuple[int, ...]  # all tokens so far; the last one is the new pending token
+    # the step's wall time from the proposal to the verdict, where its pass was the request's own
+    # (None where requests shared it: the time is then the batch's)
+    seconds: float | None = None
 
 
 class Proposer:
@@ -187,6 +190,7 @@ class Decoding:
         self.last_verdict: Verdict | None = None  # the last decoding pass's verification
         self.shaper = make_shaper(config, backend.vocab_size, proposer.forced_drafts)
         self._t0 = 0.0
+        self.alone = True  # whether the next pass is this request's own (a batch says when it is not)
 
     @property
     def prefilling(self) -> bool:
@@ -251,7 +255,8 @@ class Decoding:
         self.context.extend(tokens)
         self.produced += len(tokens)
         if finish is None:
-            self.proposer.observe(Observation(draft, verdict, target, tuple(self.context)))
+            seconds = time.perf_counter() - self._t0 if self.alone else None
+            self.proposer.observe(Observation(draft, verdict, target, tuple(self.context), seconds))
             if self.shaper is not None:  # after observe: the rows it reads are shaped before the step
                 self.shaper.advance(tokens)
         self.finished = finish

@@ -247,6 +247,7 @@ class Batch:
         drafted = accepted = 0
         for key, out in zip(owners, logits):
             s = self._shared[key]
+            s.decoding.alone = len(owners) == 1  # a shared pass's time is not this request's
             try:
                 step = s.decoding.finish(out)
             except Exception as exc:  # noqa: BLE001

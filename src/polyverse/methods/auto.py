@@ -205,6 +205,7 @@ class NgramBranch:
         self.curve = curve
         self.most = tokens + 1  # the branch's rows with the root's, the most it adds to a pass
         self.priced: dict[int, CostCurve] = {}  # rows of the other draft -> the branch's costs beyond them
+        self.version = getattr(curve, "version", 0)  # a LiveCurve's prices change: priced again then
         self.auto = AutoProposer(AutoConfig(max_tokens=tokens, ngram=ngram), curve)
         self.tokens: list[int] = []  # the branch proposed last (empty: none fed)
 
@@ -213,6 +214,9 @@ class NgramBranch:
 
     def propose(self, context: Sequence[int], beside: int) -> list[int]:
         """The branch to feed beside a draft of ``beside`` nodes; empty where it does not pay."""
+        version = getattr(self.curve, "version", 0)
+        if version != self.version:
+            self.priced, self.version = {}, version
         if beside not in self.priced:
             self.priced[beside] = self.curve.beyond(beside, self.most)
         self.auto.reprice(self.priced[beside])

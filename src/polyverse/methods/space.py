@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..costs import CostCurve, cost_curve
+from ..costs import CostCurve, LiveCurve, cost_curve, live_curve
 from ..draft import Draft
 from ..errors import ConfigError
 from ..logits import rough
@@ -114,12 +114,14 @@ class SpaceProposer(Proposer):
     reads_every_row = True
 
     def __init__(self, config: SpaceConfig, mask_id: int, cost: Callable[[int], float] | None = None,
-                 curve: CostCurve | None = None) -> None:
+                 curve: "CostCurve | LiveCurve | None" = None) -> None:
         """``cost``: seconds of a pass feeding q tokens (None = feed every candidate); ``curve``: the
-        backend's measured pass costs, which price the n-gram branch (None, or ``ngram`` 0: no branch)."""
+        backend's measured pass costs, which price the n-gram branch (None, or ``ngram`` 0: no branch);
+        a ``LiveCurve`` is told what each pass cost."""
         self.k = config.k if config.k is not None else DEFAULT_K
         self.mask_id = mask_id
         self.cost = cost
+        self.live = curve if isinstance(curve, LiveCurve) else None
         self.candidates: list[int] = []
         self.draft = Draft.empty()  # the last draft proposed, before any pruning by the loop
         self.groups: list[list[int]] = []
@@ -162,6 +164,8 @@ class SpaceProposer(Proposer):
         return Draft.tree([branch], base=self.draft)
 
     def observe(self, obs: Observation) -> None:
+        if self.live is not None and obs.seconds is not None:
+            self.live.observe(len(obs.draft) + 1, obs.seconds)
         if self.ngrams is not None:
             self.ngrams.credit(obs.verdict.tokens)
         # the loop may prune nodes (the token budget, a grammar) and add some (a grammar's forced
@@ -225,8 +229,13 @@ def make(config: SpaceConfig, ctx) -> SpaceProposer:
     mask_id = find_mask_id(config, ctx)
     if config.k is None:
         config = replace(config, k=trained_k(ctx.model))
-    # priced as its passes run: every row's logits read at once (``reads_every_row``)
-    curve = cost_curve(ctx.model, ctx.backend, every=True) if config.adaptive or config.ngram > 0 else None
+    # priced as its passes run: every row's logits read at once (``reads_every_row``), and, decoding
+    # greedily, corrected by what they cost (a sampled request's drafts, which its random stream
+    # follows, must not depend on timing, so that its seed gives the same text)
+    curve = None
+    if config.adaptive or config.ngram > 0:
+        priced = live_curve if ctx.sampling.greedy else cost_curve
+        curve = priced(ctx.model, ctx.backend, every=True)
     return SpaceProposer(config, mask_id, curve if config.adaptive else None, curve)
 
 

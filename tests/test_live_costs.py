@@ -1,0 +1,151 @@
+"""The live cost curve: measured prices corrected by what decoding's passes cost, and who feeds it."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from polyverse.backends.transformers import TransformersBackend
+from polyverse.config import GenerationConfig
+from polyverse.costs import LIVE_EVERY, LIVE_LEAST, LIVE_WINDOW, CostCurve, LiveCurve
+from polyverse.loop import Proposer, decode
+from polyverse.methods.auto import NgramBranch
+from polyverse.methods.space import SpaceConfig, SpaceProposer
+from polyverse.models.tiny import tiny_model
+from polyverse.draft import Draft
+from polyverse.loop import Observation
+from polyverse.verify import Verdict
+
+BASE = CostCurve((1, 4, 8), (0.010, 0.011, 0.012))
+
+
+def fed(curve: LiveCurve, q: int, seconds: float, times: int) -> None:
+    for _ in range(times):
+        curve.observe(q, seconds)
+
+
+def test_without_passes_the_prices_are_the_measured_ones():
+    live = LiveCurve(BASE)
+    assert [live(q) for q in (1, 2, 4, 8, 12)] == [BASE(q) for q in (1, 2, 4, 8, 12)]
+    assert live.version == 0
+    fed(live, 8, 0.5, LIVE_LEAST - 1)  # too few passes of a size to say anything
+    assert live(8) == BASE(8)
+
+
+def test_the_docstring_example():
+    live = LiveCurve(BASE)
+    fed(live, 8, 0.014, max(LIVE_LEAST, LIVE_EVERY))
+    assert live.version >= 1
+    assert abs(live(8) - 0.014) < 1e-12
+    assert abs(live(4) - 0.011 * 14 / 12) < 1e-12  # scaled by the nearest size seen
+    assert abs(live(1) - 0.010 * 14 / 12) < 1e-12
+
+
+def test_a_size_seen_is_priced_by_its_median_and_old_passes_fall_out():
+    live = LiveCurve(BASE)
+    fed(live, 4, 0.020, LIVE_WINDOW - 1)
+    fed(live, 4, 5.0, 1)  # one pass that met other work: the median does not move
+    fed(live, 4, 0.020, LIVE_EVERY)
+    assert abs(live(4) - 0.020) < 1e-12
+    fed(live, 4, 0.030, LIVE_WINDOW)  # the machine slowed down: the window follows it
+    assert abs(live(4) - 0.030) < 1e-12
+
+
+def test_more_tokens_never_cost_less():
+    live = LiveCurve(BASE)
+    fed(live, 4, 0.020, 8)
+    fed(live, 8, 0.015, 8)
+    assert live(8) >= live(4) == 0.020
+    assert live(12) >= live(8)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 32), st.floats(1e-4, 1.0)), max_size=80))
+def test_prices_stay_positive_and_rise_with_the_tokens_fed(passes):
+    live = LiveCurve(BASE)
+    for q, s in passes:
+        live.observe(q, s)
+    prices = [live(q) for q in range(1, 40)]
+    assert all(p > 0 for p in prices)
+    assert all(b >= a - 1e-15 for a, b in zip(prices, prices[1:]))
+
+
+class Timed(Proposer):
+    """Empty drafts; keeps each step's time."""
+
+    def __init__(self):
+        self.seconds = []
+
+    def propose(self, context):
+        return Draft.empty()
+
+    def observe(self, obs):
+        self.seconds.append(obs.seconds)
+
+
+def test_a_lone_request_tells_its_proposer_what_each_step_took():
+    be = TransformersBackend(tiny_model(seed=0))
+    p = Timed()
+    list(decode(be, p, [1, 2, 3], GenerationConfig(max_new_tokens=5)))
+    assert len(p.seconds) >= 3 and all(s is not None and s > 0 for s in p.seconds)
+
+
+def test_requests_sharing_a_pass_are_not_told_its_time(tmp_path):
+    import polyverse
+    from polyverse.batching import Batch
+    from polyverse.models.tiny import save_tiny
+
+    model = polyverse.load(str(save_tiny(tmp_path / "model", seed=3)), progress=False)
+    engine = Batch(None)
+    requests = [model.request(text, method="ar", max_new_tokens=6, chat=False) for text in ("abcab", "cabca")]
+    spies = []
+    for key, r in enumerate(requests):
+        spy = Timed()
+        r.decoding.proposer = spy
+        spies.append(spy)
+        r.join(engine, key)
+    for _ in range(4):
+        engine.round()
+    assert len(spies[0].seconds) >= 2 and all(s is None for spy in spies for s in spy.seconds)
+    engine.remove(1)  # alone now: its steps are its own
+    before = len(spies[0].seconds)
+    engine.round()
+    assert spies[0].seconds[before:] and all(s > 0 for s in spies[0].seconds[before:])
+
+
+def test_space_tells_its_live_curve_what_its_passes_cost():
+    live = LiveCurve(BASE)
+    p = SpaceProposer(SpaceConfig(k=1, ngram=0), mask_id=99, cost=live, curve=live)
+    p.start([1, 2])
+    draft = p.propose([1, 2])  # the root's group of one mask: 2 tokens fed
+    logits = torch.zeros(2, 100)
+    for _ in range(max(LIVE_LEAST, LIVE_EVERY)):
+        p.observe(Observation(draft, Verdict((), (5,)), logits, (1, 2, 5), seconds=0.05))
+    assert abs(live(2) - 0.05) < 1e-12
+    p.observe(Observation(draft, Verdict((), (5,)), logits, (1, 2, 5)))  # a shared pass: nothing learnt
+    assert abs(live(2) - 0.05) < 1e-12
+
+
+def test_the_ngram_branch_is_priced_again_when_the_live_prices_change():
+    live = LiveCurve(BASE)
+    branch = NgramBranch(live, ngram=2, tokens=4)
+    context = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6]
+    branch.start(context)
+    branch.propose(context, beside=2)
+    before = branch.priced[2]
+    fed(live, 3, 0.5, max(LIVE_LEAST, LIVE_EVERY))  # a pass of 3 tokens is dear now
+    branch.propose(context, beside=2)
+    assert branch.priced[2] is not before and branch.priced[2](1) == live(3)
+
+
+def test_only_a_greedy_space_request_is_priced_live():
+    """A sampled request's drafts decide how its random stream is read: they must not follow timing."""
+    from polyverse.config import SamplingConfig
+    from polyverse.methods.space import make
+    from polyverse.registry import MethodContext
+
+    be = TransformersBackend(tiny_model(seed=0))
+    config = SpaceConfig(k=2, mask_id=7)
+    greedy = make(config, MethodContext(be, SamplingConfig()))
+    sampled = make(config, MethodContext(be, SamplingConfig(temperature=0.8)))
+    assert isinstance(greedy.live, LiveCurve) and greedy.cost is greedy.live
+    assert sampled.live is None and isinstance(sampled.cost, CostCurve)
