@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..batching.budget import Acceptance
-from ..costs import CostCurve, cost_curve
+from ..costs import CostCurve, LiveCurve, cost_curve, live_curve
 from ..draft import Draft
 from ..heads import Drafter, for_model
 from ..loop import Observation, Proposer
@@ -78,9 +78,11 @@ RUNS = 4  # run lengths with an estimate of their own; longer runs share the las
 
 
 class AutoProposer(Proposer):
-    def __init__(self, config: AutoConfig, curve: CostCurve, drafter: "Drafter | None" = None) -> None:
+    def __init__(self, config: AutoConfig, curve: "CostCurve | LiveCurve", drafter: "Drafter | None" = None) -> None:
         self.cfg = config
         self.curve = curve
+        self.live = curve if isinstance(curve, LiveCurve) else None  # told what each pass cost
+        self.priced_at = 0  # the live curve's version the kept costs were read at
         # the draft head's guesses, fed instead of the n-gram draft when they promise more tokens per second
         self.head = HeadBranch(drafter, curve, config.decay, config.max_tokens) if drafter is not None else None
         self.index = NgramIndex(config.ngram)
@@ -140,6 +142,8 @@ class AutoProposer(Proposer):
         self.run = self.run + right if right == len(new) else 0
 
     def propose(self, context: Sequence[int]) -> Draft:
+        if self.live is not None and self.live.version != self.priced_at:
+            self.priced_at, self._costs = self.live.version, {}
         self._written(context)
         self.index.extend(context)
         conts = self.index.continuations(self.cfg.max_tokens, self.cfg.candidates)  # the longest match's first
@@ -186,6 +190,8 @@ class AutoProposer(Proposer):
         return self.stats[self.last_bucket].alpha if self.drafted else None
 
     def observe(self, obs: Observation) -> None:
+        if self.live is not None and obs.seconds is not None:
+            self.live.observe(len(obs.draft) + 1, obs.seconds)
         if self.head is not None:
             self.head.observe(obs.logits, obs.verdict.accepted)
         if self.drafted and len(obs.draft):
@@ -238,7 +244,10 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
 
 def make(config: AutoConfig, ctx) -> AutoProposer:
     drafter = for_model(ctx.model) if config.head and ctx.model is not None else None
-    return AutoProposer(config, cost_curve(ctx.model, ctx.backend), drafter)
+    # decoding greedily, priced by what its passes cost (a sampled request's drafts must not follow
+    # timing: its random stream follows them)
+    priced = live_curve if ctx.sampling.greedy else cost_curve
+    return AutoProposer(config, priced(ctx.model, ctx.backend), drafter)
 
 
 registry.register("auto", AutoConfig, make,
