@@ -123,7 +123,8 @@ class SpaceProposer(Proposer):
         self.cost = cost
         self.live = curve if isinstance(curve, LiveCurve) else None
         self.candidates: list[int] = []
-        self.draft = Draft.empty()  # the last draft proposed, before any pruning by the loop
+        self.draft = Draft.empty()  # the layout of the last draft proposed
+        self.proposed = Draft.empty()  # that draft with the n-gram branch, as proposed (before any pruning by the loop)
         self.groups: list[list[int]] = []
         self.ngrams: NgramBranch | None = None
         if curve is not None and config.ngram > 0:
@@ -158,10 +159,9 @@ class SpaceProposer(Proposer):
     def propose(self, context: Sequence[int]) -> Draft:
         self.draft, self.groups = space_draft(self.candidates, self.masks, self.mask_id)
         branch = self.ngrams.propose(context, len(self.draft)) if self.ngrams is not None else []
-        if not branch:
-            return self.draft
         # below the root, after the layout: the candidates' nodes and groups keep their numbers
-        return Draft.tree([branch], base=self.draft)
+        self.proposed = Draft.tree([branch], base=self.draft) if branch else self.draft
+        return self.proposed
 
     def observe(self, obs: Observation) -> None:
         if self.live is not None and obs.seconds is not None:
@@ -170,7 +170,10 @@ class SpaceProposer(Proposer):
             self.ngrams.credit(obs.verdict.tokens)
         # the loop may prune nodes (the token budget, a grammar) and add some (a grammar's forced
         # tokens), renumbering the draft: follow each of ours by its token path
-        index = self.draft.node_map(obs.draft)  # our node -> its index in the fed draft
+        if obs.draft is self.proposed:  # fed as proposed: the layout's nodes kept their numbers
+            index = {i: i for i in range(len(self.draft))}
+        else:
+            index = self.draft.node_map(obs.draft)  # our node -> its index in the fed draft
         ours = {new: old for old, new in index.items()}
         path = [ours.get(i) for i in obs.verdict.accepted]
         if path != list(range(len(path))) or len(path) > len(self.candidates):
