@@ -149,6 +149,36 @@ def test_only_a_greedy_space_request_is_priced_live():
     sampled = make(config, MethodContext(be, SamplingConfig(temperature=0.8)))
     assert isinstance(greedy.live, LiveCurve) and greedy.cost is greedy.live
     assert sampled.live is None and isinstance(sampled.cost, CostCurve)
+    fixed = make(SpaceConfig(k=2, mask_id=7, live=False), MethodContext(be, SamplingConfig()))
+    assert fixed.live is None and isinstance(fixed.cost, CostCurve)
+
+
+def test_auto_prices_greedy_requests_live_unless_told_not_to():
+    from polyverse.config import SamplingConfig
+    from polyverse.methods.auto import AutoConfig, make
+    from polyverse.registry import MethodContext
+
+    be = TransformersBackend(tiny_model(seed=0))
+    assert isinstance(make(AutoConfig(), MethodContext(be, SamplingConfig())).live, LiveCurve)
+    assert make(AutoConfig(), MethodContext(be, SamplingConfig(temperature=0.5))).live is None
+    assert make(AutoConfig(live=False), MethodContext(be, SamplingConfig())).live is None
+
+
+def test_auto_reads_the_live_prices_again_when_they_change():
+    from polyverse.methods.auto import AutoConfig, AutoProposer
+
+    live = LiveCurve(CostCurve((1, 2, 32), (0.01, 0.0101, 0.0132)))  # nearly flat: a long draft pays
+    p = AutoProposer(AutoConfig(max_tokens=8), live)
+    context = [5, 6, 7, 8, 9] * 4
+    p.start(context)
+    for bucket in p.stats:  # every run length predicts well
+        for _ in range(20):
+            bucket.update(4, 4)
+    assert len(p.propose(context)) > 0
+    for q in range(2, 10):  # a draft of any length costs two plain passes and more
+        fed(live, q, 0.02 + 0.01 * q, max(LIVE_LEAST, LIVE_EVERY))
+    fed(live, 1, 0.01, max(LIVE_LEAST, LIVE_EVERY))
+    assert len(p.propose(context)) < 8
 
 
 def test_monotone_pools_adjacent_violators():

@@ -44,6 +44,8 @@ class AutoConfig:
     # does the cheapest feed pays most often
     candidates: int = option(1, "continuations per pass", lo=1, hi=16, flag="--candidates")
     head: bool = option(True, "draft with the model's shipped draft head where there is nothing to copy")
+    # false: the drafts depend on the prompt and the measured curve alone, run after run
+    live: bool = option(True, "correct the measured pass costs by what greedy steps cost (costs.LiveCurve)")
 
 
 def best_length(alpha: float, available: int, curve: CostCurve, width: int = 1,
@@ -246,7 +248,7 @@ def make(config: AutoConfig, ctx) -> AutoProposer:
     drafter = for_model(ctx.model) if config.head and ctx.model is not None else None
     # decoding greedily, priced by what its passes cost (a sampled request's drafts must not follow
     # timing: its random stream follows them)
-    priced = live_curve if ctx.sampling.greedy else cost_curve
+    priced = live_curve if config.live and ctx.sampling.greedy else cost_curve
     return AutoProposer(config, priced(ctx.model, ctx.backend), drafter)
 
 

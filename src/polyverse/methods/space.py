@@ -65,6 +65,8 @@ class SpaceConfig:
     ngram: int = option(4, "longest prompt or output n-gram matched for a branch beside the candidates (0: none)",
                         lo=0, hi=16, flag="--ngram")
     ngram_tokens: int = option(8, "most tokens in the n-gram branch", lo=1, hi=64)
+    # false: the drafts depend on the prompt and the measured curve alone, run after run
+    live: bool = option(True, "correct the measured pass costs by what greedy steps cost (costs.LiveCurve)")
 
 
 def space_draft(candidates: Sequence[int], k: int, mask_id: int) -> tuple[Draft, list[list[int]]]:
@@ -237,7 +239,7 @@ def make(config: SpaceConfig, ctx) -> SpaceProposer:
     # follows, must not depend on timing, so that its seed gives the same text)
     curve = None
     if config.adaptive or config.ngram > 0:
-        priced = live_curve if ctx.sampling.greedy else cost_curve
+        priced = live_curve if config.live and ctx.sampling.greedy else cost_curve
         curve = priced(ctx.model, ctx.backend, every=True)
     return SpaceProposer(config, mask_id, curve if config.adaptive else None, curve)
 
