@@ -168,18 +168,19 @@ LIVE_EVERY = 4  # passes between two updates of the prices
 
 
 class LiveCurve:
-    """A measured curve corrected by what decoding pays: the median of the last passes of each size
-    a proposer fed (their whole step, its own Python and the head included), the measured curve,
-    scaled by the nearest size seen, where a size has not been fed yet.
+    """A measured curve corrected by what decoding pays: the median of the last steps of each size
+    a proposer fed (the whole step, its own Python and the head included), fitted non-decreasing
+    (``monotone``); for a size not fed often enough, the measured price scaled as the nearest size
+    seen was.
 
-    The measured curve times passes back to back on one context, fastest of a few; in decoding the
-    same sizes can cost more, and not alike (more rows of a tree read more distinct cells, and
-    screen rows the model is less sure of). A proposer that weighs expected tokens against the
+    The measured curve times passes back to back on one context, fastest of a few, once; decoding
+    pays more for the same sizes, and not alike for every size, and a curve measured once keeps
+    whatever the machine did at that moment. A proposer that weighs expected tokens against the
     price of its rows then feeds rows that do not pay.
 
-    Example: measured c(1) = 10 ms, c(4) = 11 ms, c(8) = 12 ms; decoding paid a median of 14 ms
-    for 8 rows -> c(8) = 14, c(4) = 11 * 14 / 12 (the nearest seen size scales it), c(1) from
-    the same scale.
+    Example: measured c(1) = 10, c(4) = 11, c(8) = 12; the last steps of 8 tokens took a median
+    of 14 -> c(8) = 14, c(4) = 11 * 14 / 12 and c(1) = 10 * 14 / 12 (scaled as the nearest size
+    seen, 8, was).
     """
 
     def __init__(self, base: CostCurve) -> None:
