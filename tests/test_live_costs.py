@@ -7,12 +7,11 @@ from hypothesis import strategies as st
 from polyverse.backends.transformers import TransformersBackend
 from polyverse.config import GenerationConfig
 from polyverse.costs import LIVE_EVERY, LIVE_LEAST, LIVE_WINDOW, CostCurve, LiveCurve
-from polyverse.loop import Proposer, decode
+from polyverse.draft import Draft
+from polyverse.loop import Observation, Proposer, decode
 from polyverse.methods.auto import NgramBranch
 from polyverse.methods.space import SpaceConfig, SpaceProposer
 from polyverse.models.tiny import tiny_model
-from polyverse.draft import Draft
-from polyverse.loop import Observation
 from polyverse.verify import Verdict
 
 BASE = CostCurve((1, 4, 8), (0.010, 0.011, 0.012))
