@@ -194,9 +194,6 @@ class LiveCurve:
     def __call__(self, q: int) -> float:
         return self.curve(q)
 
-    def relative(self, q: int) -> float:
-        return self.curve.relative(q)
-
     def beyond(self, n: int, top: int) -> CostCurve:
         return self.curve.beyond(n, top)
 
