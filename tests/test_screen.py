@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import polyverse
 from polyverse.backends.cpu import lean, screen
-from polyverse.logits import Logits, first_maxes, guesses, rough
+from polyverse.logits import Drafting, Logits, first_maxes, guesses, rough
 from polyverse.models.tiny import tiny_model
 
 from test_lean import ISAS, instruction_set
@@ -67,6 +67,21 @@ def test_the_screened_argmax_is_the_full_products_own(dtype, isa):
     assert toward and set(toward) <= {9, 41} and 40 not in tops
 
 
+@pytest.mark.parametrize("dtype,isa", CASES)
+def test_rough_then_settle_is_the_screen_in_two_steps(dtype, isa):
+    head = planted_head(3)
+    lm = lean_model(dtype, isa, head)
+    hidden = rows_toward(head, 4, 1.0, n=6)  # [12, 64]
+    tops, screened = lm.screen(hidden)
+    alone = lm.screen.rough(hidden)
+    assert torch.equal(alone, screened)
+    assert lm.screen.settle(hidden, alone) == tops
+    some = [7, 2, 10]  # any rows, in any order, settle as they do among all
+    assert lm.screen.settle(hidden[some], alone[some]) == [tops[r] for r in some]
+    with pytest.raises(RuntimeError, match="screened logits"):
+        lm.screen.settle(hidden[:2], alone[:3])
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10**6), log_scale=st.floats(-3, 3))
 def test_the_screen_never_changes_an_argmax(seed, log_scale):
@@ -109,7 +124,40 @@ class CountingScreen:
         self.calls.append(len(hidden))
         exact = self.head(hidden)
         tops = [t if i % 2 == 0 else -1 for i, t in enumerate(first_maxes(exact))]
-        return tops, exact + torch.nn.functional.one_hot(torch.zeros(len(hidden), dtype=torch.long), exact.shape[1]) * 0.5
+        return tops, self._rough(exact)
+
+    def _rough(self, exact):
+        return exact + torch.nn.functional.one_hot(torch.zeros(len(exact), dtype=torch.long), exact.shape[1]) * 0.5
+
+    def rough(self, hidden):
+        self.calls.append(("rough", len(hidden)))
+        return self._rough(self.head(hidden))
+
+    def settle(self, hidden, rough):
+        self.calls.append(("settle", len(hidden)))
+        assert torch.allclose(rough, self._rough(self.head(hidden)))  # the rows' own screened logits
+        return first_maxes(self.head(hidden))
+
+
+def test_drafting_rows_are_screened_at_once_and_settled_as_read():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(50, 8, generator=g)
+    project = lambda h: h @ w.T  # noqa: E731
+    hidden = torch.randn(10, 8, generator=g)
+    exact = project(hidden)
+    fake = CountingScreen(project)
+    logits = Logits(hidden, project, 50, screen=fake)
+    logits.screened(list(range(10)), settle=False)
+    assert fake.calls == [("rough", 10)] and logits.tops == {} and logits.open == set(range(10))
+    assert logits.top(3) == first_maxes(exact[3:4])[0]
+    assert fake.calls[1:] == [("settle", 2)] and logits.open == set(range(10)) - {3, 4}  # with the next row
+    assert logits.top(4) == first_maxes(exact[4:5])[0] and len(fake.calls) == 2
+    assert logits.top(9) == first_maxes(exact[9:10])[0] and fake.calls[2:] == [("settle", 1)]  # the last row alone
+    assert logits.computed() == 0  # nothing projected
+    # drafting from the open rows: their screened logits, no settling
+    assert torch.allclose(rough(logits, [0, 5]), fake._rough(exact[[0, 5]])) and len(fake.calls) == 3
+    # a backend asked for Drafting rows screens every row and settles none
+    assert list(Drafting(range(3))) == [0, 1, 2] and isinstance(Drafting(range(3)), tuple)
 
 
 def test_logits_read_argmaxes_and_drafting_rows_from_a_screen():

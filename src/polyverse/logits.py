@@ -33,9 +33,24 @@ def first_maxes(rows: torch.Tensor) -> list[int]:
 
 class Screen(Protocol):
     """A backend's cheap argmax of the head: hidden [m, H] -> (m argmaxes, -1 where it cannot say;
-    screened logits [m, V], close to the exact ones)."""
+    screened logits [m, V], close to the exact ones); or in two steps, the screened logits alone
+    (``rough``) and later the argmaxes of some of those rows (``settle``)."""
 
     def __call__(self, hidden: torch.Tensor) -> tuple[list[int], torch.Tensor]: ...
+
+    def rough(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+    def settle(self, hidden: torch.Tensor, rough: torch.Tensor) -> list[int]: ...
+
+
+class Drafting(tuple):
+    """``logits_for`` of a pass whose every row its proposer drafts from (``Logits.rough``) while
+    verification reads the exact argmax of a few (SPACE: the candidate chain, not the mask groups).
+    A backend with a screen screens every row in one product and settles a row's argmax when
+    ``top`` reads it, so the rows only drafted from cost no bound.
+
+    Example: Drafting(range(3)) == (0, 1, 2), read by backends as any rows asked for.
+    """
 
 
 def rough(logits, rows: list[int]) -> torch.Tensor:
@@ -90,6 +105,7 @@ class Logits:
         self._all: torch.Tensor | None = None  # [q, V] when every row was computed at once
         self.tops: dict[int, int] = {}  # row -> its largest logit's index, where known
         self.roughs: dict[int, torch.Tensor] = {}  # row -> its screened logits [V], where screened
+        self.open: set[int] = set()  # rows screened whose argmax the screen has not settled yet
 
     @classmethod
     def of(cls, logits: torch.Tensor, tops: dict[int, int] | None = None) -> "Logits":
@@ -161,6 +177,9 @@ class Logits:
         With a screen, rows are screened in blocks as ``__getitem__`` projects them, and only a row
         the screen leaves open is projected."""
         best = self.tops.get(row)
+        if best is None and row in self.open:  # with the next row, which a draft's chain reads next
+            self.settle([r for r in (row, row + 1) if r in self.open])
+            best = self.tops.get(row)
         if best is None and self.screen is not None and self._all is None and row not in self.rows:
             if row not in self.roughs:
                 size = self.block if self.roughs else 2
@@ -170,23 +189,41 @@ class Logits:
             best = self.tops[row] = first_max(self[row])
         return best
 
-    def screened(self, rows: list[int]) -> None:
-        """Screen ``rows`` (those not screened yet) in one product: their argmaxes where the screen
-        settles them, and their screened logits for ``rough``."""
+    def _hidden(self, rows: list[int]) -> torch.Tensor:
+        lo = rows[0]
+        return self.hidden[lo: lo + len(rows)] if rows == list(range(lo, lo + len(rows))) else self.hidden[rows]
+
+    def screened(self, rows: list[int], settle: bool = True) -> None:
+        """Screen ``rows`` (those not screened yet) in one product: their screened logits for
+        ``rough``, and their argmaxes where the screen settles them (``settle`` False: when ``top``
+        reads them)."""
         rows = [r for r in rows if r not in self.roughs]
         if not rows or self.screen is None:
             return
-        lo = rows[0]
-        hidden = self.hidden[lo: lo + len(rows)] if rows == list(range(lo, lo + len(rows))) else self.hidden[rows]
         with torch.inference_mode():
-            tops, rough = self.screen(hidden)  # [m], [m, V]
+            if settle:
+                tops, rough = self.screen(self._hidden(rows))  # [m], [m, V]
+            else:
+                tops, rough = [None] * len(rows), self.screen.rough(self._hidden(rows))
         self.take(rows, tops, rough)
 
-    def take(self, rows: list[int], tops: list[int], rough: torch.Tensor) -> None:
-        """Keep a screen's answers for ``rows``: argmaxes (-1: left to the full product) and screened
-        rows [len(rows), V] (a pass that screened several requests' rows at once hands each its own)."""
-        for r, best, z in zip(rows, tops, rough):
-            self.roughs[r] = z
+    def settle(self, rows: list[int]) -> None:
+        """The screen's argmaxes of ``rows``, screened already, in one pass over the head's bounds."""
+        with torch.inference_mode():
+            tops = self.screen.settle(self._hidden(rows), torch.stack([self.roughs[r] for r in rows]))
+        self.take(rows, tops, None)
+
+    def take(self, rows: list[int], tops: "list[int | None]", rough: "torch.Tensor | None") -> None:
+        """Keep a screen's answers for ``rows``: argmaxes (-1: left to the full product; None: not
+        settled yet) and screened rows [len(rows), V] (None: kept already; a pass that screened
+        several requests' rows at once hands each its own)."""
+        for i, (r, best) in enumerate(zip(rows, tops)):
+            if rough is not None:
+                self.roughs[r] = rough[i]
+            if best is None:
+                self.open.add(r)
+                continue
+            self.open.discard(r)
             if best >= 0:
                 self.tops[r] = best
 

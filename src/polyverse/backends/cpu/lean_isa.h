@@ -251,6 +251,7 @@ inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
 inline float vsum(vf v) { return _mm512_reduce_add_ps(v); }
 inline vf vclamp(vf x, float lo, float hi) { return _mm512_min_ps(_mm512_max_ps(x, vset(lo)), vset(hi)); }
 inline vf vround(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
@@ -268,6 +269,7 @@ inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
 inline float vsum(vf v) {
   const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -401,50 +403,73 @@ inline float vmax_all(vf v) {
 }
 #endif
 
-// panel p's bounds for m rows: bound[r, j] = 1.001 sum_b sw[p, b, c] (alpha[r, b] + beta[r, b] l1[p, b, c]),
-// and low[r] raised to the largest z[r, j] - bound[r, j] over the panel's columns below vocab
-void screen_panel(const float* sw, const uint8_t* l1, const float* alpha, const float* beta, const float* z,
-                  int64_t m, int64_t n, int64_t blocks, int64_t vocab, int64_t p, float* bound, float* low) {
-  constexpr int kV = kPanel / kLanes;
-  const int64_t j0 = p * kPanel, live = std::min<int64_t>(kPanel, vocab - j0);
-  for (int64_t r = 0; r < m; ++r) {
-    vf e[kV];
-    for (int v = 0; v < kV; ++v) e[v] = vzero();
-    for (int64_t b = 0; b < blocks; ++b) {
-      const float* s = sw + (p * blocks + b) * kPanel;
-      const uint8_t* l = l1 + (p * blocks + b) * kPanel;
-      const vf al = vset(alpha[r * blocks + b]), be = vset(beta[r * blocks + b]);
-      for (int v = 0; v < kV; ++v) e[v] = vfma(vload(s + v * kLanes), vfma(be, vload_u8(l + v * kLanes), al), e[v]);
-    }
-    float* bd = bound + r * n + j0;
-    const float* zr = z + r * n + j0;
-    for (int v = 0; v < kV; ++v) vstore(bd + v * kLanes, vfma(e[v], vset(1.001f), vset(1e-30f)));
-    float top = low[r];
-    if (live == kPanel) {
-      vf t = vsub(vload(zr), vload(bd));
-      for (int v = 1; v < kV; ++v) t = vmax(t, vsub(vload(zr + v * kLanes), vload(bd + v * kLanes)));
-      top = std::max(top, vmax_all(t));
-    } else {
-      for (int64_t c = 0; c < live; ++c) top = std::max(top, zr[c] - bd[c]);
-    }
-    low[r] = top;
+// Column j's bound E_j = 1.001 sum_b sw_jb (alpha_b + beta_b l1_jb) (+ 1e-30) for one row
+inline float screen_bound(int64_t j, const float* alpha, const float* beta, const float* sw, const uint8_t* l1,
+                          int64_t blocks) {
+  const int64_t p = j / kPanel, c = j % kPanel;
+  float e = 0.0f;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t at = (p * blocks + b) * kPanel + c;
+    e = std::fma(sw[at], std::fma(beta[b], static_cast<float>(l1[at]), alpha[b]), e);
   }
+  return std::fma(e, 1.001f, 1e-30f);
 }
 
-// the columns j < vocab, ascending, whose screened value plus bound reaches lower (stops past most)
-void screen_keep(const float* z, const float* bound, int64_t vocab, float lower, int64_t most, std::vector<int64_t>& out) {
-  const vf lo = vset(lower), slack = vset(2e-6f * std::fabs(lower));
+// One row's candidates (ascending in ``out``): the columns j < vocab whose screened value z_j plus
+// its bound E_j reaches the largest z_i - E_i, a lower bound of the row's largest exact value
+// (every exact value lies within its bound). E_j is computed only where a looser bound (the row's
+// largest alpha_b and beta_b times the column's s1, s2) lets the column reach; the lower bound
+// starts at the column of the largest z and rises with every column bounded. false: more
+// candidates than ``most``, or values that are not numbers (the full product decides).
+bool screen_row(const float* z, const float* alpha, const float* beta, const float* s1, const float* s2,
+                const float* m1, const float* m2, const float* sw, const uint8_t* l1, int64_t blocks, int64_t vocab, int64_t most,
+                std::vector<int64_t>& out) {
+  float amax = 0.0f, bmax = 0.0f, asum = 0.0f, bsum = 0.0f;
+  for (int64_t b = 0; b < blocks; ++b) {
+    amax = std::max(amax, alpha[b]);
+    bmax = std::max(bmax, beta[b]);
+    asum += alpha[b];
+    bsum += beta[b];
+  }
+  asum *= 1.0001f;  // above the float sums' rounding
+  bsum *= 1.0001f;
+  const int64_t whole = vocab / kLanes * kLanes;
+  vf top = vset(-INFINITY);
+  for (int64_t j = 0; j < whole; j += kLanes) top = vmax(top, vload(z + j));
+  float zmax = vmax_all(top);
+  for (int64_t j = whole; j < vocab; ++j) zmax = std::max(zmax, z[j]);
+  int64_t first = 0;  // the first column of the largest z
+  const vf zm = vset(zmax);
+  while (first < whole && !vany_ge(vload(z + first), zm)) first += kLanes;
+  while (first < vocab - 1 && !(z[first] >= zmax)) ++first;
+  float lower = z[first] - screen_bound(first, alpha, beta, sw, l1, blocks);
+  if (!std::isfinite(lower)) return false;
+  std::vector<std::pair<int64_t, float>> near;  // (column, E_j) of the columns the looser bound keeps
+  const vf am = vset(amax), bm = vset(bmax), as = vset(asum), bs = vset(bsum);
+  auto consider = [&](int64_t j) {
+    const float e = screen_bound(j, alpha, beta, sw, l1, blocks);
+    near.emplace_back(j, e);
+    lower = std::max(lower, z[j] - e);
+  };
   for (int64_t j0 = 0; j0 < vocab; j0 += kLanes) {
     if (j0 + kLanes <= vocab) {
       const vf zz = vload(z + j0);
-      // a looser test first: the exact one below decides
-      const vf t = vadd(vadd(zz, vmul(vload(bound + j0), vset(1.0001f))), vadd(vmul(vabs(zz), vset(2e-6f)), slack));
-      if (!vany_ge(t, lo)) continue;
+      const vf loose = vadd(vmul(vadd(vmin(vmul(am, vload(s1 + j0)), vmul(as, vload(m1 + j0))),
+                                 vmin(vmul(bm, vload(s2 + j0)), vmul(bs, vload(m2 + j0)))), vset(1.00101f)), vset(1e-30f));
+      const vf t = vadd(vadd(zz, vmul(loose, vset(1.0001f))), vadd(vmul(vabs(zz), vset(2e-6f)), vset(2e-6f * std::fabs(lower))));
+      if (!vany_ge(t, vset(lower))) continue;
     }
-    for (int64_t j = j0; j < std::min(vocab, j0 + kLanes); ++j)
-      if (z[j] + bound[j] + 1e-6f * (std::fabs(z[j]) + std::fabs(lower)) >= lower) {
-        out.push_back(j);
-        if (static_cast<int64_t>(out.size()) > most) return;
-      }
+    for (int64_t j = j0; j < std::min(vocab, j0 + kLanes); ++j) {
+      const float loose = (std::min(amax * s1[j], asum * m1[j]) + std::min(bmax * s2[j], bsum * m2[j])) * 1.00101f + 1e-30f;
+      if (z[j] + loose * 1.0001f + 2e-6f * (std::fabs(z[j]) + std::fabs(lower)) >= lower) consider(j);
+    }
+    if (static_cast<int64_t>(near.size()) > 8 * most) return false;
   }
+  for (const auto& [j, e] : near)
+    if (z[j] + e + 1e-6f * (std::fabs(z[j]) + std::fabs(lower)) >= lower) {
+      out.push_back(j);
+      if (static_cast<int64_t>(out.size()) > most) return false;
+    }
+  return true;
 }
+

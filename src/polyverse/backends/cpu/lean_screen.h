@@ -18,9 +18,12 @@
 // |w| <= 127 sw_jb in a block), each a multiple of sw_jb.
 
 struct Screen {
-  Weight rough;     // the head in int8: panels of 32 columns, a scale sw per column and block of 32
+  Weight rough_;    // the head in int8: panels of 32 columns, a scale sw per column and block of 32
   torch::Tensor l1; // [n / 32, blocks, 32] uint8: sum of |w| per column and block <= 16 sw times it
   Weight exact;     // the model's packed head (shares its memory)
+  // per column, sum over blocks of sw and of sw l1 (rounded up): with a row's largest alpha_b and
+  // beta_b, a looser bound than E_j that costs two multiply-adds, to pass over most columns
+  std::vector<float> s1, s2, m1, m2;  // and the largest sw and sw l1 over the blocks
   int64_t vocab;
   int64_t most;     // more candidates than this in a row: the row is left to the full product (-1)
   bool wide;
@@ -28,11 +31,11 @@ struct Screen {
   // w [n, k]: the head's weights as the exact product holds them (bf16-rounded for a bf16 head),
   // padded as the model's head is
   Screen(const Model& model, const torch::Tensor& w_in, int64_t vocab, int64_t most)
-      : rough(pack(w_in, kI8, c10::nullopt)), exact(model.head()), vocab(vocab), most(most), wide(model.wide()) {
+      : rough_(pack(w_in, kI8, c10::nullopt)), exact(model.head()), vocab(vocab), most(most), wide(model.wide()) {
     TORCH_CHECK(exact.kind != kI8, "an int8 head is screened by itself");
-    TORCH_CHECK(exact.n == rough.n && exact.k == rough.k, "the screen does not fit the head");
+    TORCH_CHECK(exact.n == rough_.n && exact.k == rough_.k, "the screen does not fit the head");
     const torch::Tensor w = w_in.detach().to(torch::kFloat32).contiguous();
-    const int64_t n = rough.n, k = rough.k, blocks = k / 32;
+    const int64_t n = rough_.n, k = rough_.k, blocks = k / 32;
     l1 = torch::empty({n / kPanel, blocks, kPanel}, torch::kUInt8);
     uint8_t* dst = l1.data_ptr<uint8_t>();
     for (int64_t j = 0; j < n; ++j)
@@ -40,31 +43,78 @@ struct Screen {
         double total = 0.0;  // |w| <= 127 sw in the block, so the sum is at most 254 steps of 16 sw
         for (int i = 0; i < 32; ++i) total += std::fabs(w.data_ptr<float>()[j * k + b * 32 + i]);
         const int64_t at = ((j / kPanel) * blocks + b) * kPanel + j % kPanel;
-        const double step = 16.0 * rough.scale[at];
+        const double step = 16.0 * rough_.scale[at];
         dst[at] = step > 0.0 ? static_cast<uint8_t>(std::min(255.0, std::ceil(total * (1 + 1e-6) / step))) : 0;
       }
+    s1.assign(n, 0.0f);
+    s2.assign(n, 0.0f);
+    m1.assign(n, 0.0f);
+    m2.assign(n, 0.0f);
+    auto up = [](double v) { return std::nextafter(static_cast<float>(v * (1 + 1e-6)), INFINITY); };
+    for (int64_t j = 0; j < n; ++j) {
+      double a = 0.0, b2 = 0.0, ma = 0.0, mb = 0.0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t at = ((j / kPanel) * blocks + b) * kPanel + j % kPanel;
+        const double w = rough_.scale[at], wl = w * dst[at];
+        a += w;
+        b2 += wl;
+        ma = std::max(ma, w);
+        mb = std::max(mb, wl);
+      }
+      s1[j] = up(a);
+      s2[j] = up(b2);
+      m1[j] = up(ma);
+      m2[j] = up(mb);
+    }
   }
 
   // hidden [m, k] -> (argmax per row [m] int64, -1 where left to the full product; screened logits [m, n])
   std::tuple<torch::Tensor, torch::Tensor> top(const torch::Tensor& hidden_in) const {
     const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
-    TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == rough.k, "hidden rows do not fit the head");
-    const int64_t m = hidden.size(0), k = rough.k, n = rough.n, blocks = k / 32, panels = n / kPanel;
+    torch::Tensor zt = rough(hidden);
+    return {settle(hidden, zt), zt};
+  }
+
+  // hidden [m, k] -> the screened logits [m, n]: what a method drafts from, and what settle bounds
+  torch::Tensor rough(const torch::Tensor& hidden_in) const {
+    const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
+    TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == rough_.k, "hidden rows do not fit the head");
+    const int64_t m = hidden.size(0);
+    auto zt = torch::empty({m, rough_.n}, torch::kFloat32);
+    if (m == 0) return zt;
+    const std::vector<float> a = as_multiplied(hidden);
+    Rows rows;
+    product(wide, rough_, rows, a.data(), m, zt.data_ptr<float>());
+    return zt;
+  }
+
+  // hidden [m, k] and their screened logits z [m, >= vocab] (rough's, or its first vocab columns) ->
+  // argmax per row [m] int64, -1 where left to the full product. Apart from rough: a method that
+  // drafts from every row of a pass reads the exact argmax of the few rows verification walks.
+  torch::Tensor settle(const torch::Tensor& hidden_in, const torch::Tensor& z_in) const {
+    const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
+    const torch::Tensor zt = z_in.to(torch::kFloat32).contiguous();
+    TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == rough_.k, "hidden rows do not fit the head");
+    const int64_t m = hidden.size(0), k = rough_.k, n = rough_.n, blocks = k / 32, panels = n / kPanel;
+    TORCH_CHECK(zt.dim() == 2 && zt.size(0) == m && zt.size(1) >= vocab && zt.size(1) <= n,
+                "screened logits must be [rows, vocab .. n]");
+    const int64_t zs = zt.size(1);  // z's row stride
     auto tops = torch::full({m}, -1, torch::kLong);
-    auto zt = torch::empty({m, n}, torch::kFloat32);
-    if (m == 0) return {tops, zt};
+    if (m == 0) return tops;
     const float* x = hidden.data_ptr<float>();
-    float* z = zt.data_ptr<float>();
-    std::vector<float> a(m * k);  // the rows as the exact product multiplies them
+    const float* z = zt.data_ptr<float>();
+    const std::vector<float> a = as_multiplied(hidden);
     std::vector<char> finite(m, 1);
     for (int64_t r = 0; r < m; ++r)
-      for (int64_t i = 0; i < k; ++i) {
-        const float v = x[r * k + i];
-        a[r * k + i] = exact.kind == kBF16 ? bf16_to_float(float_to_bf16(v)) : v;
-        if (!std::isfinite(v)) finite[r] = 0;
-      }
-    Rows rows;
-    product(wide, rough, rows, a.data(), m, z);
+      for (int64_t i = 0; i < k; ++i)
+        if (!std::isfinite(x[r * k + i])) finite[r] = 0;
+    // x's int8 scales, as rough's product quantized the same rows
+    std::vector<float> sx(m * blocks);
+    std::vector<int8_t> scratch(32);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t b = 0; b < blocks; ++b)
+        sx[r * blocks + b] = wide ? avx512::quantize32(&a[r * k + b * 32], scratch.data())
+                                  : avx2::quantize32(&a[r * k + b * 32], scratch.data());
     // the bound's per-row factors: E_j = sum_b sw_jb (alpha_b + beta_b l1_jb)
     const float u = 5.97e-8f, h = 0.5001f;
     const float fold = 32.0f * h * h + static_cast<float>(blocks + 2) * u * 32.0f * 127.0f * 127.0f;
@@ -74,44 +124,41 @@ struct Screen {
       for (int64_t b = 0; b < blocks; ++b) {
         float total = 0.0f;
         for (int j = 0; j < 32; ++j) total += std::fabs(a[r * k + b * 32 + j]);
-        const float sx = rows.scale[r * blocks + b];
-        alpha[r * blocks + b] = (h + sums) * total * 1.0001f + fold * sx;
-        beta[r * blocks + b] = 16.0f * h * sx;
+        const float s = sx[r * blocks + b];
+        alpha[r * blocks + b] = (h + sums) * total * 1.0001f + fold * s;
+        beta[r * blocks + b] = 16.0f * h * s;
       }
-    std::vector<float> bound(m * n);
-    const int T = threads();
-    std::vector<float> lows(T * m, -INFINITY);
-    const float* sw = rough.scale;  // [panels, blocks, 32]
+    const float* sw = rough_.scale;  // [panels, blocks, 32]
     const uint8_t* l1p = l1.data_ptr<uint8_t>();
-#pragma omp parallel num_threads(T)
-    {
-      float* low = lows.data() + omp_get_thread_num() * m;
-#pragma omp for schedule(static)
-      for (int64_t p = 0; p < panels; ++p) {
-        if (wide) avx512::screen_panel(sw, l1p, alpha.data(), beta.data(), z, m, n, blocks, vocab, p, bound.data(), low);
-        else avx2::screen_panel(sw, l1p, alpha.data(), beta.data(), z, m, n, blocks, vocab, p, bound.data(), low);
-      }
-    }
     int64_t* out = tops.data_ptr<int64_t>();
-#pragma omp parallel for schedule(static) num_threads(T) if (m > 1)
+#pragma omp parallel for schedule(static) num_threads(threads()) if (m > 1)
     for (int64_t r = 0; r < m; ++r) {
-      float lower = -INFINITY;
-      for (int t = 0; t < T; ++t) lower = std::max(lower, lows[t * m + r]);
-      if (!finite[r] || !std::isfinite(lower)) continue;
+      if (!finite[r]) continue;
       std::vector<int64_t> chosen;
-      if (wide) avx512::screen_keep(z + r * n, bound.data() + r * n, vocab, lower, most, chosen);
-      else avx2::screen_keep(z + r * n, bound.data() + r * n, vocab, lower, most, chosen);
-      if (static_cast<int64_t>(chosen.size()) <= most) out[r] = pick(x + r * k, chosen);
+      const bool ok = wide ? avx512::screen_row(z + r * zs, &alpha[r * blocks], &beta[r * blocks], s1.data(), s2.data(), m1.data(), m2.data(),
+                                                 sw, l1p, blocks, vocab, most, chosen)
+                           : avx2::screen_row(z + r * zs, &alpha[r * blocks], &beta[r * blocks], s1.data(), s2.data(), m1.data(), m2.data(),
+                                               sw, l1p, blocks, vocab, most, chosen);
+      if (ok) out[r] = pick(x + r * k, chosen);
     }
-    return {tops, zt};
+    return tops;
   }
 
  private:
+  // the rows as the exact product multiplies them (bf16-rounded for a bf16 head): [m, k]
+  std::vector<float> as_multiplied(const torch::Tensor& hidden) const {
+    const int64_t m = hidden.size(0), k = rough_.k;
+    const float* x = hidden.data_ptr<float>();
+    std::vector<float> a(m * k);
+    for (int64_t i = 0; i < m * k; ++i) a[i] = exact.kind == kBF16 ? bf16_to_float(float_to_bf16(x[i])) : x[i];
+    return a;
+  }
+
   // the largest exact value among the chosen columns (ascending), the first of equals; -1 on a NaN
   int64_t pick(const float* x, const std::vector<int64_t>& chosen) const {
     Rows one;
     one.load(exact.kind, x, 1, exact.k, wide);
-    std::unique_ptr<float[]> y(new float[rough.n]);  // the chosen columns' panels written in place
+    std::unique_ptr<float[]> y(new float[rough_.n]);  // the chosen columns' panels written in place
     int64_t best = -1, done = -1;
     float top = -INFINITY;
     for (const int64_t j : chosen) {

@@ -27,7 +27,8 @@ def enabled() -> bool:
 
 class Screen:
     """``screen(hidden [m, H])`` -> (tops: list of m argmaxes, -1 where the full product must say;
-    rough [m, V]: the screened logits)."""
+    rough [m, V]: the screened logits); or in two steps, ``rough`` then ``settle`` for the rows whose
+    argmax is read."""
 
     def __init__(self, ext, model, head: torch.Tensor, dtype: str, vocab: int) -> None:
         """``model``: the lean pass's C++ model, its head already set from ``head`` [n, H] (padded)."""
@@ -40,6 +41,14 @@ class Screen:
     def __call__(self, hidden: torch.Tensor) -> tuple[list[int], torch.Tensor]:
         tops, rough = self._screen.top(hidden)  # [m], [m, n]
         return tops.tolist(), rough[:, : self.vocab]
+
+    def rough(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The screened logits alone, [m, V]: rows a method only drafts from need no bound."""
+        return self._screen.rough(hidden)[:, : self.vocab]
+
+    def settle(self, hidden: torch.Tensor, rough: torch.Tensor) -> list[int]:
+        """The argmaxes of rows ``rough`` screened (hidden [m, H], rough [m, V]), as ``__call__`` gives them."""
+        return self._screen.settle(hidden, rough).tolist()
 
 
 def make(ext, model, head: torch.Tensor, dtype: str, vocab: int) -> Screen | None:
