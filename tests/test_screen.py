@@ -78,6 +78,9 @@ def test_rough_then_settle_is_the_screen_in_two_steps(dtype, isa):
     assert lm.screen.settle(hidden, alone) == tops
     some = [7, 2, 10]  # any rows, in any order, settle as they do among all
     assert lm.screen.settle(hidden[some], alone[some]) == [tops[r] for r in some]
+    wider = torch.full((len(hidden), VOCAB + 40), float("nan"))  # rows of a wider matrix, read in place
+    wider[:, :VOCAB] = alone
+    assert lm.screen.settle(hidden[3:6], wider[3:6, :VOCAB]) == tops[3:6]
     with pytest.raises(RuntimeError, match="screened logits"):
         lm.screen.settle(hidden[:2], alone[:3])
 

@@ -106,6 +106,7 @@ class Logits:
         self.tops: dict[int, int] = {}  # row -> its largest logit's index, where known
         self.roughs: dict[int, torch.Tensor] = {}  # row -> its screened logits [V], where screened
         self.open: set[int] = set()  # rows screened whose argmax the screen has not settled yet
+        self._block: dict[int, tuple[torch.Tensor, int]] = {}  # row -> (the screen's rows [m, V] it came with, its index)
 
     @classmethod
     def of(cls, logits: torch.Tensor, tops: dict[int, int] | None = None) -> "Logits":
@@ -207,10 +208,19 @@ class Logits:
                 tops, rough = [None] * len(rows), self.screen.rough(self._hidden(rows))
         self.take(rows, tops, rough)
 
+    def _roughs(self, rows: list[int]) -> torch.Tensor:
+        """The screened rows [len(rows), V]: a view where they came from one screen call one after
+        another (no copy of rows as wide as the vocabulary), else stacked."""
+        first = self._block.get(rows[0])
+        blocks = [self._block.get(r) for r in rows]
+        if first is not None and all(b is not None and b[0] is first[0] and b[1] == first[1] + i for i, b in enumerate(blocks)):
+            return first[0][first[1]: first[1] + len(rows)]
+        return torch.stack([self.roughs[r] for r in rows])
+
     def settle(self, rows: list[int]) -> None:
         """The screen's argmaxes of ``rows``, screened already, in one pass over the head's bounds."""
         with torch.inference_mode():
-            tops = self.screen.settle(self._hidden(rows), torch.stack([self.roughs[r] for r in rows]))
+            tops = self.screen.settle(self._hidden(rows), self._roughs(rows))
         self.take(rows, tops, None)
 
     def take(self, rows: list[int], tops: "list[int | None]", rough: "torch.Tensor | None") -> None:
@@ -220,6 +230,7 @@ class Logits:
         for i, (r, best) in enumerate(zip(rows, tops)):
             if rough is not None:
                 self.roughs[r] = rough[i]
+                self._block[r] = (rough, i)
             if best is None:
                 self.open.add(r)
                 continue
@@ -233,6 +244,8 @@ class Logits:
         if self.screen is None or self._all is not None or not rows:
             return self[rows]
         self.screened([r for r in rows if r not in self.rows])
+        if not any(r in self.rows for r in rows):
+            return self._roughs(rows)  # [len(rows), V]
         return torch.stack([self.rows[r] if r in self.rows else self.roughs[r] for r in rows])  # [len(rows), V]
 
     def full(self) -> torch.Tensor:

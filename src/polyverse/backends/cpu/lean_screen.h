@@ -93,12 +93,15 @@ struct Screen {
   // drafts from every row of a pass reads the exact argmax of the few rows verification walks.
   torch::Tensor settle(const torch::Tensor& hidden_in, const torch::Tensor& z_in) const {
     const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
-    const torch::Tensor zt = z_in.to(torch::kFloat32).contiguous();
+    // rows of a wider matrix (rough's, cut to the vocabulary) are read where they lie
+    const bool direct = z_in.scalar_type() == torch::kFloat32 && z_in.dim() == 2 && z_in.stride(1) == 1 &&
+                        z_in.stride(0) >= z_in.size(1);
+    const torch::Tensor zt = direct ? z_in : z_in.to(torch::kFloat32).contiguous();
     TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == rough_.k, "hidden rows do not fit the head");
-    const int64_t m = hidden.size(0), k = rough_.k, n = rough_.n, blocks = k / 32, panels = n / kPanel;
+    const int64_t m = hidden.size(0), k = rough_.k, n = rough_.n, blocks = k / 32;
     TORCH_CHECK(zt.dim() == 2 && zt.size(0) == m && zt.size(1) >= vocab && zt.size(1) <= n,
                 "screened logits must be [rows, vocab .. n]");
-    const int64_t zs = zt.size(1);  // z's row stride
+    const int64_t zs = m > 1 ? zt.stride(0) : zt.size(1);  // z's row stride
     auto tops = torch::full({m}, -1, torch::kLong);
     if (m == 0) return tops;
     const float* x = hidden.data_ptr<float>();
