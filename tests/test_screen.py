@@ -138,8 +138,22 @@ class CountingScreen:
 
     def settle(self, hidden, rough):
         self.calls.append(("settle", len(hidden)))
-        assert torch.allclose(rough, self._rough(self.head(hidden)))  # the rows' own screened logits
+        assert torch.allclose(rough, self._rough(self.head(hidden)), atol=1e-5)  # the rows' own screened logits
         return first_maxes(self.head(hidden))
+
+
+def test_a_pass_of_a_block_or_fewer_rows_is_screened_at_its_first_read():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(40, 8, generator=g)
+    project = lambda h: h @ w.T  # noqa: E731
+    hidden = torch.randn(6, 8, generator=g)  # a draft of 5 tokens below the pending one
+    fake = CountingScreen(project)
+    logits = Logits(hidden, project, 40, screen=fake)
+    want = first_maxes(project(hidden))
+    assert [logits.top(r) for r in range(4)] == want[:4]
+    assert fake.calls == [("rough", 6), ("settle", 2), ("settle", 2)]  # one product for every row
+    single = Logits(hidden[:1], project, 40, screen=fake)  # a plain step: one call, settled at once
+    assert single.top(0) == want[0] and fake.calls[3:] == [1]
 
 
 def test_drafting_rows_are_screened_at_once_and_settled_as_read():
@@ -175,7 +189,8 @@ def test_logits_read_argmaxes_and_drafting_rows_from_a_screen():
     assert fake.calls == [2] and logits.computed() == 0  # rows 0-1 screened, nothing projected
     assert logits.top(1) == first_maxes(exact[1:2])[0]  # odd rows are left open: the full product
     assert logits.computed() == 2  # rows 1-2, as a first read projects
-    assert logits.top(4) == first_maxes(exact[4:5])[0] and fake.calls == [2, 8]  # then a block of 8 screened
+    assert logits.top(4) == first_maxes(exact[4:5])[0]  # then a block of 8 screened, rows 4-5 settled
+    assert fake.calls == [2, ("rough", 8), ("settle", 2)] and logits.open == {6, 7, 8, 9, 10, 11}
     # drafting rows: screened where not projected, exact where projected
     got = rough(logits, [1, 3])
     assert torch.allclose(got[0], exact[1]) and torch.allclose(got[1], exact[3] + torch.eye(50)[0] * 0.5)

@@ -175,16 +175,19 @@ class Logits:
     def top(self, row: int) -> int:
         """The index of row ``row``'s largest logit (the first of equals, as ``argmax``); a pass
         that projected several requests' rows together may have found it for all of them at once.
-        With a screen, rows are screened in blocks as ``__getitem__`` projects them, and only a row
-        the screen leaves open is projected."""
+        With a screen, rows are screened a block at a time and a row is settled, with the next
+        one, when it is read; only a row the screen leaves open is projected. The first read
+        screens the whole pass where it holds at most ``block`` rows (the screen's product reads
+        its int8 head once for them all, so an accepted draft needs no second product), else the
+        first two rows (a long draft is often rejected at its root), then blocks of ``block``."""
         best = self.tops.get(row)
-        if best is None and row in self.open:  # with the next row, which a draft's chain reads next
-            self.settle([r for r in (row, row + 1) if r in self.open])
-            best = self.tops.get(row)
         if best is None and self.screen is not None and self._all is None and row not in self.rows:
             if row not in self.roughs:
-                size = self.block if self.roughs else 2
-                self.screened([r for r in range(row, min(row + size, len(self))) if r not in self.rows])
+                size = self.block if self.roughs or len(self) <= self.block else 2
+                rows = [r for r in range(row, min(row + size, len(self))) if r not in self.rows]
+                self.screened(rows, settle=len(rows) <= 2)
+            if row in self.open:  # with the next row, which a draft's chain reads next
+                self.settle([r for r in (row, row + 1) if r in self.open])
             best = self.tops.get(row)
         if best is None:
             best = self.tops[row] = first_max(self[row])
