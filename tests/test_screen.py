@@ -142,28 +142,28 @@ class CountingScreen:
         return first_maxes(self.head(hidden))
 
 
-def test_a_pass_of_a_block_or_fewer_rows_is_screened_at_its_first_read():
-    g = torch.Generator().manual_seed(2)
-    w = torch.randn(40, 8, generator=g)
+def fake_pass(seed: int, rows: int, vocab: int = 50):
+    """A pass of ``rows`` random hidden rows [rows, 8] whose Logits read a CountingScreen of a random
+    head: (its exact logits [rows, vocab], the screen, the Logits)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(vocab, 8, generator=g)
     project = lambda h: h @ w.T  # noqa: E731
-    hidden = torch.randn(6, 8, generator=g)  # a draft of 5 tokens below the pending one
+    hidden = torch.randn(rows, 8, generator=g)
     fake = CountingScreen(project)
-    logits = Logits(hidden, project, 40, screen=fake)
-    want = first_maxes(project(hidden))
+    return project(hidden), fake, Logits(hidden, project, vocab, screen=fake)
+
+
+def test_a_pass_of_a_block_or_fewer_rows_is_screened_at_its_first_read():
+    exact, fake, logits = fake_pass(2, 6)  # a draft of 5 tokens below the pending one
+    want = first_maxes(exact)
     assert [logits.top(r) for r in range(4)] == want[:4]
     assert fake.calls == [("rough", 6), ("settle", 2), ("settle", 2)]  # one product for every row
-    single = Logits(hidden[:1], project, 40, screen=fake)  # a plain step: one call, settled at once
+    single = Logits(logits.hidden[:1], fake.head, 50, screen=fake)  # a plain step: one call, settled at once
     assert single.top(0) == want[0] and fake.calls[3:] == [1]
 
 
 def test_drafting_rows_are_screened_at_once_and_settled_as_read():
-    g = torch.Generator().manual_seed(1)
-    w = torch.randn(50, 8, generator=g)
-    project = lambda h: h @ w.T  # noqa: E731
-    hidden = torch.randn(10, 8, generator=g)
-    exact = project(hidden)
-    fake = CountingScreen(project)
-    logits = Logits(hidden, project, 50, screen=fake)
+    exact, fake, logits = fake_pass(1, 10)
     logits.screened(list(range(10)), settle=False)
     assert fake.calls == [("rough", 10)] and logits.tops == {} and logits.open == set(range(10))
     assert logits.top(3) == first_maxes(exact[3:4])[0]
@@ -178,13 +178,7 @@ def test_drafting_rows_are_screened_at_once_and_settled_as_read():
 
 
 def test_logits_read_argmaxes_and_drafting_rows_from_a_screen():
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(50, 8, generator=g)
-    project = lambda h: h @ w.T  # noqa: E731
-    hidden = torch.randn(12, 8, generator=g)
-    exact = project(hidden)
-    fake = CountingScreen(project)
-    logits = Logits(hidden, project, 50, screen=fake)
+    exact, fake, logits = fake_pass(0, 12)
     assert logits.top(0) == first_maxes(exact[:1])[0]
     assert fake.calls == [2] and logits.computed() == 0  # rows 0-1 screened, nothing projected
     assert logits.top(1) == first_maxes(exact[1:2])[0]  # odd rows are left open: the full product
