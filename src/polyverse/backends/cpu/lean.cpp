@@ -493,10 +493,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   py::class_<lean::Linear>(module, "Linear")
       .def(py::init<torch::Tensor, c10::optional<torch::Tensor>, int, bool>())
       .def("forward", &lean::Linear::forward, py::call_guard<py::gil_scoped_release>());
-  py::class_<lean::Screen>(module, "Screen")
-      .def(py::init<const lean::Model&, torch::Tensor, int64_t, int64_t>())
-      .def("top", &lean::Screen::top, py::call_guard<py::gil_scoped_release>())
-      .def("rough", &lean::Screen::rough, py::call_guard<py::gil_scoped_release>())
-      .def("settle", &lean::Screen::settle, py::call_guard<py::gil_scoped_release>());
+  lean::bind_screen(module);
   module.def("linear", &lean::linear, "x [m, k] @ w [n, k]^T on packed weights of a kind (0 fp32, 1 bf16, 2 int8)");
 }

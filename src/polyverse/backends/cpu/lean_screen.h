@@ -177,3 +177,13 @@ struct Screen {
     return best;
   }
 };
+
+// the screen's Python class, for lean.cpp's module
+inline void bind_screen(pybind11::module& module) {
+  namespace py = pybind11;
+  py::class_<Screen>(module, "Screen")
+      .def(py::init<const Model&, torch::Tensor, int64_t, int64_t>())
+      .def("top", &Screen::top, py::call_guard<py::gil_scoped_release>())
+      .def("rough", &Screen::rough, py::call_guard<py::gil_scoped_release>())
+      .def("settle", &Screen::settle, py::call_guard<py::gil_scoped_release>());
+}
