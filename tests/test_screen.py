@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import polyverse
 from polyverse.backends.cpu import lean, screen
-from polyverse.logits import Drafting, Logits, first_maxes, guesses, rough
+from polyverse.logits import Logits, first_maxes, guesses, rough
 from polyverse.models.tiny import tiny_model
 
 from test_lean import ISAS, instruction_set
@@ -162,7 +162,7 @@ def test_a_pass_of_a_block_or_fewer_rows_is_screened_at_its_first_read():
     assert single.top(0) == want[0] and fake.calls[3:] == [1]
 
 
-def test_drafting_rows_are_screened_at_once_and_settled_as_read():
+def test_rows_screened_at_once_are_settled_as_read():
     exact, fake, logits = fake_pass(1, 10)
     logits.screened(list(range(10)), settle=False)
     assert fake.calls == [("rough", 10)] and logits.tops == {} and logits.open == set(range(10))
@@ -173,8 +173,9 @@ def test_drafting_rows_are_screened_at_once_and_settled_as_read():
     assert logits.computed() == 0  # nothing projected
     # drafting from the open rows: their screened logits, no settling
     assert torch.allclose(rough(logits, [0, 5]), fake._rough(exact[[0, 5]])) and len(fake.calls) == 3
-    # a backend asked for Drafting rows screens every row and settles none
-    assert list(Drafting(range(3))) == [0, 1, 2] and isinstance(Drafting(range(3)), tuple)
+    # guesses, which a draft takes as the row's own argmax, settles the open rows in one call
+    assert guesses(logits, [6, 7]) == first_maxes(exact[6:8]) and fake.calls[3:] == [("settle", 2)]
+    assert 6 not in logits.open and 7 not in logits.open
 
 
 def test_logits_read_argmaxes_and_drafting_rows_from_a_screen():

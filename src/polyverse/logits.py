@@ -43,16 +43,6 @@ class Screen(Protocol):
     def settle(self, hidden: torch.Tensor, rough: torch.Tensor) -> list[int]: ...
 
 
-class Drafting(tuple):
-    """``logits_for`` of a pass whose every row its proposer drafts from (``Logits.rough``) while
-    verification reads the exact argmax of a few (SPACE: the candidate chain, not the mask groups).
-    A backend with a screen screens every row in one product and settles a row's argmax when
-    ``top`` reads it, so the rows only drafted from cost no bound.
-
-    Example: Drafting(range(3)) == (0, 1, 2), read by backends as any rows asked for.
-    """
-
-
 def rough(logits, rows: list[int]) -> torch.Tensor:
     """``logits.rough(rows)`` where the logits have it (a ``Logits``), else the rows themselves."""
     f = getattr(logits, "rough", None)
@@ -66,6 +56,9 @@ def guesses(logits, rows: list[int]) -> list[int]:
     Example: rows (3, 4) of logits whose row 3 argmax is known to be 7 and whose row 4 screens to 2
     -> [7, 2].
     """
+    settle = getattr(logits, "settle_open", None)
+    if settle is not None:  # the screen's exact argmaxes, as a read of each row would find them
+        settle(rows)
     tops = getattr(logits, "tops", {})
     if all(r in tops for r in rows):
         return [tops[r] for r in rows]
@@ -104,9 +97,9 @@ class Logits:
         self.rows: dict[int, torch.Tensor] = {}
         self._all: torch.Tensor | None = None  # [q, V] when every row was computed at once
         self.tops: dict[int, int] = {}  # row -> its largest logit's index, where known
-        self.roughs: dict[int, torch.Tensor] = {}  # row -> its screened logits [V], where screened
+        # row -> (the screened logits [m, V] it was screened with, its index there), where screened
+        self.roughs: dict[int, tuple[torch.Tensor, int]] = {}
         self.open: set[int] = set()  # rows screened whose argmax the screen has not settled yet
-        self._block: dict[int, tuple[torch.Tensor, int]] = {}  # row -> (the screen's rows [m, V] it came with, its index)
 
     @classmethod
     def of(cls, logits: torch.Tensor, tops: dict[int, int] | None = None) -> "Logits":
@@ -186,8 +179,7 @@ class Logits:
                 size = self.block if self.roughs or len(self) <= self.block else 2
                 rows = [r for r in range(row, min(row + size, len(self))) if r not in self.rows]
                 self.screened(rows, settle=len(rows) <= 2)
-            if row in self.open:  # with the next row, which a draft's chain reads next
-                self.settle([r for r in (row, row + 1) if r in self.open])
+            self.settle_open([row, row + 1])  # with the next row, which a draft's chain reads next
             best = self.tops.get(row)
         if best is None:
             best = self.tops[row] = first_max(self[row])
@@ -214,14 +206,17 @@ class Logits:
     def _roughs(self, rows: list[int]) -> torch.Tensor:
         """The screened rows [len(rows), V]: a view where they came from one screen call one after
         another (no copy of rows as wide as the vocabulary), else stacked."""
-        first = self._block.get(rows[0])
-        blocks = [self._block.get(r) for r in rows]
-        if first is not None and all(b is not None and b[0] is first[0] and b[1] == first[1] + i for i, b in enumerate(blocks)):
-            return first[0][first[1]: first[1] + len(rows)]
-        return torch.stack([self.roughs[r] for r in rows])
+        block, first = self.roughs[rows[0]]
+        if all(self.roughs[r][0] is block and self.roughs[r][1] == first + i for i, r in enumerate(rows)):
+            return block[first: first + len(rows)]
+        return torch.stack([b[i] for b, i in (self.roughs[r] for r in rows)])
 
-    def settle(self, rows: list[int]) -> None:
-        """The screen's argmaxes of ``rows``, screened already, in one pass over the head's bounds."""
+    def settle_open(self, rows: list[int]) -> None:
+        """The screen's argmaxes of those of ``rows`` screened but not settled yet, in one pass over
+        the head's bounds."""
+        rows = [r for r in rows if r in self.open]
+        if not rows:
+            return
         with torch.inference_mode():
             tops = self.screen.settle(self._hidden(rows), self._roughs(rows))
         self.take(rows, tops, None)
@@ -232,8 +227,7 @@ class Logits:
         several requests' rows at once hands each its own)."""
         for i, (r, best) in enumerate(zip(rows, tops)):
             if rough is not None:
-                self.roughs[r] = rough[i]
-                self._block[r] = (rough, i)
+                self.roughs[r] = (rough, i)
             if best is None:
                 self.open.add(r)
                 continue
@@ -249,7 +243,7 @@ class Logits:
         self.screened([r for r in rows if r not in self.rows])
         if not any(r in self.rows for r in rows):
             return self._roughs(rows)  # [len(rows), V]
-        return torch.stack([self.rows[r] if r in self.rows else self.roughs[r] for r in rows])  # [len(rows), V]
+        return torch.stack([self.rows[r] if r in self.rows else self._roughs([r])[0] for r in rows])  # [len(rows), V]
 
     def full(self) -> torch.Tensor:
         """Every row: [q, V]."""

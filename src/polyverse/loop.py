@@ -18,7 +18,6 @@ from .config import GenerationConfig
 from .draft import Draft
 from .errors import ConfigError
 from .layout import Feed, chain_feed, draft_feed
-from .logits import Drafting
 from .logprobs import producing_rows, token_logprobs
 from .sampling import make_generator
 from .shaping import Shaper
@@ -65,11 +64,6 @@ class Proposer:
     reads_every_row: bool = False
     """Whether ``observe`` reads every logits row (Jacobi's update): the loop then asks the backend
     for all rows in one LM-head product instead of lazily, which would pay two products."""
-
-    drafts_from_rough: bool = False
-    """With ``reads_every_row``: whether ``observe`` drafts from every row's screened logits
-    (``Logits.rough``) and needs exact argmaxes only where verification reads them (SPACE's mask
-    groups): the loop asks for the rows as ``Drafting``, so a screen settles only those."""
 
     forced_drafts: bool = True
     """Whether the loop adds the tokens a grammar forces (structured output) to this proposer's drafts."""
@@ -230,11 +224,7 @@ class Decoding:
             self._chunk = max(1, min(n, PROMPT_PASS if limit is None else limit, PROMPT_PASS))
             return chain_feed(self.context[self.prefilled: self.prefilled + self._chunk], self.prefilled), []
         self._draft = draft if draft is not None else Draft.empty()
-        every = None
-        if self.proposer.reads_every_row:
-            every = range(len(self._draft) + 1)
-            if self.proposer.drafts_from_rough:
-                every = Drafting(every)
+        every = range(len(self._draft) + 1) if self.proposer.reads_every_row else None
         return draft_feed(self.context[-1], len(self.context) - 1, self._draft), every
 
     def finish(self, logits) -> Step | None:

@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..layout import Feed, additive_mask, is_plain_chain, visible as layout_visible
-from ..logits import Drafting, Logits, first_maxes
+from ..logits import Logits, first_maxes
 from .cpu.lean import LeanCache
 from .cpu.prepare import DecodeModel
 from .kv import GrowingLayer, growing_cache
@@ -143,9 +143,11 @@ class TransformersBackend:
         rows = list(logits_for)
         if not rows:
             return Logits.of(torch.empty(0, self.vocab_size))
-        if screen is not None and rows == list(range(len(feed))):  # every row: screened at once, exact on demand
+        if screen is not None and rows == list(range(len(feed))):
+            # every row screened in one product; a row's exact argmax settled when it is read
+            # (``top``, ``guesses``), so rows only drafted from (SPACE's mask groups) cost no bound
             logits = Logits(hidden, self.lean.project, self.vocab_size, screen=screen)
-            logits.screened(rows, settle=not isinstance(logits_for, Drafting))
+            logits.screened(rows, settle=False)
             return logits
         return Logits.of(self.lean.project(hidden[rows]))  # [len(logits_for), V]
 

@@ -114,7 +114,6 @@ class SpaceProposer(Proposer):
     # verification reads the accepted chain's rows and observe a mask group's rows: lazily that is two
     # or three LM-head products a pass (each streaming the whole head), at once one product
     reads_every_row = True
-    drafts_from_rough = True  # the mask groups' screened logits; exact argmaxes of the chain only
 
     def __init__(self, config: SpaceConfig, mask_id: int, cost: Callable[[int], float] | None = None,
                  curve: "CostCurve | LiveCurve | None" = None) -> None:

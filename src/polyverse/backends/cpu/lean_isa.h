@@ -386,12 +386,10 @@ float quantize32(const float* x, int8_t* out) {
 // ---- the head's screen (lean_screen.h): its bounds and candidates, vectorised -------------------
 
 #if LEAN_AVX512
-inline vf vload_u8(const uint8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))); }
 inline vf vabs(vf v) { return _mm512_abs_ps(v); }
 inline bool vany_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ) != 0; }
 inline float vmax_all(vf v) { return _mm512_reduce_max_ps(v); }
 #else
-inline vf vload_u8(const uint8_t* p) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))); }
 inline vf vabs(vf v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
 inline bool vany_ge(vf a, vf b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)) != 0; }
 inline float vmax_all(vf v) {

@@ -70,54 +70,70 @@ struct Screen {
 
   // hidden [m, k] -> (argmax per row [m] int64, -1 where left to the full product; screened logits [m, n])
   std::tuple<torch::Tensor, torch::Tensor> top(const torch::Tensor& hidden_in) const {
-    const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
-    torch::Tensor zt = rough(hidden);
-    return {settle(hidden, zt), zt};
+    const torch::Tensor hidden = rows_of(hidden_in);
+    const std::vector<float> a = as_multiplied(hidden);
+    std::vector<float> sx;
+    torch::Tensor zt = screened(a, hidden.size(0), &sx);
+    return {settled(hidden, a, sx, zt, rough_.n), zt};
   }
 
   // hidden [m, k] -> the screened logits [m, n]: what a method drafts from, and what settle bounds
   torch::Tensor rough(const torch::Tensor& hidden_in) const {
-    const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
-    TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == rough_.k, "hidden rows do not fit the head");
-    const int64_t m = hidden.size(0);
-    auto zt = torch::empty({m, rough_.n}, torch::kFloat32);
-    if (m == 0) return zt;
-    const std::vector<float> a = as_multiplied(hidden);
-    Rows rows;
-    product(wide, rough_, rows, a.data(), m, zt.data_ptr<float>());
-    return zt;
+    const torch::Tensor hidden = rows_of(hidden_in);
+    return screened(as_multiplied(hidden), hidden.size(0), nullptr);
   }
 
   // hidden [m, k] and their screened logits z [m, >= vocab] (rough's, or its first vocab columns) ->
   // argmax per row [m] int64, -1 where left to the full product. Apart from rough: a method that
   // drafts from every row of a pass reads the exact argmax of the few rows verification walks.
   torch::Tensor settle(const torch::Tensor& hidden_in, const torch::Tensor& z_in) const {
-    const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
+    const torch::Tensor hidden = rows_of(hidden_in);
     // rows of a wider matrix (rough's, cut to the vocabulary) are read where they lie
     const bool direct = z_in.scalar_type() == torch::kFloat32 && z_in.dim() == 2 && z_in.stride(1) == 1 &&
                         z_in.stride(0) >= z_in.size(1);
     const torch::Tensor zt = direct ? z_in : z_in.to(torch::kFloat32).contiguous();
-    TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == rough_.k, "hidden rows do not fit the head");
-    const int64_t m = hidden.size(0), k = rough_.k, n = rough_.n, blocks = k / 32;
-    TORCH_CHECK(zt.dim() == 2 && zt.size(0) == m && zt.size(1) >= vocab && zt.size(1) <= n,
+    const int64_t m = hidden.size(0), k = rough_.k, blocks = k / 32;
+    TORCH_CHECK(zt.dim() == 2 && zt.size(0) == m && zt.size(1) >= vocab && zt.size(1) <= rough_.n,
                 "screened logits must be [rows, vocab .. n]");
-    const int64_t zs = m > 1 ? zt.stride(0) : zt.size(1);  // z's row stride
-    auto tops = torch::full({m}, -1, torch::kLong);
-    if (m == 0) return tops;
-    const float* x = hidden.data_ptr<float>();
-    const float* z = zt.data_ptr<float>();
     const std::vector<float> a = as_multiplied(hidden);
-    std::vector<char> finite(m, 1);
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t i = 0; i < k; ++i)
-        if (!std::isfinite(x[r * k + i])) finite[r] = 0;
-    // x's int8 scales, as rough's product quantized the same rows
-    std::vector<float> sx(m * blocks);
+    std::vector<float> sx(m * blocks);  // x's int8 scales, as rough's product quantized the same rows
     std::vector<int8_t> scratch(32);
     for (int64_t r = 0; r < m; ++r)
       for (int64_t b = 0; b < blocks; ++b)
         sx[r * blocks + b] = wide ? avx512::quantize32(&a[r * k + b * 32], scratch.data())
                                   : avx2::quantize32(&a[r * k + b * 32], scratch.data());
+    return settled(hidden, a, sx, zt, m > 1 ? zt.stride(0) : zt.size(1));
+  }
+
+ private:
+  torch::Tensor rows_of(const torch::Tensor& hidden_in) const {
+    const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
+    TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == rough_.k, "hidden rows do not fit the head");
+    return hidden;
+  }
+
+  // a [m, k] (as_multiplied) -> z [m, n] through the int8 head; sx (if given): the rows' int8 scales
+  torch::Tensor screened(const std::vector<float>& a, int64_t m, std::vector<float>* sx) const {
+    auto zt = torch::empty({m, rough_.n}, torch::kFloat32);
+    if (m == 0) return zt;
+    Rows rows;
+    product(wide, rough_, rows, a.data(), m, zt.data_ptr<float>());
+    if (sx) *sx = rows.scale_buf;
+    return zt;
+  }
+
+  // the argmaxes of hidden [m, k] (a: as multiplied, sx: its int8 scales) from z, rows zs apart
+  torch::Tensor settled(const torch::Tensor& hidden, const std::vector<float>& a, const std::vector<float>& sx,
+                        const torch::Tensor& zt, int64_t zs) const {
+    const int64_t m = hidden.size(0), k = rough_.k, blocks = k / 32;
+    auto tops = torch::full({m}, -1, torch::kLong);
+    if (m == 0) return tops;
+    const float* x = hidden.data_ptr<float>();
+    const float* z = zt.data_ptr<float>();
+    std::vector<char> finite(m, 1);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t i = 0; i < k; ++i)
+        if (!std::isfinite(x[r * k + i])) finite[r] = 0;
     // the bound's per-row factors: E_j = sum_b sw_jb (alpha_b + beta_b l1_jb)
     const float u = 5.97e-8f, h = 0.5001f;
     const float fold = 32.0f * h * h + static_cast<float>(blocks + 2) * u * 32.0f * 127.0f * 127.0f;
@@ -147,7 +163,6 @@ struct Screen {
     return tops;
   }
 
- private:
   // the rows as the exact product multiplies them (bf16-rounded for a bf16 head): [m, k]
   std::vector<float> as_multiplied(const torch::Tensor& hidden) const {
     const int64_t m = hidden.size(0), k = rough_.k;
