@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import polyverse
 from polyverse.backends.cpu import lean, screen
-from polyverse.logits import Logits, first_maxes, guesses, rough
+from polyverse.logits import Logits, first_maxes, guesses, likeliest, rough
 from polyverse.models.tiny import tiny_model
 
 from test_lean import ISAS, instruction_set
@@ -192,6 +192,25 @@ def test_logits_read_argmaxes_and_drafting_rows_from_a_screen():
     assert guesses(logits, [0, 11]) == [logits.top(0), first_maxes((exact[11] + torch.eye(50)[0] * 0.5)[None])[0]]
     plain = Logits.of(exact)
     assert torch.equal(rough(plain, [3]), exact[3:4]) and guesses(plain, [3]) == first_maxes(exact[3:4])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_the_likeliest_token_and_its_probability_are_a_softmaxs(isa):
+    lm = lean_model("bf16", isa, planted_head(0))
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randn(6, VOCAB + 37, generator=g) * 4  # rows of a wider matrix, read in place
+    wide[1, 100] = 60.0  # a certain row
+    wide[2] = 0.0  # a flat row: the first column, 1 / VOCAB
+    wide[3, 5] = -math.inf
+    wide[4, 7], wide[4, 8] = 30.0, 30.0  # a tie: the first
+    z = wide[:, :VOCAB]
+    tokens, probs = lm.screen.likeliest(z)
+    conf, best = torch.softmax(z, dim=-1).max(dim=-1)
+    assert tokens == best.tolist() == first_maxes(z)
+    assert tokens[2] == 0 and tokens[4] == 7
+    assert probs == pytest.approx(conf.tolist(), rel=1e-5)
+    plain = Logits.of(z)  # no screen: a softmax
+    assert likeliest(plain, [1, 2]) == ([100, 0], pytest.approx([1.0, 1 / VOCAB], rel=1e-5))
 
 
 @pytest.mark.parametrize("method", ["ar", "lookahead", "jacobi"])

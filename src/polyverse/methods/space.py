@@ -39,12 +39,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Sequence
 
-import torch
-
 from ..costs import CostCurve, LiveCurve, cost_curve, live_curve
 from ..draft import Draft
 from ..errors import ConfigError
-from ..logits import rough
+from ..logits import likeliest
 from ..loop import Observation, Proposer
 from ..options import method_options, option
 from ..registry import registry
@@ -187,12 +185,10 @@ class SpaceProposer(Proposer):
             if node not in index:
                 break
             rows.append(1 + index[node])  # logits row of the group's next mask
-        probs = torch.softmax(rough(obs.logits, rows).float(), dim=-1)  # [len(rows), V]: drafts only
-        conf, best = probs.max(dim=-1)  # [len(rows)]
-        proposals = best.tolist()
+        proposals, conf = likeliest(obs.logits, rows)  # from the screened rows: drafts only
         cut = proposals.index(self.mask_id) if self.mask_id in proposals else len(proposals)
         chain = 1.0
-        for j, p in enumerate(conf.tolist()):  # what each depth of masks was worth here
+        for j, p in enumerate(conf):  # what each depth of masks was worth here
             chain *= p if j < cut else 0.0
             if j < len(self.worth):
                 self.worth[j] = WORTH_DECAY * self.worth[j] + (1 - WORTH_DECAY) * chain
@@ -200,7 +196,7 @@ class SpaceProposer(Proposer):
                 self.worth.append(chain)
         self.masks = self.mask_count()
         if self.cost is not None:
-            cut = best_count(conf[:cut].tolist(), self.masks, self.cost)
+            cut = best_count(conf[:cut], self.masks, self.cost)
         self.candidates = proposals[:cut]
 
 

@@ -471,3 +471,22 @@ bool screen_row(const float* z, const float* alpha, const float* beta, const flo
   return true;
 }
 
+// One row z [n]: the column of its first largest value and that value's softmax probability,
+// 1 / sum_j e^(z_j - max) (lane sums, then the lanes; a value that is not a number is passed over)
+inline std::pair<int64_t, float> likeliest(const float* z, int64_t n) {
+  const int64_t whole = n / kLanes * kLanes;
+  vf top = vset(-INFINITY);
+  for (int64_t j = 0; j < whole; j += kLanes) top = vmax(vload(z + j), top);  // a NaN lane keeps top's
+  float zmax = vmax_all(top);
+  for (int64_t j = whole; j < n; ++j) zmax = std::max(zmax, z[j]);
+  int64_t first = 0;
+  const vf shift = vset(zmax);
+  while (first < whole && !vany_ge(vload(z + first), shift)) first += kLanes;
+  while (first < n - 1 && !(z[first] >= zmax)) ++first;
+  vf total = vzero();
+  for (int64_t j = 0; j < whole; j += kLanes) total = vadd(total, vexp(vsub(vload(z + j), shift)));
+  float sum = vsum(total);
+  for (int64_t j = whole; j < n; ++j) sum += std::exp(std::max(z[j] - zmax, -87.0f));
+  return {first, 1.0f / sum};
+}
+

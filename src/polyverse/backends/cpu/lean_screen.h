@@ -105,6 +105,26 @@ struct Screen {
     return settled(hidden, a, sx, zt, m > 1 ? zt.stride(0) : zt.size(1));
   }
 
+  // screened logits z [m, >= vocab] (rough's rows, read in place) -> (each row's likeliest column
+  // [m] int64, its softmax probability over the vocabulary [m] float): how sure a row is of the token
+  // a method drafts from it, without a softmax of the whole row
+  std::tuple<torch::Tensor, torch::Tensor> likeliest(const torch::Tensor& z_in) const {
+    const bool direct = z_in.scalar_type() == torch::kFloat32 && z_in.dim() == 2 && z_in.stride(1) == 1 &&
+                        z_in.stride(0) >= z_in.size(1);
+    const torch::Tensor zt = direct ? z_in : z_in.to(torch::kFloat32).contiguous();
+    TORCH_CHECK(zt.dim() == 2 && zt.size(1) >= vocab, "screened logits must be [rows, >= vocab]");
+    const int64_t m = zt.size(0), zs = m > 1 ? zt.stride(0) : zt.size(1);
+    auto index = torch::empty({m}, torch::kLong);
+    auto prob = torch::empty({m}, torch::kFloat32);
+    for (int64_t r = 0; r < m; ++r) {
+      const auto [j, p] = wide ? avx512::likeliest(zt.data_ptr<float>() + r * zs, vocab)
+                               : avx2::likeliest(zt.data_ptr<float>() + r * zs, vocab);
+      index.data_ptr<int64_t>()[r] = j;
+      prob.data_ptr<float>()[r] = p;
+    }
+    return {index, prob};
+  }
+
  private:
   torch::Tensor rows_of(const torch::Tensor& hidden_in) const {
     const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
@@ -200,5 +220,6 @@ inline void bind_screen(pybind11::module& module) {
       .def(py::init<const Model&, torch::Tensor, int64_t, int64_t>())
       .def("top", &Screen::top, py::call_guard<py::gil_scoped_release>())
       .def("rough", &Screen::rough, py::call_guard<py::gil_scoped_release>())
-      .def("settle", &Screen::settle, py::call_guard<py::gil_scoped_release>());
+      .def("settle", &Screen::settle, py::call_guard<py::gil_scoped_release>())
+      .def("likeliest", &Screen::likeliest, py::call_guard<py::gil_scoped_release>());
 }

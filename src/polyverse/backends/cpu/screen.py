@@ -50,6 +50,11 @@ class Screen:
         """The argmaxes of rows ``rough`` screened (hidden [m, H], rough [m, V]), as ``__call__`` gives them."""
         return self._screen.settle(hidden, rough).tolist()
 
+    def likeliest(self, rough: torch.Tensor) -> tuple[list[int], list[float]]:
+        """Each screened row's [m, V] likeliest token and its softmax probability (``logits.likeliest``)."""
+        index, prob = self._screen.likeliest(rough)
+        return index.tolist(), prob.tolist()
+
 
 def make(ext, model, head: torch.Tensor, dtype: str, vocab: int) -> Screen | None:
     """The screen of a lean model's head, or None where it does not pay (an int8 head is already
