@@ -1,3 +1,5 @@
+import gc
+
 import pytest
 import torch
 
@@ -5,6 +7,14 @@ import polyverse
 from polyverse.models.tiny import save_tiny
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _thawed():
+    """Commands freeze the interpreter's objects (``heap.freeze``) in the process they own: here that
+    is the test run's, so each test leaves them thawed for the next."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ConfigError, PolyverseError
+from ..heap import freeze
 from ..registry import registry
 from .common import DTYPE_OPTION, clean_exit, err, fail, int_list, option_value, progress
 
@@ -208,7 +209,7 @@ def bench(
         for d in set_names:
             raw_prompts(d, limit)  # missing files and bad lines fail before the model loads
 
-        from ..api import load
+        from .common import load
 
         lm = load(model, adapter=adapter, backend=backend, dtype=dtype)
         contenders: list[Contender] = []
@@ -234,6 +235,7 @@ def bench(
                 rows, vllm_summary = vllm_rows(vllm_py, resolve(model), sets, max_new_tokens, vllm_dtype,
                                                tick=lambda what, done: bar.update(task, advance=int(done), description=what))
             contenders += rows
+        freeze()  # the peers' engines and models too (heap)
         total = sum(len(s.prompts) for s in sets) * len(contenders)
         with progress() as bar:
             task = bar.add_task("warm-up", total=total)
@@ -274,7 +276,7 @@ def bench_passes(
     with clean_exit("interrupted: nothing written"):
         if context < 1 or reps < 1:
             raise ConfigError("--context and --reps must be at least 1")
-        from ..api import load
+        from .common import load
 
         lm = load(model, dtype="fp32")
         rows = passes.engines(lm, llama)
@@ -312,7 +314,7 @@ def bench_dtypes(
             raise ConfigError("--data names no data set")
         for d in names:
             raw_prompts(d, limit)
-        from ..api import load
+        from .common import load
 
         models = {d: load(model, dtype=d, progress=False) for d in DTYPES}
         sets = [load_set(d, models["fp32"], limit) for d in names]
@@ -349,7 +351,7 @@ def bench_ar_jacobi(
             raise ConfigError("--prompts and --max-new-tokens must be at least 1")
         for b in sizes:
             registry.get("jacobi").make_config({"block": b})
-        from ..api import load
+        from .common import load
 
         t0 = time.perf_counter()
         lm = load(model)
@@ -444,7 +446,7 @@ def bench_multiverse(
     from ..bench.multiverse import GUIDED_PROMPTS, HEADER, guided_validity, measure, table
 
     if guided:
-        from ..api import load
+        from .common import load
 
         lm = load(model)
         with progress() as bar:
@@ -469,7 +471,7 @@ def bench_multiverse(
             raise ConfigError("--path-tokens must be at least 16")
     except PolyverseError as exc:
         fail(str(exc))
-    from ..api import load
+    from .common import load
 
     lm = load(model)
     with progress() as bar:

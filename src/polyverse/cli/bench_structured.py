@@ -33,7 +33,7 @@ def bench_structured(
             raise ConfigError(f"--limit must be in 1..{len(structured.PROMPTS)}, got {limit}")
         if max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-        from ..api import load
+        from .common import load
 
         lm = load(model, dtype=dtype, progress=False)
         prompts = structured.PROMPTS[:limit]

@@ -29,6 +29,17 @@ DECAY_FROM_OPTION = typer.Option(0, "--decay-from", help="Step where the decay s
                                  "off a constant-rate checkpoint).")
 
 
+def load(*args, **kwargs):
+    """``polyverse.load`` for a command, whose process it owns: the model, then every object the
+    interpreter tracks frozen out of the collector's full passes (``heap.freeze``)."""
+    from ..api import load as load_model
+    from ..heap import freeze
+
+    model = load_model(*args, **kwargs)
+    freeze()
+    return model
+
+
 def fail(message: str, code: int = 2) -> None:
     """One red line on stderr, then exit with ``code`` (2: bad input; 130: interrupted)."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

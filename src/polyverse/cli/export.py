@@ -33,7 +33,7 @@ def export_gguf_cmd(
         source = bundled_gguf() if model == BUNDLED_NAME else Path(model)
         if source.suffix.lower() != ".gguf":
             raise ConfigError("export reads the tokenizer metadata from the model's GGUF: pass the bundled model or a .gguf")
-        from ..api import load
+        from .common import load
 
         lm = load(model, adapter=adapter)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def export_hf_cmd(
         target = Path(out)
         if target.exists() and any(target.iterdir()):
             raise ConfigError(f"--out {out} exists and is not empty")
-        from ..api import load
+        from .common import load
 
         lm = load(model, adapter=adapter)
         with progress() as bar:

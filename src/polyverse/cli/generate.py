@@ -189,7 +189,7 @@ def generate(prompt: Optional[str], method: str, model: str, chat: Optional[bool
         options.update(key_values(spec, option))
         spec.make_config(options)
 
-        from ..api import load
+        from .common import load
 
         if input is not None:
             from . import generate_file

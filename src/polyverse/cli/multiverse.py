@@ -75,7 +75,7 @@ def multiverse_fit(
             raise ConfigError("--limit must be 0 (all) or more")
         if not Path(data).is_file():
             raise ConfigError(f"no curated data file {data} (make it with `polyverse curate`)")
-        from ..api import load
+        from .common import load
 
         lm = load(model)
         add_tag_tokens(lm.hf_model, lm.tokenizer)  # the samples are tokenised with the tags as tokens
@@ -99,7 +99,7 @@ def multiverse_eval(
 
     with clean_exit("interrupted: nothing written"):
         rows = question_rows(data or gsm8k_default("gsm8k_test_dev.jsonl"), limit)
-        from ..api import load
+        from .common import load
 
         docs = {}
         with progress() as bar:

@@ -57,14 +57,16 @@ def serve(
                            default_max_tokens=default_max_tokens, shutdown_grace=shutdown_grace,
                            max_tokens_limit=max_tokens_limit, kv_budget=kv_budget, header_timeout=header_timeout,
                            body_timeout=body_timeout, max_connections=max_connections)
-        from ..api import load
+        from .common import load
 
         lm = load(model, adapter=adapter, dtype=dtype)
         err.print(f"warming up '{method}' on {name} ...", highlight=False)
         lm.session().generate("Hi", method=method, options=options, max_new_tokens=2)  # lazy state: cost curve, drafts
         lm.pass_costs()  # the shared passes' row budget
+    from ..heap import freeze
     from ..server.run import serve as run
 
+    freeze()  # the warm-up's state and the server's modules too: a long-lived process (heap)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err.print(f"[yellow]warning:[/] listening on {host} without --api-key", highlight=False)
     err.print(f"serving {name} on http://{host}:{port} (pid {os.getpid()}); chat page at /, metrics at /metrics",

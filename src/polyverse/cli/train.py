@@ -50,7 +50,7 @@ def _evaluate_adapter(model: str, adapter: str, data: str, limit: int, chat: Opt
 
     with clean_exit():
         rows = question_rows(data or gsm8k_default("gsm8k_test_dev.jsonl"), limit, offset)
-        from ..api import load
+        from .common import load
 
         _check_device(device)
         base = load(model).to(device)
@@ -103,7 +103,7 @@ def distill_cmd(
             raise ConfigError("--ray runs questions through --method; --batch is for one GPU")
         cluster.check(ray, workers, worker_threads, shard_size)
         rows = question_rows(data or gsm8k_default("gsm8k_train.jsonl"), limit, offset)
-        from ..api import load
+        from .common import load
         from ..registry import registry
 
         _check_device(device)
@@ -159,7 +159,7 @@ def cllm_collect(
         cfg = CollectConfig(block=block, max_new_tokens=max_new_tokens, max_run=max_run)
         cluster.check(ray, workers, worker_threads, shard_size)
         rows = question_rows(data or gsm8k_default("gsm8k_train.jsonl"), limit, offset)
-        from ..api import load
+        from .common import load
 
         lm = load(model)
         prompts = [(pid, lm.encode(p, chat)) for pid, p, _ in rows]
@@ -240,7 +240,7 @@ def cllm_fit(
             raise ConfigError("--data has no recorded states: it needs packed training (--groups G)")
         if limit < 0:
             raise ConfigError("--limit must be 0 (all) or more")
-        from ..api import load
+        from .common import load
 
         lm = load(model)
         if data:
@@ -333,7 +333,7 @@ def space_fit(
             raise ConfigError("--limit must be 0 (all) or more")
         if max_len < 2:
             raise ConfigError("--max-len must be at least 2")
-        from ..api import load
+        from .common import load
 
         lm = load(model)
         path = Path(data or gsm8k_default("gsm8k_train.jsonl"))

@@ -40,7 +40,7 @@ def head_cmd(
             raise ConfigError(f"--holdout must be in [0, 1), got {holdout}")
         if not Path(data).is_file():
             raise ConfigError(f"--data: no such file: {data}")
-        from ..api import load
+        from .common import load
 
         lm = load(model)
         samples = read_samples(Path(data), lm.tokenizer, limit)

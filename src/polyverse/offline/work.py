@@ -29,8 +29,11 @@ class JobSpec:
 
 def load_model(spec: JobSpec):
     from ..api import load
+    from ..heap import freeze
 
-    return load(spec.model, progress=False, **spec.load)
+    model = load(spec.model, progress=False, **spec.load)
+    freeze()  # a worker's own process: the model's objects out of the collector's full passes
+    return model
 
 
 def line_id(line: str) -> str:
