@@ -33,7 +33,7 @@ def planted_head(seed: int) -> torch.Tensor:
 
 
 def lean_model(dtype: str, isa: str, head: torch.Tensor) -> lean.LeanModel:
-    model = tiny_model(seed=1, vocab_size=VOCAB)
+    model = tiny_model(seed=1, vocab_size=head.shape[0])
     with torch.no_grad():
         model.lm_head.weight.copy_(head)
     with instruction_set(isa):
@@ -211,6 +211,19 @@ def test_the_likeliest_token_and_its_probability_are_a_softmaxs(isa):
     assert probs == pytest.approx(conf.tolist(), rel=1e-5)
     plain = Logits.of(z)  # no screen: a softmax
     assert likeliest(plain, [1, 2]) == ([100, 0], pytest.approx([1.0, 1 / VOCAB], rel=1e-5))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_a_value_that_is_not_a_number_is_passed_over(isa):
+    vocab = VOCAB + 13  # a vocabulary that ends inside a vector: its last values summed one by one
+    lm = lean_model("bf16", isa, torch.cat([planted_head(0), planted_head(1)[:13]]))
+    z = torch.randn(2, vocab, generator=torch.Generator().manual_seed(4))
+    z[0, 3] = z[1, vocab - 2] = math.nan  # in a whole vector, and in the last values
+    tokens, probs = lm.screen.likeliest(z)
+    clean = torch.nan_to_num(z, nan=-math.inf)
+    conf, best = torch.softmax(clean, dim=-1).max(dim=-1)
+    assert tokens == best.tolist()
+    assert probs == pytest.approx(conf.tolist(), rel=1e-5)
 
 
 @pytest.mark.parametrize("method", ["ar", "lookahead", "jacobi"])

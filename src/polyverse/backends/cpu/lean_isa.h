@@ -486,7 +486,7 @@ inline std::pair<int64_t, float> likeliest(const float* z, int64_t n) {
   vf total = vzero();
   for (int64_t j = 0; j < whole; j += kLanes) total = vadd(total, vexp(vsub(vload(z + j), shift)));
   float sum = vsum(total);
-  for (int64_t j = whole; j < n; ++j) sum += std::exp(std::max(z[j] - zmax, -87.0f));
+  for (int64_t j = whole; j < n; ++j) sum += std::exp(std::max(-87.0f, z[j] - zmax));  // NaN: -87
   return {first, 1.0f / sum};
 }
 
