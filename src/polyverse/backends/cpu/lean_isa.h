@@ -73,8 +73,8 @@ void panel_bf16(const uint16_t* x, int64_t k, const uint16_t* w, float* y, int64
   const uint32_t* xp = reinterpret_cast<const uint32_t*>(x);  // [M, k / 2] bf16 pairs
   for (int64_t i = 0; i < k2; ++i) {
     const uint16_t* wi = w + i * 2 * kPanel;
-    _mm_prefetch(reinterpret_cast<const char*>(wi + 2 * kAhead), _MM_HINT_T1);
-    _mm_prefetch(reinterpret_cast<const char*>(wi + 2 * kAhead + 32), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(wi + kAheadBf16), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(wi + kAheadBf16 + 32), _MM_HINT_T1);
     const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wi);
     const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wi + 32);
     for (int r = 0; r < M; ++r) {
