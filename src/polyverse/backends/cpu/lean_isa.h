@@ -401,6 +401,21 @@ inline float vmax_all(vf v) {
 }
 #endif
 
+// z [n] -> (the column of its first largest value, that value); a value that is not a number is
+// passed over (vmax keeps the running maximum's lane where the loaded one is NaN)
+inline std::pair<int64_t, float> first_largest(const float* z, int64_t n) {
+  const int64_t whole = n / kLanes * kLanes;
+  vf top = vset(-INFINITY);
+  for (int64_t j = 0; j < whole; j += kLanes) top = vmax(vload(z + j), top);
+  float zmax = vmax_all(top);
+  for (int64_t j = whole; j < n; ++j) zmax = std::max(zmax, z[j]);
+  int64_t first = 0;
+  const vf zm = vset(zmax);
+  while (first < whole && !vany_ge(vload(z + first), zm)) first += kLanes;
+  while (first < n - 1 && !(z[first] >= zmax)) ++first;
+  return {first, zmax};
+}
+
 // Column j's bound E_j = 1.001 sum_b sw_jb (alpha_b + beta_b l1_jb) (+ 1e-30) for one row
 inline float screen_bound(int64_t j, const float* alpha, const float* beta, const float* sw, const uint8_t* l1,
                           int64_t blocks) {
@@ -431,15 +446,7 @@ bool screen_row(const float* z, const float* alpha, const float* beta, const flo
   }
   asum *= 1.0001f;  // above the float sums' rounding
   bsum *= 1.0001f;
-  const int64_t whole = vocab / kLanes * kLanes;
-  vf top = vset(-INFINITY);
-  for (int64_t j = 0; j < whole; j += kLanes) top = vmax(top, vload(z + j));
-  float zmax = vmax_all(top);
-  for (int64_t j = whole; j < vocab; ++j) zmax = std::max(zmax, z[j]);
-  int64_t first = 0;  // the first column of the largest z
-  const vf zm = vset(zmax);
-  while (first < whole && !vany_ge(vload(z + first), zm)) first += kLanes;
-  while (first < vocab - 1 && !(z[first] >= zmax)) ++first;
+  const auto [first, zmax] = first_largest(z, vocab);  // the first column of the largest z
   float lower = z[first] - screen_bound(first, alpha, beta, sw, l1, blocks);
   if (!std::isfinite(lower)) return false;
   std::vector<std::pair<int64_t, float>> near;  // (column, E_j) of the columns the looser bound keeps
@@ -474,15 +481,9 @@ bool screen_row(const float* z, const float* alpha, const float* beta, const flo
 // One row z [n]: the column of its first largest value and that value's softmax probability,
 // 1 / sum_j e^(z_j - max) (lane sums, then the lanes; a value that is not a number is passed over)
 inline std::pair<int64_t, float> likeliest(const float* z, int64_t n) {
+  const auto [first, zmax] = first_largest(z, n);
   const int64_t whole = n / kLanes * kLanes;
-  vf top = vset(-INFINITY);
-  for (int64_t j = 0; j < whole; j += kLanes) top = vmax(vload(z + j), top);  // a NaN lane keeps top's
-  float zmax = vmax_all(top);
-  for (int64_t j = whole; j < n; ++j) zmax = std::max(zmax, z[j]);
-  int64_t first = 0;
   const vf shift = vset(zmax);
-  while (first < whole && !vany_ge(vload(z + first), shift)) first += kLanes;
-  while (first < n - 1 && !(z[first] >= zmax)) ++first;
   vf total = vzero();
   for (int64_t j = 0; j < whole; j += kLanes) total = vadd(total, vexp(vsub(vload(z + j), shift)));
   float sum = vsum(total);

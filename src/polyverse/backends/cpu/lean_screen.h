@@ -88,10 +88,7 @@ struct Screen {
   // drafts from every row of a pass reads the exact argmax of the few rows verification walks.
   torch::Tensor settle(const torch::Tensor& hidden_in, const torch::Tensor& z_in) const {
     const torch::Tensor hidden = rows_of(hidden_in);
-    // rows of a wider matrix (rough's, cut to the vocabulary) are read where they lie
-    const bool direct = z_in.scalar_type() == torch::kFloat32 && z_in.dim() == 2 && z_in.stride(1) == 1 &&
-                        z_in.stride(0) >= z_in.size(1);
-    const torch::Tensor zt = direct ? z_in : z_in.to(torch::kFloat32).contiguous();
+    const torch::Tensor zt = in_place(z_in);
     const int64_t m = hidden.size(0), k = rough_.k, blocks = k / 32;
     TORCH_CHECK(zt.dim() == 2 && zt.size(0) == m && zt.size(1) >= vocab && zt.size(1) <= rough_.n,
                 "screened logits must be [rows, vocab .. n]");
@@ -102,18 +99,16 @@ struct Screen {
       for (int64_t b = 0; b < blocks; ++b)
         sx[r * blocks + b] = wide ? avx512::quantize32(&a[r * k + b * 32], scratch.data())
                                   : avx2::quantize32(&a[r * k + b * 32], scratch.data());
-    return settled(hidden, a, sx, zt, m > 1 ? zt.stride(0) : zt.size(1));
+    return settled(hidden, a, sx, zt, row_stride(zt));
   }
 
   // screened logits z [m, >= vocab] (rough's rows, read in place) -> (each row's likeliest column
   // [m] int64, its softmax probability over the vocabulary [m] float): how sure a row is of the token
   // a method drafts from it, without a softmax of the whole row
   std::tuple<torch::Tensor, torch::Tensor> likeliest(const torch::Tensor& z_in) const {
-    const bool direct = z_in.scalar_type() == torch::kFloat32 && z_in.dim() == 2 && z_in.stride(1) == 1 &&
-                        z_in.stride(0) >= z_in.size(1);
-    const torch::Tensor zt = direct ? z_in : z_in.to(torch::kFloat32).contiguous();
+    const torch::Tensor zt = in_place(z_in);
     TORCH_CHECK(zt.dim() == 2 && zt.size(1) >= vocab, "screened logits must be [rows, >= vocab]");
-    const int64_t m = zt.size(0), zs = m > 1 ? zt.stride(0) : zt.size(1);
+    const int64_t m = zt.size(0), zs = row_stride(zt);
     auto index = torch::empty({m}, torch::kLong);
     auto prob = torch::empty({m}, torch::kFloat32);
     for (int64_t r = 0; r < m; ++r) {
@@ -126,6 +121,15 @@ struct Screen {
   }
 
  private:
+  // screened logits as given: rows of a wider matrix (rough's, cut to the vocabulary) are read where
+  // they lie, anything else as a float copy
+  static torch::Tensor in_place(const torch::Tensor& z) {
+    const bool direct = z.scalar_type() == torch::kFloat32 && z.dim() == 2 && z.stride(1) == 1 &&
+                        z.stride(0) >= z.size(1);
+    return direct ? z : z.to(torch::kFloat32).contiguous();
+  }
+  static int64_t row_stride(const torch::Tensor& z) { return z.size(0) > 1 ? z.stride(0) : z.size(1); }
+
   torch::Tensor rows_of(const torch::Tensor& hidden_in) const {
     const torch::Tensor hidden = hidden_in.to(torch::kFloat32).contiguous();
     TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == rough_.k, "hidden rows do not fit the head");
