@@ -37,7 +37,8 @@ from . import features, screen
 
 SOURCE = Path(__file__).with_name("lean.cpp")
 HEADERS = tuple(Path(__file__).with_name(n)
-                for n in ("lean_isa.h", "lean_attention.h", "lean_pack.h", "lean_segments.h", "lean_screen.h"))
+                for n in ("lean_isa.h", "lean_isa_screen.h", "lean_attention.h", "lean_pack.h", "lean_segments.h",
+                          "lean_screen.h"))
 NAME = "polyverse_cpu_lean"
 DTYPES = ("fp32", "bf16", "int8")
 KINDS = {"fp32": 0, "bf16": 1, "int8": 2}

@@ -110,6 +110,30 @@ void panel_bf16(const uint16_t* x, int64_t k, const uint16_t* w, float* y, int64
 #endif
 }
 
+#if LEAN_AVX512
+// 13 to 16 rows in one sweep: 16 of the panel's 32 columns at a time, one accumulator per row, so
+// that all rows share each weight load and the panel streams from memory at the pace of all their
+// arithmetic (two sweeps of 8 rows would wait on memory in the first and not in the second). Each
+// column's sum is the same chain of vdpbf16ps as in panel_bf16, so the same bits.
+// x: the M rows' bf16 pairs pair by pair ([k / 2, M] 32-bit units: row r's pair i at i * M + r)
+template <int M>
+void panel_bf16_wide(const int32_t* x, int64_t k, const uint16_t* w, float* y, int64_t n) {
+  const int64_t k2 = k / 2;
+  for (int half = 0; half < 2; ++half) {
+    __m512 acc[M];
+    for (int r = 0; r < M; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k2; ++i) {
+      const uint16_t* wi = w + i * 2 * kPanel + half * 32;  // this half's cache line of the pair
+      _mm_prefetch(reinterpret_cast<const char*>(wi + kAheadWide), _MM_HINT_T1);
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(wi);
+      const int32_t* xi = x + i * M;
+      for (int r = 0; r < M; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(xi[r]), wv);
+    }
+    for (int r = 0; r < M; ++r) _mm512_storeu_ps(y + r * n + half * 16, acc[r]);
+  }
+}
+#endif
+
 // ---- int8 weights: x quantized per row and block of 32, exact integer sums per block ------------
 
 // Each block of 32 k is summed exactly in int32, then folded into float as (sum * x's scale) *
@@ -207,8 +231,9 @@ constexpr std::array<Panel, sizeof...(Ms)> panels(std::integer_sequence<int, Ms.
 }
 
 // y [m, n] = x [m, k] @ W^T. The rows go in sweeps of nearly equal size (17 rows at 12 -> 8 + 9;
-// int8 takes more rows per sweep on AVX-512: one accumulator per row and 16 columns); every sweep
-// runs on a panel while it is in cache, so the weights are read from memory once per product.
+// int8 takes more rows per sweep on AVX-512: one accumulator per row and 16 columns, and so does
+// bf16 from 13 to 16 rows); every sweep runs on a panel while it is in cache, so the weights are
+// read from memory once per product.
 void product(const Weight& W, Rows& x, int64_t m, float* y) {
   static constexpr auto table = panels(std::make_integer_sequence<int, kRowsI8>{});
   const int64_t most = W.kind == kI8 ? kRowsI8 : kRows;
@@ -219,6 +244,23 @@ void product(const Weight& W, Rows& x, int64_t m, float* y) {
     first[s] = done;
     done += size[s];
   }
+#if LEAN_AVX512
+  if (W.kind == kBF16 && m > kRows && m <= 16) {  // one sweep of 16 columns at a time (panel_bf16_wide)
+    const int64_t pairs = W.k / 2;
+    x.quad_buf.resize(m * pairs);
+    const int32_t* src = reinterpret_cast<const int32_t*>(x.bf16);
+    for (int64_t i = 0; i < pairs; ++i)
+      for (int64_t r = 0; r < m; ++r) x.quad_buf[i * m + r] = src[r * pairs + i];
+    using Wide = void (*)(const int32_t*, int64_t, const uint16_t*, float*, int64_t);
+    static constexpr Wide wide[] = {panel_bf16_wide<13>, panel_bf16_wide<14>, panel_bf16_wide<15>,
+                                    panel_bf16_wide<16>};
+    const Wide run = wide[m - 13];
+    const int64_t panels = W.n / kPanel;
+#pragma omp parallel for schedule(static) num_threads(threads())
+    for (int64_t p = 0; p < panels; ++p) run(x.quad_buf.data(), W.k, W.bf16 + p * W.k * kPanel, y + p * kPanel, W.n);
+    return;
+  }
+#endif
   if (W.kind == kI8) {  // each sweep's rows interleaved quad by quad (panel_i8's x)
     x.quad_buf.resize(m * quads);
     const int32_t* src = reinterpret_cast<const int32_t*>(x.i8);
@@ -383,111 +425,4 @@ float quantize32(const float* x, int8_t* out) {
   return s;
 }
 
-// ---- the head's screen (lean_screen.h): its bounds and candidates, vectorised -------------------
-
-#if LEAN_AVX512
-inline vf vabs(vf v) { return _mm512_abs_ps(v); }
-inline bool vany_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ) != 0; }
-inline float vmax_all(vf v) { return _mm512_reduce_max_ps(v); }
-#else
-inline vf vabs(vf v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
-inline bool vany_ge(vf a, vf b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)) != 0; }
-inline float vmax_all(vf v) {
-  alignas(32) float t[8];
-  _mm256_store_ps(t, v);
-  float top = t[0];
-  for (int i = 1; i < 8; ++i) top = std::max(top, t[i]);
-  return top;
-}
-#endif
-
-// z [n] -> (the column of its first largest value, that value); a value that is not a number is
-// passed over (vmax keeps the running maximum's lane where the loaded one is NaN)
-inline std::pair<int64_t, float> first_largest(const float* z, int64_t n) {
-  const int64_t whole = n / kLanes * kLanes;
-  vf top = vset(-INFINITY);
-  for (int64_t j = 0; j < whole; j += kLanes) top = vmax(vload(z + j), top);
-  float zmax = vmax_all(top);
-  for (int64_t j = whole; j < n; ++j) zmax = std::max(zmax, z[j]);
-  int64_t first = 0;
-  const vf zm = vset(zmax);
-  while (first < whole && !vany_ge(vload(z + first), zm)) first += kLanes;
-  while (first < n - 1 && !(z[first] >= zmax)) ++first;
-  return {first, zmax};
-}
-
-// Column j's bound E_j = 1.001 sum_b sw_jb (alpha_b + beta_b l1_jb) (+ 1e-30) for one row
-inline float screen_bound(int64_t j, const float* alpha, const float* beta, const float* sw, const uint8_t* l1,
-                          int64_t blocks) {
-  const int64_t p = j / kPanel, c = j % kPanel;
-  float e = 0.0f;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t at = (p * blocks + b) * kPanel + c;
-    e = std::fma(sw[at], std::fma(beta[b], static_cast<float>(l1[at]), alpha[b]), e);
-  }
-  return std::fma(e, 1.001f, 1e-30f);
-}
-
-// One row's candidates (ascending in ``out``): the columns j < vocab whose screened value z_j plus
-// its bound E_j reaches the largest z_i - E_i, a lower bound of the row's largest exact value
-// (every exact value lies within its bound). E_j is computed only where a looser bound (the row's
-// largest alpha_b and beta_b times the column's s1, s2) lets the column reach; the lower bound
-// starts at the column of the largest z and rises with every column bounded. false: more
-// candidates than ``most``, or values that are not numbers (the full product decides).
-bool screen_row(const float* z, const float* alpha, const float* beta, const float* s1, const float* s2,
-                const float* m1, const float* m2, const float* sw, const uint8_t* l1, int64_t blocks, int64_t vocab, int64_t most,
-                std::vector<int64_t>& out) {
-  float amax = 0.0f, bmax = 0.0f, asum = 0.0f, bsum = 0.0f;
-  for (int64_t b = 0; b < blocks; ++b) {
-    amax = std::max(amax, alpha[b]);
-    bmax = std::max(bmax, beta[b]);
-    asum += alpha[b];
-    bsum += beta[b];
-  }
-  asum *= 1.0001f;  // above the float sums' rounding
-  bsum *= 1.0001f;
-  const auto [first, zmax] = first_largest(z, vocab);  // the first column of the largest z
-  float lower = z[first] - screen_bound(first, alpha, beta, sw, l1, blocks);
-  if (!std::isfinite(lower)) return false;
-  std::vector<std::pair<int64_t, float>> near;  // (column, E_j) of the columns the looser bound keeps
-  const vf am = vset(amax), bm = vset(bmax), as = vset(asum), bs = vset(bsum);
-  auto consider = [&](int64_t j) {
-    const float e = screen_bound(j, alpha, beta, sw, l1, blocks);
-    near.emplace_back(j, e);
-    lower = std::max(lower, z[j] - e);
-  };
-  for (int64_t j0 = 0; j0 < vocab; j0 += kLanes) {
-    if (j0 + kLanes <= vocab) {
-      const vf zz = vload(z + j0);
-      const vf loose = vadd(vmul(vadd(vmin(vmul(am, vload(s1 + j0)), vmul(as, vload(m1 + j0))),
-                                 vmin(vmul(bm, vload(s2 + j0)), vmul(bs, vload(m2 + j0)))), vset(1.00101f)), vset(1e-30f));
-      const vf t = vadd(vadd(zz, vmul(loose, vset(1.0001f))), vadd(vmul(vabs(zz), vset(2e-6f)), vset(2e-6f * std::fabs(lower))));
-      if (!vany_ge(t, vset(lower))) continue;
-    }
-    for (int64_t j = j0; j < std::min(vocab, j0 + kLanes); ++j) {
-      const float loose = (std::min(amax * s1[j], asum * m1[j]) + std::min(bmax * s2[j], bsum * m2[j])) * 1.00101f + 1e-30f;
-      if (z[j] + loose * 1.0001f + 2e-6f * (std::fabs(z[j]) + std::fabs(lower)) >= lower) consider(j);
-    }
-    if (static_cast<int64_t>(near.size()) > 8 * most) return false;
-  }
-  for (const auto& [j, e] : near)
-    if (z[j] + e + 1e-6f * (std::fabs(z[j]) + std::fabs(lower)) >= lower) {
-      out.push_back(j);
-      if (static_cast<int64_t>(out.size()) > most) return false;
-    }
-  return true;
-}
-
-// One row z [n]: the column of its first largest value and that value's softmax probability,
-// 1 / sum_j e^(z_j - max) (lane sums, then the lanes; a value that is not a number is passed over)
-inline std::pair<int64_t, float> likeliest(const float* z, int64_t n) {
-  const auto [first, zmax] = first_largest(z, n);
-  const int64_t whole = n / kLanes * kLanes;
-  const vf shift = vset(zmax);
-  vf total = vzero();
-  for (int64_t j = 0; j < whole; j += kLanes) total = vadd(total, vexp(vsub(vload(z + j), shift)));
-  float sum = vsum(total);
-  for (int64_t j = whole; j < n; ++j) sum += std::exp(std::max(-87.0f, z[j] - zmax));  // NaN: -87
-  return {first, 1.0f / sum};
-}
-
+#include "lean_isa_screen.h"  // NOLINT: once per target, inside its namespace
