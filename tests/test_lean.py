@@ -120,8 +120,9 @@ def test_products_match_a_reference_and_are_row_independent(dtype):
     ref = x @ w.t()
     for isa in ISAS:
         rowwise = torch.cat([ext.linear(x[i:i + 1], w, lean.KINDS[dtype], isa == "avx512") for i in range(30)])
-        # 30 rows: sweeps of several sizes; 13 and 16: bf16's one sweep of 16 columns at a time
-        for m in (30, 16, 13):
+        # 30 rows: sweeps of several sizes; 13 and 16: bf16's one sweep of 16 columns at a time;
+        # 1 and 2: int8's sweeps of both halves of a panel at once
+        for m in (30, 16, 13, 2):
             y = ext.linear(x[:m], w, lean.KINDS[dtype], isa == "avx512")
             assert torch.equal(y, rowwise[:m]), (isa, m)
         tol = {"fp32": 1e-4, "bf16": 0.02, "int8": 0.05}[dtype] * ref.abs().max().item()

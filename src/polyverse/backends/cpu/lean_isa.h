@@ -17,6 +17,7 @@
 #if LEAN_AVX512
 constexpr int kRows = 12;    // rows per sweep: 24 accumulators of 16 floats fit the 32 registers
 constexpr int kRowsI8 = 16;  // int8: one accumulator of 16 columns per row (GCC spills more)
+constexpr int kBothHalves = 2;  // int8 sweeps of up to this many rows take a panel's two halves at once
 #else
 constexpr int kRows = 6;     // 12 accumulators of 8 floats fit the 16 registers
 constexpr int kRowsI8 = 6;
@@ -147,7 +148,41 @@ void panel_i8(const int32_t* x, const float* xs, const int32_t* xz, int64_t k, c
 #if LEAN_AVX512
   // 16 of the panel's 32 columns at a time, one accumulator per row: M rows share each weight load,
   // and x's quads come as broadcast operands of vpdpbusd (weights unsigned, x signed); the weights'
-  // +128 is taken back by starting each block's sum at -128 * (x's block sum)
+  // +128 is taken back by starting each block's sum at -128 * (x's block sum). Up to kBothHalves
+  // rows take both halves at once instead: a few rows wait on memory, which then streams whole
+  // lines in order (each column's operations the same, so the same bits).
+  if constexpr (M <= kBothHalves) {
+    alignas(64) float acc[2][M][16];
+    for (int h = 0; h < 2; ++h)
+      for (int r = 0; r < M; ++r) _mm512_store_ps(acc[h][r], _mm512_setzero_ps());
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      __m512i s0[M], s1[M];
+      for (int r = 0; r < M; ++r) s0[r] = s1[r] = _mm512_set1_epi32(xz[r * blocks + blk]);
+      for (int64_t t = 0; t < 8; ++t) {
+        const int64_t i = blk * 8 + t;
+        const uint8_t* wi = w + i * 4 * kPanel;
+        _mm_prefetch(reinterpret_cast<const char*>(wi + 4 * kAhead), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(wi + 4 * kAhead + 64), _MM_HINT_T1);
+        const __m512i w0 = _mm512_loadu_si512(wi), w1 = _mm512_loadu_si512(wi + 64);
+        const int32_t* xi = x + i * M;
+#pragma GCC unroll 32
+        for (int r = 0; r < M; ++r) {
+          asm("vpdpbusd %[x]%{1to16%}, %[w], %[acc]" : [acc] "+v"(s0[r]) : [w] "v"(w0), [x] "m"(xi[r]));
+          asm("vpdpbusd %[x]%{1to16%}, %[w], %[acc]" : [acc] "+v"(s1[r]) : [w] "v"(w1), [x] "m"(xi[r]));
+        }
+      }
+      const __m512 sc0 = _mm512_loadu_ps(ws + blk * kPanel), sc1 = _mm512_loadu_ps(ws + blk * kPanel + 16);
+      for (int r = 0; r < M; ++r) {
+        const __m512 xsr = _mm512_set1_ps(xs[r * blocks + blk]);
+        const __m512 f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(s0[r]), xsr), f1 = _mm512_mul_ps(_mm512_cvtepi32_ps(s1[r]), xsr);
+        _mm512_store_ps(acc[0][r], _mm512_fmadd_ps(f0, sc0, _mm512_load_ps(acc[0][r])));
+        _mm512_store_ps(acc[1][r], _mm512_fmadd_ps(f1, sc1, _mm512_load_ps(acc[1][r])));
+      }
+    }
+    for (int h = 0; h < 2; ++h)
+      for (int r = 0; r < M; ++r) _mm512_storeu_ps(y + r * n + h * 16, _mm512_load_ps(acc[h][r]));
+    return;
+  }
   for (int half = 0; half < 2; ++half) {
     alignas(64) float acc[M][16];
     for (int r = 0; r < M; ++r) _mm512_store_ps(acc[r], _mm512_setzero_ps());
