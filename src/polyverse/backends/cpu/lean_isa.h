@@ -21,6 +21,7 @@ constexpr int kBothHalves = 2;  // int8 sweeps of up to this many rows take a pa
 #else
 constexpr int kRows = 6;     // 12 accumulators of 8 floats fit the 16 registers
 constexpr int kRowsI8 = 6;
+constexpr int kBothHalves = 2;  // fp32 and bf16 sweeps of up to this many rows take both halves of a panel at once
 #endif
 
 // ---- fp32 weights ------------------------------------------------------------------------------
@@ -43,22 +44,30 @@ void panel_f32(const float* x, int64_t k, const float* w, float* y, int64_t n) {
   }
   for (int r = 0; r < M; ++r) { _mm512_storeu_ps(y + r * n, lo[r]); _mm512_storeu_ps(y + r * n + 16, hi[r]); }
 #else
-  for (int half = 0; half < 2; ++half) {  // 16 of the panel's 32 columns at a time
-    __m256 a[M], b[M];
-    for (int r = 0; r < M; ++r) { a[r] = _mm256_setzero_ps(); b[r] = _mm256_setzero_ps(); }
-    for (int64_t i = 0; i < k; ++i) {
-      const float* wi = w + i * kPanel + half * 16;
-      const __m256 w0 = _mm256_loadu_ps(wi), w1 = _mm256_loadu_ps(wi + 8);
-      for (int r = 0; r < M; ++r) {
-        const __m256 xb = _mm256_set1_ps(x[r * k + i]);
-        a[r] = _mm256_fmadd_ps(xb, w0, a[r]);
-        b[r] = _mm256_fmadd_ps(xb, w1, b[r]);
+  constexpr int H = M <= kBothHalves ? 2 : 1;  // halves of the panel (16 columns each) per pass over k
+  for (int h0 = 0; h0 < 2; h0 += H) {
+    __m256 a[H][M], b[H][M];
+    for (int h = 0; h < H; ++h)
+      for (int r = 0; r < M; ++r) { a[h][r] = _mm256_setzero_ps(); b[h][r] = _mm256_setzero_ps(); }
+    for (int64_t i = 0; i < k; ++i)
+      for (int h = 0; h < H; ++h) {
+        const float* wi = w + i * kPanel + (h0 + h) * 16;
+        if (H == 1 && h0 == 0) {  // the first of two passes fetches both halves' lines
+          _mm_prefetch(reinterpret_cast<const char*>(wi + kAhead), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(wi + kAhead + 16), _MM_HINT_T1);
+        }
+        const __m256 w0 = _mm256_loadu_ps(wi), w1 = _mm256_loadu_ps(wi + 8);
+        for (int r = 0; r < M; ++r) {
+          const __m256 xb = _mm256_set1_ps(x[r * k + i]);
+          a[h][r] = _mm256_fmadd_ps(xb, w0, a[h][r]);
+          b[h][r] = _mm256_fmadd_ps(xb, w1, b[h][r]);
+        }
       }
-    }
-    for (int r = 0; r < M; ++r) {
-      _mm256_storeu_ps(y + r * n + half * 16, a[r]);
-      _mm256_storeu_ps(y + r * n + half * 16 + 8, b[r]);
-    }
+    for (int h = 0; h < H; ++h)
+      for (int r = 0; r < M; ++r) {
+        _mm256_storeu_ps(y + r * n + (h0 + h) * 16, a[h][r]);
+        _mm256_storeu_ps(y + r * n + (h0 + h) * 16 + 8, b[h][r]);
+      }
   }
 #endif
 }
@@ -87,26 +96,34 @@ void panel_bf16(const uint16_t* x, int64_t k, const uint16_t* w, float* y, int64
   for (int r = 0; r < M; ++r) { _mm512_storeu_ps(y + r * n, lo[r]); _mm512_storeu_ps(y + r * n + 16, hi[r]); }
 #else
   const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (int half = 0; half < 2; ++half) {
-    __m256 a[M], b[M];
-    for (int r = 0; r < M; ++r) { a[r] = _mm256_setzero_ps(); b[r] = _mm256_setzero_ps(); }
-    for (int64_t i = 0; i < k2; ++i) {
-      const uint16_t* wi = w + i * 2 * kPanel + half * 32;  // 16 columns x 2
-      const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wi));
-      const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wi + 16));
-      const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(p0, 16)), o0 = _mm256_castsi256_ps(_mm256_and_si256(p0, high));
-      const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(p1, 16)), o1 = _mm256_castsi256_ps(_mm256_and_si256(p1, high));
-      for (int r = 0; r < M; ++r) {
-        const uint16_t* xr = x + r * k + 2 * i;
-        const __m256 xe = _mm256_set1_ps(bf16_to_float(xr[0])), xo = _mm256_set1_ps(bf16_to_float(xr[1]));
-        a[r] = _mm256_fmadd_ps(xo, o0, _mm256_fmadd_ps(xe, e0, a[r]));
-        b[r] = _mm256_fmadd_ps(xo, o1, _mm256_fmadd_ps(xe, e1, b[r]));
+  constexpr int H = M <= kBothHalves ? 2 : 1;  // halves of the panel (16 columns each) per pass over k
+  for (int h0 = 0; h0 < 2; h0 += H) {
+    __m256 a[H][M], b[H][M];
+    for (int h = 0; h < H; ++h)
+      for (int r = 0; r < M; ++r) { a[h][r] = _mm256_setzero_ps(); b[h][r] = _mm256_setzero_ps(); }
+    for (int64_t i = 0; i < k2; ++i)
+      for (int h = 0; h < H; ++h) {
+        const uint16_t* wi = w + i * 2 * kPanel + (h0 + h) * 32;  // 16 columns x 2
+        if (H == 1 && h0 == 0) {  // the first of two passes fetches both halves' lines
+          _mm_prefetch(reinterpret_cast<const char*>(wi + kAheadBf16), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(wi + kAheadBf16 + 32), _MM_HINT_T1);
+        }
+        const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wi));
+        const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wi + 16));
+        const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(p0, 16)), o0 = _mm256_castsi256_ps(_mm256_and_si256(p0, high));
+        const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(p1, 16)), o1 = _mm256_castsi256_ps(_mm256_and_si256(p1, high));
+        for (int r = 0; r < M; ++r) {
+          const uint16_t* xr = x + r * k + 2 * i;
+          const __m256 xe = _mm256_set1_ps(bf16_to_float(xr[0])), xo = _mm256_set1_ps(bf16_to_float(xr[1]));
+          a[h][r] = _mm256_fmadd_ps(xo, o0, _mm256_fmadd_ps(xe, e0, a[h][r]));
+          b[h][r] = _mm256_fmadd_ps(xo, o1, _mm256_fmadd_ps(xe, e1, b[h][r]));
+        }
       }
-    }
-    for (int r = 0; r < M; ++r) {
-      _mm256_storeu_ps(y + r * n + half * 16, a[r]);
-      _mm256_storeu_ps(y + r * n + half * 16 + 8, b[r]);
-    }
+    for (int h = 0; h < H; ++h)
+      for (int r = 0; r < M; ++r) {
+        _mm256_storeu_ps(y + r * n + (h0 + h) * 16, a[h][r]);
+        _mm256_storeu_ps(y + r * n + (h0 + h) * 16 + 8, b[h][r]);
+      }
   }
 #endif
 }
