@@ -9,6 +9,17 @@ from polyverse.models.tiny import save_tiny
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_costs(tmp_path_factory):
+    """Pass-cost curves measured during the tests (the bundled model's among them) go to a folder of
+    the run's own: a curve is kept for good, and one timed beside the suite must not price the
+    drafts of later commands on this machine."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("POLYVERSE_COSTS", str(tmp_path_factory.mktemp("costs")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _thawed():
     """Commands freeze the interpreter's objects (``heap.freeze``) in the process they own: here that

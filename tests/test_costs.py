@@ -168,3 +168,13 @@ def test_kept_costs_give_the_same_choice():
         for width in (1, 3):
             kept = [STEEP(1 + width * k) for k in range(25)]
             assert best_length(alpha, 10, STEEP, width, kept) == best_length(alpha, 10, STEEP, width)
+
+
+def test_curves_go_where_polyverse_costs_says_else_to_the_cache(monkeypatch, tmp_path):
+    from polyverse.costs import costs_dir
+
+    monkeypatch.setenv("POLYVERSE_COSTS", str(tmp_path / "curves"))
+    assert costs_dir() == tmp_path / "curves"
+    monkeypatch.delenv("POLYVERSE_COSTS")
+    monkeypatch.setenv("POLYVERSE_CACHE", str(tmp_path / "cache"))
+    assert costs_dir() == tmp_path / "cache" / "costs"

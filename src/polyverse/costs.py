@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import threading
 import time
@@ -17,6 +18,7 @@ import weakref
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -137,13 +139,20 @@ def cost_curve(model, backend, every: bool = False) -> CostCurve:
         return _cached_curve(model, backend, every)
 
 
-def _cached_curve(model, backend, every: bool = False) -> CostCurve:
+def costs_dir() -> Path:
+    """Where measured curves are kept: POLYVERSE_COSTS, else the cache's ``costs`` folder. A curve is
+    measured once and kept for good, so one measured on a busy machine (a test run) must not be the
+    one a later command prices its drafts by."""
     from .models.load import cache_dir
 
+    return Path(os.environ["POLYVERSE_COSTS"]).expanduser() if os.environ.get("POLYVERSE_COSTS") else cache_dir() / "costs"
+
+
+def _cached_curve(model, backend, every: bool = False) -> CostCurve:
     name = "cost_curve_every" if every else "cost_curve"
     if name in model.resources:
         return model.resources[name]
-    path = cache_dir() / "costs" / f"{model_key(model)}{'-every' if every else ''}.json"
+    path = costs_dir() / f"{model_key(model)}{'-every' if every else ''}.json"
     curve = None
     if path.exists():
         try:
