@@ -14,10 +14,9 @@ def _own_costs(tmp_path_factory):
     """Pass-cost curves measured during the tests (the bundled model's among them) go to a folder of
     the run's own: a curve is kept for good, and one timed beside the suite must not price the
     drafts of later commands on this machine."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("POLYVERSE_COSTS", str(tmp_path_factory.mktemp("costs")))
-    yield
-    mp.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLYVERSE_COSTS", str(tmp_path_factory.mktemp("costs")))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -126,7 +126,7 @@ def test_products_match_a_reference_and_are_row_independent(dtype):
             y = ext.linear(x[:m], w, lean.KINDS[dtype], isa == "avx512")
             assert torch.equal(y, rowwise[:m]), (isa, m)
         tol = {"fp32": 1e-4, "bf16": 0.02, "int8": 0.05}[dtype] * ref.abs().max().item()
-        assert (y - ref[:m]).abs().max().item() < tol
+        assert (rowwise - ref).abs().max().item() < tol  # every row, as each pass size computes it
 
 
 def test_cache_keeps_crops_grows_and_forks():
