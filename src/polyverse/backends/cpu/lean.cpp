@@ -25,6 +25,8 @@
 #include <memory>
 #include <cmath>
 #include <cstring>
+#include <mutex>
+#include <sys/mman.h>
 #include <utility>
 #include <vector>
 
@@ -447,17 +449,6 @@ class Model {
   Weight head_;
 };
 
-// x [m, k] @ w [n, k]^T through a packed weight of the given kind, for tests of the products alone
-torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& w, int kind, bool wide) {
-  const torch::Tensor x = x_in.to(torch::kFloat32).contiguous();
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == w.size(1), "x must be [m, k] with the weight's k");
-  Weight W = pack(w, kind, c10::nullopt);
-  auto y = torch::empty({x.size(0), W.n}, torch::kFloat32);
-  Rows rows;
-  if (x.size(0)) product(wide, W, rows, x.data_ptr<float>(), x.size(0), y.data_ptr<float>());
-  return y;
-}
-
 // One packed weight kept for repeated products: a small network beside the pass (a draft head),
 // whose weights a pass has just pushed out of the caches, streams them in the pass's own kinds
 struct Linear {
@@ -475,6 +466,11 @@ struct Linear {
     return y;
   }
 };
+
+// x [m, k] @ w [n, k]^T through a packed weight of the given kind, for tests of the products alone
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, int kind, bool wide) {
+  return Linear(w, c10::nullopt, kind, wide).forward(x);
+}
 
 #include "lean_screen.h"
 

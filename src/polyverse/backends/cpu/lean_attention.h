@@ -14,6 +14,30 @@
 // softmax sums and the weighted sum of values run over that dense list: the same list, in the same
 // order, as a pass in which the row sees every cell (plain decoding) gives, so the row's output is the
 // same bits. scratch: NQ * 2 * (cells + kLanes) floats.
+// out[a] [c, c + W * kLanes) = the weighted sum of the values of the row's dense list (V: the
+// values from coordinate c), in list order; W a constant, so that the sums stay in registers
+template <int NQ, int W, typename T>
+void weigh(const T* V, int64_t d, const int32_t* index, int64_t seen, float* const* dense, const vf* inv,
+           float* const* out, int64_t c) {
+  constexpr int64_t kLine = 64 / sizeof(T);  // elements per cache line
+  vf acc[NQ][W];
+  for (int a = 0; a < NQ; ++a) for (int u = 0; u < W; ++u) acc[a][u] = vzero();
+  for (int64_t t = 0; t < seen; ++t) {
+    const T* v = V + static_cast<int64_t>(index ? index[t] : t) * d;
+    if (!index)  // far enough ahead to cover the memory's latency
+      for (int64_t e = 0; e < W * kLanes; e += kLine)
+        _mm_prefetch(reinterpret_cast<const char*>(v + kValuesAhead * d + e), _MM_HINT_T0);
+    vf vv[W];
+    for (int u = 0; u < W; ++u) vv[u] = vload(v + u * kLanes);
+    for (int a = 0; a < NQ; ++a) {
+      const vf p = vset(dense[a][t]);
+      for (int u = 0; u < W; ++u) acc[a][u] = vfma(p, vv[u], acc[a][u]);
+    }
+  }
+  for (int a = 0; a < NQ; ++a)
+    for (int u = 0; u < W; ++u) vstore(out[a] + c + u * kLanes, vmul(acc[a][u], inv[a]));
+}
+
 template <int NQ, typename T>
 void attend(const float* const* q, const T* Kt, const T* V, int64_t d, const int32_t* index,
             int64_t seen, int64_t cells, float scale, float* scratch, float* const* out) {
@@ -100,28 +124,12 @@ void attend(const float* const* q, const T* Kt, const T* V, int64_t d, const int
     inv[a] = vset(1.0f / vsum(total));
   }
   for (int64_t c = 0; c < d; c += 4 * kLanes) {  // 4 vectors of the head's values at a time
-    const int64_t width = std::min<int64_t>(4, (d - c) / kLanes);
-    vf acc[NQ][4];
-    for (int a = 0; a < NQ; ++a) for (int u = 0; u < 4; ++u) acc[a][u] = vzero();
-    for (int64_t t = 0; t < seen; ++t) {
-      const T* v = V + static_cast<int64_t>(index ? index[t] : t) * d + c;
-      if (!index)  // far enough ahead to cover the memory's latency
-        for (int64_t e = 0; e < d; e += kLine)
-          _mm_prefetch(reinterpret_cast<const char*>(v + kValuesAhead * d + e), _MM_HINT_T0);
-      const vf v0 = vload(v);
-      const vf v1 = width > 1 ? vload(v + kLanes) : vzero();
-      const vf v2 = width > 2 ? vload(v + 2 * kLanes) : vzero();
-      const vf v3 = width > 3 ? vload(v + 3 * kLanes) : vzero();
-      for (int a = 0; a < NQ; ++a) {
-        const vf p = vset(dense[a][t]);
-        acc[a][0] = vfma(p, v0, acc[a][0]);
-        if (width > 1) acc[a][1] = vfma(p, v1, acc[a][1]);
-        if (width > 2) acc[a][2] = vfma(p, v2, acc[a][2]);
-        if (width > 3) acc[a][3] = vfma(p, v3, acc[a][3]);
-      }
+    switch (std::min<int64_t>(4, (d - c) / kLanes)) {
+      case 4: weigh<NQ, 4>(V + c, d, index, seen, dense, inv, out, c); break;
+      case 3: weigh<NQ, 3>(V + c, d, index, seen, dense, inv, out, c); break;
+      case 2: weigh<NQ, 2>(V + c, d, index, seen, dense, inv, out, c); break;
+      default: weigh<NQ, 1>(V + c, d, index, seen, dense, inv, out, c); break;
     }
-    for (int a = 0; a < NQ; ++a)
-      for (int u = 0; u < width; ++u) vstore(out[a] + c + u * kLanes, vmul(acc[a][u], inv[a]));
   }
 }
 

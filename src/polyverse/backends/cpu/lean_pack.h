@@ -1,6 +1,49 @@
 // Packing a float weight into the panels of a weight type (lean.cpp's Weight), once per model.
 // Included by lean.cpp inside namespace lean.
 
+// ---- where packed weights live ------------------------------------------------------------------
+
+// Packed weights are carved from 2 MiB-aligned chunks that the kernel is asked to back with huge
+// pages (madvise; where it declines, they are ordinary pages): a pass streams every weight once,
+// and with 4 KiB pages each of the tens of thousands of pages it crosses costs a TLB miss and
+// stops the hardware prefetcher at its end. A chunk lives while a tensor carved from it does.
+class Chunks {
+ public:
+  // an uninitialised tensor of `sizes` and `dtype`, 64-byte aligned, in a chunk
+  torch::Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
+    int64_t numel = 1;
+    for (int64_t s : sizes) numel *= s;
+    const size_t bytes = (static_cast<size_t>(numel) * c10::elementSize(dtype) + 63) / 64 * 64;
+    std::lock_guard<std::mutex> hold(lock_);
+    if (bytes > kChunk) return carve(fresh(bytes), 0, sizes, dtype);  // a weight larger than a chunk: its own
+    if (!chunk_ || used_ + bytes > kChunk) { chunk_ = fresh(kChunk); used_ = 0; }
+    used_ += bytes;
+    return carve(chunk_, used_ - bytes, sizes, dtype);
+  }
+
+ private:
+  static constexpr size_t kHuge = size_t(2) << 20, kChunk = size_t(64) << 20;
+  static std::shared_ptr<char> fresh(size_t bytes) {
+    const size_t size = (bytes + kHuge - 1) / kHuge * kHuge;
+    char* p = static_cast<char*>(std::aligned_alloc(kHuge, size));
+    TORCH_CHECK(p != nullptr, "out of memory packing a weight (", size, " bytes)");
+    madvise(p, size, MADV_HUGEPAGE);
+    return std::shared_ptr<char>(p, [](char* q) { std::free(q); });
+  }
+  static torch::Tensor carve(const std::shared_ptr<char>& chunk, size_t at, at::IntArrayRef sizes,
+                             at::ScalarType dtype) {
+    return torch::from_blob(chunk.get() + at, sizes, [keep = chunk](void*) {}, torch::dtype(dtype));
+  }
+  std::mutex lock_;
+  std::shared_ptr<char> chunk_;
+  size_t used_ = 0;
+};
+
+inline torch::Tensor packed_empty(at::IntArrayRef sizes, at::ScalarType dtype) {
+  static Chunks chunks;
+  return chunks.empty(sizes, dtype);
+}
+
 // ---- packing -------------------------------------------------------------------------------------
 
 // w [n, k] float32 -> a Weight of the given kind (bias [n] or undefined)
@@ -16,10 +59,11 @@ Weight pack(const torch::Tensor& w_in, int kind, const c10::optional<torch::Tens
   W.k = k;
   const float* src = w.data_ptr<float>();
   if (kind == kF32) {
-    W.data = w.reshape({n / kPanel, kPanel, k}).transpose(1, 2).contiguous();  // [n/32, k, 32]
+    W.data = packed_empty({n / kPanel, k, kPanel}, torch::kFloat32);  // [n/32, k, 32]
+    W.data.copy_(w.reshape({n / kPanel, kPanel, k}).transpose(1, 2));
     W.f32 = W.data.data_ptr<float>();
   } else if (kind == kBF16) {
-    W.data = torch::empty({n / kPanel, k / 2, kPanel, 2}, torch::kInt16);
+    W.data = packed_empty({n / kPanel, k / 2, kPanel, 2}, torch::kInt16);
     uint16_t* dst = reinterpret_cast<uint16_t*>(W.data.data_ptr<int16_t>());
     for (int64_t p = 0; p < n / kPanel; ++p)
       for (int64_t i = 0; i < k / 2; ++i)
@@ -29,8 +73,8 @@ Weight pack(const torch::Tensor& w_in, int kind, const c10::optional<torch::Tens
     W.bf16 = dst;
   } else if (kind == kI8) {
     const int64_t blocks = k / 32;
-    W.data = torch::empty({n / kPanel, k / 4, kPanel, 4}, torch::kUInt8);
-    W.scales = torch::empty({n / kPanel, blocks, kPanel}, torch::kFloat32);
+    W.data = packed_empty({n / kPanel, k / 4, kPanel, 4}, torch::kUInt8);
+    W.scales = packed_empty({n / kPanel, blocks, kPanel}, torch::kFloat32);
     uint8_t* dst = W.data.data_ptr<uint8_t>();
     float* sc = W.scales.data_ptr<float>();
     for (int64_t p = 0; p < n / kPanel; ++p) {
