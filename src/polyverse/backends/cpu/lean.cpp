@@ -298,10 +298,11 @@ class Model {
 
     // attention work items, segment by segment, key/value head major within a segment: a head's keys
     // and values stay in cache while every row of its group reads them. An item is one row and up
-    // to 4 query heads of a group, which share each key and value load; a pass of few rows splits
-    // its groups head by head, so that both threads have work, unless its rows' kv heads share out evenly.
+    // to 4 query heads of a group, which share each key and value load (even where the threads then
+    // get unequal shares: one row's 3 groups on 2 threads beat its 9 heads); a pass with fewer
+    // groups than threads splits them head by head, so that every thread has work.
     const int64_t groups = Hq_ / Hkv_, items = q * Hkv_;
-    const int64_t per = items >= 4 * threads() || (q > 1 && items % threads() == 0) ? std::min<int64_t>(groups, 4) : 1;
+    const int64_t per = items >= threads() ? std::min<int64_t>(groups, 4) : 1;
     const int64_t chunks = (groups + per - 1) / per;                                   // items per row and group
     std::vector<int64_t> work_start(S);  // the first work item of each segment
     for (int64_t s = 0, t = 0; s < S; t += seg[s].q * Hkv_ * chunks, ++s) work_start[s] = t;
