@@ -3,17 +3,6 @@
 // Included by lean_isa.h inside each instruction set's namespace (after its vector helpers), so
 // it has no include guard: it is compiled once per target.
 
-// One query row of NQ heads that share a key/value head: out[a] [d] = softmax(q[a].K / sqrt d) V
-// over the cells the row sees. Kt holds the head's keys in tiles of kTile cells, each tile [d, kTile]
-// (the keys of a tile transposed: a vector of cells per d, and a tile's d vectors one after another,
-// so the scores read the keys as one stream); V [cap, d] holds its values. Each key and value vector
-// is loaded (and widened) once for the NQ queries. Scores are computed a vector of cells at a time
-// for the first ``cells`` cells (each cell's dot product summed over d in order, the same in every
-// lane and whatever NQ); the ``seen`` cells the row sees are ``index`` (``seen_cells``: its cells in
-// position order, built once per row and pass) or, when ``index`` is null, cells 0 .. seen - 1. The
-// softmax sums and the weighted sum of values run over that dense list: the same list, in the same
-// order, as a pass in which the row sees every cell (plain decoding) gives, so the row's output is the
-// same bits. scratch: NQ * 2 * (cells + kLanes) floats.
 // out[a] [c, c + W * kLanes) = the weighted sum of the values of the row's dense list (V: the
 // values from coordinate c), in list order; W a constant, so that the sums stay in registers
 template <int NQ, int W, typename T>
@@ -38,6 +27,17 @@ void weigh(const T* V, int64_t d, const int32_t* index, int64_t seen, float* con
     for (int u = 0; u < W; ++u) vstore(out[a] + c + u * kLanes, vmul(acc[a][u], inv[a]));
 }
 
+// One query row of NQ heads that share a key/value head: out[a] [d] = softmax(q[a].K / sqrt d) V
+// over the cells the row sees. Kt holds the head's keys in tiles of kTile cells, each tile [d, kTile]
+// (the keys of a tile transposed: a vector of cells per d, and a tile's d vectors one after another,
+// so the scores read the keys as one stream); V [cap, d] holds its values. Each key and value vector
+// is loaded (and widened) once for the NQ queries. Scores are computed a vector of cells at a time
+// for the first ``cells`` cells (each cell's dot product summed over d in order, the same in every
+// lane and whatever NQ); the ``seen`` cells the row sees are ``index`` (``seen_cells``: its cells in
+// position order, built once per row and pass) or, when ``index`` is null, cells 0 .. seen - 1. The
+// softmax sums and the weighted sum of values run over that dense list: the same list, in the same
+// order, as a pass in which the row sees every cell (plain decoding) gives, so the row's output is the
+// same bits. scratch: NQ * 2 * (cells + kLanes) floats.
 template <int NQ, typename T>
 void attend(const float* const* q, const T* Kt, const T* V, int64_t d, const int32_t* index,
             int64_t seen, int64_t cells, float scale, float* scratch, float* const* out) {

@@ -11,9 +11,7 @@ class Chunks {
  public:
   // an uninitialised tensor of `sizes` and `dtype`, 64-byte aligned, in a chunk
   torch::Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
-    int64_t numel = 1;
-    for (int64_t s : sizes) numel *= s;
-    const size_t bytes = (static_cast<size_t>(numel) * c10::elementSize(dtype) + 63) / 64 * 64;
+    const size_t bytes = (static_cast<size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dtype) + 63) / 64 * 64;
     std::lock_guard<std::mutex> hold(lock_);
     if (bytes > kChunk) return carve(fresh(bytes), 0, sizes, dtype);  // a weight larger than a chunk: its own
     if (!chunk_ || used_ + bytes > kChunk) { chunk_ = fresh(kChunk); used_ = 0; }
