@@ -34,7 +34,7 @@ namespace lean {
 
 constexpr int64_t kPanel = 32;    // output columns per packed panel
 constexpr int64_t kAhead = 8192;  // elements prefetched ahead of the weight stream (fp32: 32 KiB)
-constexpr int64_t kAheadBf16 = 2048;  // bf16 elements ahead (4 KiB: a page; measured best of 2 to 32 KiB)
+constexpr int64_t kAheadBf16 = 2048;  // bf16 elements ahead (4 KiB: a page; measured best of 2 to 32 KiB for one row)
 constexpr int64_t kAheadWide = 4096;  // bf16 elements ahead of a 16-column sweep (8 KiB: its half-line stream escapes the hardware prefetcher)
 enum Kind { kF32 = 0, kBF16 = 1, kI8 = 2 };
 constexpr int64_t kSpread = 8;    // rows from which per-row work (norms, conversions) is split between threads

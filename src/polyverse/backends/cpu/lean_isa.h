@@ -74,6 +74,15 @@ void panel_f32(const float* x, int64_t k, const float* w, float* y, int64_t n) {
 
 // ---- bf16 weights: x rounded to bf16 per row, products summed in float ------------------------
 
+#if LEAN_AVX512
+// How far ahead of an M-row sweep's weight stream to fetch, and into which cache: the best of 2 to
+// 8 KiB into L1, L2 or non-temporal, per row count (Zen 4, weights streamed from memory). The sweep's
+// pace sets how early a line must be asked for: one row runs best a page ahead into L2, two rows
+// into L1, and more rows, whose arithmetic leaves the memory more time, 6 KiB ahead into L2.
+template <int M> constexpr int kBf16Hint = M == 2 ? _MM_HINT_T0 : _MM_HINT_T1;
+template <int M> constexpr int64_t kBf16Ahead = M <= 2 ? kAheadBf16 : kAheadBf16 * 3 / 2;
+#endif
+
 template <int M>
 void panel_bf16(const uint16_t* x, int64_t k, const uint16_t* w, float* y, int64_t n) {
   const int64_t k2 = k / 2;
@@ -81,10 +90,11 @@ void panel_bf16(const uint16_t* x, int64_t k, const uint16_t* w, float* y, int64
   __m512 lo[M], hi[M];
   for (int r = 0; r < M; ++r) { lo[r] = _mm512_setzero_ps(); hi[r] = _mm512_setzero_ps(); }
   const uint32_t* xp = reinterpret_cast<const uint32_t*>(x);  // [M, k / 2] bf16 pairs
+  constexpr auto hint = static_cast<_mm_hint>(kBf16Hint<M>);
   for (int64_t i = 0; i < k2; ++i) {
     const uint16_t* wi = w + i * 2 * kPanel;
-    _mm_prefetch(reinterpret_cast<const char*>(wi + kAheadBf16), _MM_HINT_T1);
-    _mm_prefetch(reinterpret_cast<const char*>(wi + kAheadBf16 + 32), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(wi + kBf16Ahead<M>), hint);
+    _mm_prefetch(reinterpret_cast<const char*>(wi + kBf16Ahead<M> + 32), hint);
     const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wi);
     const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wi + 32);
     for (int r = 0; r < M; ++r) {
