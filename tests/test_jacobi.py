@@ -2,8 +2,8 @@
 
 import torch
 
-from polyverse.config import GenerationConfig
-from polyverse.costs import CostCurve
+from polyverse.config import GenerationConfig, SamplingConfig
+from polyverse.costs import CostCurve, LiveCurve
 from polyverse.draft import Draft
 from polyverse.loop import Observation, decode
 from polyverse.methods.ar import ARProposer
@@ -23,13 +23,13 @@ def test_continuation_follows_the_branch_the_path_took():
     assert continuation(Draft.empty(), ()) == []
 
 
-def _observe(proposer, draft, argmax_rows, context):
+def _observe(proposer, draft, argmax_rows, context, seconds=None):
     """An observation whose logits row r has its largest value at argmax_rows[r]."""
     logits = torch.zeros(len(draft) + 1, 50)  # [1 + len(draft), V]
     for r, t in enumerate(argmax_rows):
         logits[r, t] = 1.0
     verdict = verify_greedy(draft, logits)
-    proposer.observe(Observation(draft, verdict, logits, tuple(context) + verdict.tokens))
+    proposer.observe(Observation(draft, verdict, logits, tuple(context) + verdict.tokens, seconds))
     return verdict
 
 
@@ -112,8 +112,39 @@ def test_the_factory_prices_the_block_unless_asked_for_the_whole_block(tiny):
     from polyverse.methods.jacobi import make
     from polyverse.registry import MethodContext
 
-    ctx = MethodContext(tiny.backend, None, None, tiny)
+    ctx = MethodContext(tiny.backend, SamplingConfig(), None, tiny)
     assert make(JacobiConfig(block=4, ngram=0), ctx).sizing is not None  # sized, no branch
     assert make(JacobiConfig(block=4), ctx).ngrams is not None
     whole = make(JacobiConfig(block=4, ngram=0, adaptive=False), ctx)
     assert whole.sizing is None and whole.ngrams is None
+
+
+def test_greedy_blocks_are_priced_by_what_passes_cost_and_sampled_ones_by_the_measured_curve(tiny):
+    from polyverse.methods.jacobi import make
+    from polyverse.registry import MethodContext
+
+    greedy = make(JacobiConfig(block=4), MethodContext(tiny.backend, SamplingConfig(), None, tiny))
+    assert isinstance(greedy.sizing, LiveCurve) and greedy.live is greedy.sizing
+    sampled = make(JacobiConfig(block=4), MethodContext(tiny.backend, SamplingConfig(temperature=0.7), None, tiny))
+    assert isinstance(sampled.sizing, CostCurve) and sampled.live is None
+    fixed = make(JacobiConfig(block=4, live=False), MethodContext(tiny.backend, SamplingConfig(), None, tiny))
+    assert isinstance(fixed.sizing, CostCurve)
+
+
+def test_a_block_priced_too_dear_by_the_measured_curve_grows_once_greedy_passes_show_it_cheap():
+    # measured: each guess fed adds 40% to a pass, so a block of guesses accepted half the time does
+    # not pay; decoding then pays as much for every size it feeds
+    steep = CostCurve((1, 2, 3, 4, 5), (1.0, 1.6, 2.0, 2.4, 2.8))
+    live = LiveCurve(steep)
+    prop = JacobiProposer(JacobiConfig(block=4, ngram=0), live)
+    for _ in range(20):
+        prop.accept.update(1, 5)  # alpha 0.5
+    assert prop.block_size() == 0
+    context = [3, 1, 4]
+    for _ in range(4):  # plain passes, timed: the proposer tells the curve
+        _observe(prop, prop.propose(context), [9], context, seconds=2.0)
+    assert live(1) == 2.0
+    for q in (2, 3, 4, 5):
+        for _ in range(4):
+            live.observe(q, 2.0)
+    assert prop.block_size() == 4

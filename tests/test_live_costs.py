@@ -201,3 +201,12 @@ def test_monotone_rises_and_keeps_the_weighted_mean(pairs):
     total = sum(weights)
     if total:
         assert abs(sum(o * w for o, w in zip(out, weights)) - sum(v * w for v, w in zip(values, weights))) < 1e-6 * max(1.0, total * 100)
+
+
+def test_a_size_between_two_seen_is_never_dearer_than_the_larger():
+    steep = CostCurve((1, 2, 4, 8), (1.0, 2.0, 3.0, 4.0))
+    live = LiveCurve(steep)
+    fed(live, 1, 1.0, LIVE_WINDOW)
+    fed(live, 8, 1.2, LIVE_WINDOW)  # decoding finds 8 tokens cheap where the measurement did not
+    assert live(8) == 1.2
+    assert live(2) == 1.2 and live(4) == 1.2  # scaled as the nearest seen (1) would make them 2 and 3

@@ -180,12 +180,13 @@ class LiveCurve:
     """A measured curve corrected by what decoding pays: the median of the last steps of each size
     a proposer fed (the whole step, its own Python and the head included), fitted non-decreasing
     (``monotone``); for a size not fed often enough, the measured price scaled as the nearest size
-    seen was.
+    seen was, and never dearer than a larger size seen.
 
     The measured curve times passes back to back on one context, fastest of a few, once; decoding
     pays more for the same sizes, and not alike for every size, and a curve measured once keeps
     whatever the machine did at that moment. A proposer that weighs expected tokens against the
-    price of its rows then feeds rows that do not pay.
+    price of its rows then feeds rows that do not pay, or leaves out rows that would: a size between
+    two sizes seen is priced at most as the larger, however steep the measurement was there.
 
     Example: measured c(1) = 10, c(4) = 11, c(8) = 12; the last steps of 8 tokens took a median
     of 14 -> c(8) = 14, c(4) = 11 * 14 / 12 and c(1) = 10 * 14 / 12 (scaled as the nearest size
@@ -202,6 +203,9 @@ class LiveCurve:
 
     def __call__(self, q: int) -> float:
         return self.curve(q)
+
+    def relative(self, q: int) -> float:
+        return self.curve.relative(q)
 
     def beyond(self, n: int, top: int) -> CostCurve:
         return self.curve.beyond(n, top)
@@ -228,6 +232,9 @@ class LiveCurve:
             else:  # the nearest size seen (the smaller on a tie) says how far off the measurement is
                 near = min(fitted, key=lambda s: (abs(s - q), s))
                 price = self.base(q) * fitted[near] / self.base(near)
+                larger = [fitted[s] for s in fitted if s > q]
+                if larger:  # a measurement steeper than decoding finds must not price it above them
+                    price = min(price, min(larger))
             top = max(top, price)  # a pass of more tokens never costs less
             prices.append(top)
         self.curve = CostCurve(tuple(sizes), tuple(prices))

@@ -10,7 +10,9 @@ equals AR greedy and sampled output has the AR distribution (the block is a dete
 With ``adaptive`` (the default, where the backend's pass costs are known) the block fed is sized
 like `auto`'s drafts: a decayed estimate alpha of the chance that each further guess is accepted,
 and the b <= n that maximises (1 + alpha + ... + alpha^b) / c(1 + b) on the measured cost curve
-(none where plain decoding is faster, with a probe now and then to measure again). A block longer
+(none where plain decoding is faster, with a probe now and then to measure again); decoding greedily,
+that curve is corrected by what its passes cost (``costs.LiveCurve``, as `auto` and `space` price
+theirs), so that a curve measured at a bad moment does not size every block after it. A block longer
 than its guesses are right adds rows and no tokens; where a pass of several tokens costs much more
 than one (llama.cpp) it shrinks toward plain decoding.
 
@@ -28,7 +30,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from ..batching.budget import Acceptance
-from ..costs import CostCurve, cost_curve
+from ..costs import CostCurve, LiveCurve, cost_curve, live_curve
 from ..draft import Draft
 from ..logits import guesses
 from ..loop import Observation, Proposer
@@ -63,6 +65,8 @@ class JacobiConfig:
                         lo=0, hi=16, flag="--ngram")
     ngram_tokens: int = option(8, "most tokens in the n-gram branch", lo=1, hi=64)
     adaptive: bool = option(True, "feed as much of the block as its measured acceptance pays for")  # module doc
+    # false: the blocks depend on the prompt and the measured curve alone, run after run
+    live: bool = option(True, "correct the measured pass costs by what greedy steps cost (costs.LiveCurve)")
 
 
 def continuation(draft: Draft, accepted: Sequence[int]) -> list[int]:
@@ -87,8 +91,9 @@ def continuation(draft: Draft, accepted: Sequence[int]) -> list[int]:
 class JacobiProposer(Proposer):
     reads_every_row = True  # observe takes the argmax of every row after the accepted ones: one head product
 
-    def __init__(self, config: JacobiConfig, curve: CostCurve | None = None) -> None:
+    def __init__(self, config: JacobiConfig, curve: "CostCurve | LiveCurve | None" = None) -> None:
         """``curve``: the backend's pass costs; without it the whole block goes alone."""
+        self.live = curve if isinstance(curve, LiveCurve) else None  # told what each pass cost
         self.n = config.block if config.block is not None else DEFAULT_BLOCK
         self.guess: list[int] = []
         self.sizing = curve if config.adaptive else None  # sizes the block
@@ -138,6 +143,8 @@ class JacobiProposer(Proposer):
         Example: block (a, b, c, d) with a accepted and bonus x at the block's 2nd position:
         rows 2..4 of the logits (fed b, c, d) predict the 3rd to 5th positions -> next guesses.
         """
+        if self.live is not None and obs.seconds is not None:
+            self.live.observe(len(obs.draft) + 1, obs.seconds)
         if self.ngrams is not None:
             self.ngrams.credit(obs.verdict.tokens)
         if self.b:  # how far the block's own guesses held: the path's leading nodes 0, 1, .. inside it
@@ -166,7 +173,12 @@ def make(config: JacobiConfig, ctx) -> JacobiProposer:
     if config.block is None:
         config = replace(config, block=trained_block(ctx.model))
     wanted = config.adaptive or config.ngram > 0
-    curve = cost_curve(ctx.model, ctx.backend) if wanted and getattr(ctx, "backend", None) is not None else None
+    curve = None
+    if wanted and getattr(ctx, "backend", None) is not None:
+        # decoding greedily, priced by what its passes cost (a sampled request's blocks must not follow
+        # timing: its random stream follows them)
+        priced = live_curve if config.live and ctx.sampling.greedy else cost_curve
+        curve = priced(ctx.model, ctx.backend)
     return JacobiProposer(config, curve)
 
 
