@@ -221,7 +221,7 @@ def recording(be):
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("method,options", [
-    ("ar", {}), ("jacobi", {"block": 4}), ("lookahead", {"window": 3, "ngram": 3, "guesses": 2}),
+    ("ar", {}), ("jacobi", {"block": 4, "live": False}), ("lookahead", {"window": 3, "ngram": 3, "guesses": 2}),
     ("space", {"k": 2, "mask_id": 7, "live": False}), ("prompt_lookup", {}),  # drafts that do not follow timing
 ])
 def test_greedy_decoding_is_that_of_the_dynamic_cache(method, options, seed):
