@@ -232,9 +232,8 @@ class LiveCurve:
             else:  # the nearest size seen (the smaller on a tie) says how far off the measurement is
                 near = min(fitted, key=lambda s: (abs(s - q), s))
                 price = self.base(q) * fitted[near] / self.base(near)
-                larger = [fitted[s] for s in fitted if s > q]
-                if larger:  # a measurement steeper than decoding finds must not price it above them
-                    price = min(price, min(larger))
+                # nor above a larger size seen: the measurement may be steeper than decoding finds
+                price = min([price] + [fitted[s] for s in fitted if s > q])
             top = max(top, price)  # a pass of more tokens never costs less
             prices.append(top)
         self.curve = CostCurve(tuple(sizes), tuple(prices))
@@ -268,3 +267,13 @@ def live_curve(model, backend, every: bool = False) -> LiveCurve:
         if name not in model.resources:
             model.resources[name] = LiveCurve(cost_curve(model, backend, every))
         return model.resources[name]
+
+
+def pricing(ctx, live: bool, every: bool = False) -> "CostCurve | LiveCurve":
+    """The curve a method's factory prices its drafts by (``ctx``: its ``MethodContext``): decoding
+    greedily with ``live``, ``live_curve``; else the measured ``cost_curve``, since a sampled
+    request's drafts, which its random stream follows, must not follow timing (its seed must give
+    the same text). ``every``: passes whose every row is read (``measure``)."""
+    if live and ctx.sampling.greedy:
+        return live_curve(ctx.model, ctx.backend, every)
+    return cost_curve(ctx.model, ctx.backend, every)

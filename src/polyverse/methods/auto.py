@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..batching.budget import Acceptance
-from ..costs import CostCurve, LiveCurve, cost_curve, live_curve
+from ..costs import CostCurve, LiveCurve, pricing
 from ..draft import Draft
 from ..heads import Drafter, for_model
 from ..loop import Observation, Proposer
@@ -246,10 +246,7 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
 
 def make(config: AutoConfig, ctx) -> AutoProposer:
     drafter = for_model(ctx.model) if config.head and ctx.model is not None else None
-    # decoding greedily, priced by what its passes cost (a sampled request's drafts must not follow
-    # timing: its random stream follows them)
-    priced = live_curve if config.live and ctx.sampling.greedy else cost_curve
-    return AutoProposer(config, priced(ctx.model, ctx.backend), drafter)
+    return AutoProposer(config, pricing(ctx, config.live), drafter)
 
 
 registry.register("auto", AutoConfig, make,

@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from ..batching.budget import Acceptance
-from ..costs import CostCurve, LiveCurve, cost_curve, live_curve
+from ..costs import CostCurve, LiveCurve, pricing
 from ..draft import Draft
 from ..logits import guesses
 from ..loop import Observation, Proposer
@@ -173,12 +173,7 @@ def make(config: JacobiConfig, ctx) -> JacobiProposer:
     if config.block is None:
         config = replace(config, block=trained_block(ctx.model))
     wanted = config.adaptive or config.ngram > 0
-    curve = None
-    if wanted and getattr(ctx, "backend", None) is not None:
-        # decoding greedily, priced by what its passes cost (a sampled request's blocks must not follow
-        # timing: its random stream follows them)
-        priced = live_curve if config.live and ctx.sampling.greedy else cost_curve
-        curve = priced(ctx.model, ctx.backend)
+    curve = pricing(ctx, config.live) if wanted and getattr(ctx, "backend", None) is not None else None
     return JacobiProposer(config, curve)
 
 

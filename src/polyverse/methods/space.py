@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from ..costs import CostCurve, LiveCurve, cost_curve, live_curve
+from ..costs import CostCurve, LiveCurve, pricing
 from ..draft import Draft
 from ..errors import ConfigError
 from ..logits import likeliest
@@ -230,13 +230,8 @@ def make(config: SpaceConfig, ctx) -> SpaceProposer:
     mask_id = find_mask_id(config, ctx)
     if config.k is None:
         config = replace(config, k=trained_k(ctx.model))
-    # priced as its passes run: every row's logits read at once (``reads_every_row``), and, decoding
-    # greedily, corrected by what they cost (a sampled request's drafts, which its random stream
-    # follows, must not depend on timing, so that its seed gives the same text)
-    curve = None
-    if config.adaptive or config.ngram > 0:
-        priced = live_curve if config.live and ctx.sampling.greedy else cost_curve
-        curve = priced(ctx.model, ctx.backend, every=True)
+    # priced as its passes run: every row's logits read at once (``reads_every_row``)
+    curve = pricing(ctx, config.live, every=True) if config.adaptive or config.ngram > 0 else None
     return SpaceProposer(config, mask_id, curve if config.adaptive else None, curve)
 
 
