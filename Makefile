@@ -81,8 +81,8 @@ cllm-adapter: space-data
 	$(BIN)/polyverse train cllm eval --adapter cllm-gsm8k --limit 30 --offset 30 --max-new-tokens 128 --out benchmarks/cllm-gsm8k/eval-b8-30q-from30.json
 
 # the shipped SPACE adapter: the bundled model's own greedy answers to GSM8K train questions
-# (self-distillation, decoded through llama.cpp from the F16 export, which writes the same greedy
-# text as the transformers model; ~20 minutes here), then a [MASK] semi-autoregressive LoRA SFT on
+# (self-distillation, decoded through llama.cpp from the F16 export: the data the shipped adapters
+# were fitted on; ~20 minutes here, where the default backend would take a few), then a [MASK] semi-autoregressive LoRA SFT on
 # the first 160 tokens of each answer with 64 mask groups per sample, under bf16 autocast (~60
 # minutes here; both steps resumable: rerun after an interruption), then its figures on GSM8K dev
 SPACE_ROWS ?= 461
