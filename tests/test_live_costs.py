@@ -1,6 +1,5 @@
 """The live cost curve: measured prices corrected by what decoding's passes cost, and who feeds it."""
 
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -8,11 +7,10 @@ from polyverse.backends.transformers import TransformersBackend
 from polyverse.config import GenerationConfig
 from polyverse.costs import LIVE_EVERY, LIVE_LEAST, LIVE_WINDOW, CostCurve, LiveCurve
 from polyverse.draft import Draft
-from polyverse.loop import Observation, Proposer, decode
+from polyverse.loop import Proposer, decode
 from polyverse.methods.auto import NgramBranch
 from polyverse.methods.space import SpaceConfig, SpaceProposer
 from polyverse.models.tiny import tiny_model
-from polyverse.verify import Verdict
 
 BASE = CostCurve((1, 4, 8), (0.010, 0.011, 0.012))
 
@@ -68,24 +66,36 @@ def test_prices_stay_positive_and_rise_with_the_tokens_fed(passes):
     assert all(b >= a - 1e-15 for a, b in zip(prices, prices[1:]))
 
 
-class Timed(Proposer):
-    """Empty drafts; keeps each step's time."""
+class Clock:
+    """Stands for a live curve: keeps what each step fed and took."""
 
     def __init__(self):
-        self.seconds = []
+        self.steps = []
+
+    def observe(self, q, seconds):
+        self.steps.append((q, seconds))
+
+
+class Timed(Proposer):
+    """Empty drafts, priced by a Clock; counts its steps."""
+
+    def __init__(self):
+        self.live = Clock()
+        self.observed = 0
 
     def propose(self, context):
         return Draft.empty()
 
     def observe(self, obs):
-        self.seconds.append(obs.seconds)
+        self.observed += 1
 
 
-def test_a_lone_request_tells_its_proposer_what_each_step_took():
+def test_a_lone_request_tells_its_proposers_live_curve_what_each_step_took():
     be = TransformersBackend(tiny_model(seed=0))
     p = Timed()
     list(decode(be, p, [1, 2, 3], GenerationConfig(max_new_tokens=5)))
-    assert len(p.seconds) >= 3 and all(s is not None and s > 0 for s in p.seconds)
+    assert len(p.live.steps) == p.observed >= 3
+    assert all(q == 1 and s > 0 for q, s in p.live.steps)  # empty drafts: one token fed a step
 
 
 def test_requests_sharing_a_pass_are_not_told_its_time(tmp_path):
@@ -104,24 +114,16 @@ def test_requests_sharing_a_pass_are_not_told_its_time(tmp_path):
         r.join(engine, key)
     for _ in range(4):
         engine.round()
-    assert len(spies[0].seconds) >= 2 and all(s is None for spy in spies for s in spy.seconds)
+    assert spies[0].observed >= 2 and all(not spy.live.steps for spy in spies)
     engine.remove(1)  # alone now: its steps are its own
-    before = len(spies[0].seconds)
     engine.round()
-    assert spies[0].seconds[before:] and all(s > 0 for s in spies[0].seconds[before:])
+    assert spies[0].live.steps and all(s > 0 for _, s in spies[0].live.steps)
 
 
-def test_space_tells_its_live_curve_what_its_passes_cost():
+def test_space_prices_by_the_live_curve_it_is_given():
     live = LiveCurve(BASE)
-    p = SpaceProposer(SpaceConfig(k=1, ngram=0), mask_id=99, cost=live, curve=live)
-    p.start([1, 2])
-    draft = p.propose([1, 2])  # the root's group of one mask: 2 tokens fed
-    logits = torch.zeros(2, 100)
-    for _ in range(max(LIVE_LEAST, LIVE_EVERY)):
-        p.observe(Observation(draft, Verdict((), (5,)), logits, (1, 2, 5), seconds=0.05))
-    assert abs(live(2) - 0.05) < 1e-12
-    p.observe(Observation(draft, Verdict((), (5,)), logits, (1, 2, 5)))  # a shared pass: nothing learnt
-    assert abs(live(2) - 0.05) < 1e-12
+    assert SpaceProposer(SpaceConfig(k=1, ngram=0), mask_id=99, cost=live, curve=live).live is live
+    assert SpaceProposer(SpaceConfig(k=1, ngram=0), mask_id=99, cost=BASE, curve=BASE).live is None
 
 
 def test_the_ngram_branch_is_priced_again_when_the_live_prices_change():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -22,6 +22,9 @@ from .logprobs import producing_rows, token_logprobs
 from .sampling import make_generator
 from .shaping import Shaper
 from .verify import Verdict, verify
+
+if TYPE_CHECKING:
+    from .costs import LiveCurve
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,6 @@ class Observation:
     verdict: Verdict
     logits: torch.Tensor  # [1 + len(draft), V] target logits, feed order (root first), shaped as verified
     context: tuple[int, ...]  # all tokens so far; the last one is the new pending token
-    # the step's wall time from the proposal to the verdict, where its pass was the request's own
-    # (None where requests shared it: the time is then the batch's)
-    seconds: float | None = None
 
 
 class Proposer:
@@ -67,6 +67,11 @@ class Proposer:
 
     forced_drafts: bool = True
     """Whether the loop adds the tokens a grammar forces (structured output) to this proposer's drafts."""
+
+    live: "LiveCurve | None" = None
+    """The live cost curve this proposer prices its drafts by (``costs.pricing``), if any: the loop tells
+    it what each step took, from the proposal to the verdict (the whole step, the proposer's own work
+    included), where the pass was the request's own (a pass shared with other requests is the batch's)."""
 
     def start(self, context: Sequence[int]) -> None:
         """Called once with the prompt tokens before the first step."""
@@ -255,8 +260,9 @@ class Decoding:
         self.context.extend(tokens)
         self.produced += len(tokens)
         if finish is None:
-            seconds = time.perf_counter() - self._t0 if self.alone else None
-            self.proposer.observe(Observation(draft, verdict, target, tuple(self.context), seconds))
+            if self.alone and self.proposer.live is not None:
+                self.proposer.live.observe(len(draft) + 1, time.perf_counter() - self._t0)
+            self.proposer.observe(Observation(draft, verdict, target, tuple(self.context)))
             if self.shaper is not None:  # after observe: the rows it reads are shaped before the step
                 self.shaper.advance(tokens)
         self.finished = finish

@@ -83,7 +83,7 @@ class AutoProposer(Proposer):
     def __init__(self, config: AutoConfig, curve: "CostCurve | LiveCurve", drafter: "Drafter | None" = None) -> None:
         self.cfg = config
         self.curve = curve
-        self.live = curve if isinstance(curve, LiveCurve) else None  # told what each pass cost
+        self.live = curve if isinstance(curve, LiveCurve) else None  # the loop tells it what each pass cost
         self.priced_at = 0  # the live curve's version the kept costs were read at
         # the draft head's guesses, fed instead of the n-gram draft when they promise more tokens per second
         self.head = HeadBranch(drafter, curve, config.decay, config.max_tokens) if drafter is not None else None
@@ -192,8 +192,6 @@ class AutoProposer(Proposer):
         return self.stats[self.last_bucket].alpha if self.drafted else None
 
     def observe(self, obs: Observation) -> None:
-        if self.live is not None and obs.seconds is not None:
-            self.live.observe(len(obs.draft) + 1, obs.seconds)
         if self.head is not None:
             self.head.observe(obs.logits, obs.verdict.accepted)
         if self.drafted and len(obs.draft):

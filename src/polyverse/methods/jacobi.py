@@ -93,7 +93,7 @@ class JacobiProposer(Proposer):
 
     def __init__(self, config: JacobiConfig, curve: "CostCurve | LiveCurve | None" = None) -> None:
         """``curve``: the backend's pass costs; without it the whole block goes alone."""
-        self.live = curve if isinstance(curve, LiveCurve) else None  # told what each pass cost
+        self.live = curve if isinstance(curve, LiveCurve) else None  # the loop tells it what each pass cost
         self.n = config.block if config.block is not None else DEFAULT_BLOCK
         self.guess: list[int] = []
         self.sizing = curve if config.adaptive else None  # sizes the block
@@ -143,8 +143,6 @@ class JacobiProposer(Proposer):
         Example: block (a, b, c, d) with a accepted and bonus x at the block's 2nd position:
         rows 2..4 of the logits (fed b, c, d) predict the 3rd to 5th positions -> next guesses.
         """
-        if self.live is not None and obs.seconds is not None:
-            self.live.observe(len(obs.draft) + 1, obs.seconds)
         if self.ngrams is not None:
             self.ngrams.credit(obs.verdict.tokens)
         if self.b:  # how far the block's own guesses held: the path's leading nodes 0, 1, .. inside it

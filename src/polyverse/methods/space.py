@@ -117,7 +117,7 @@ class SpaceProposer(Proposer):
                  curve: "CostCurve | LiveCurve | None" = None) -> None:
         """``cost``: seconds of a pass feeding q tokens (None = feed every candidate); ``curve``: the
         backend's measured pass costs, which price the n-gram branch (None, or ``ngram`` 0: no branch);
-        a ``LiveCurve`` is told what each pass cost."""
+        a ``LiveCurve`` is told what each pass cost (by the loop: ``Proposer.live``)."""
         self.k = config.k if config.k is not None else DEFAULT_K
         self.mask_id = mask_id
         self.cost = cost
@@ -164,8 +164,6 @@ class SpaceProposer(Proposer):
         return self.proposed
 
     def observe(self, obs: Observation) -> None:
-        if self.live is not None and obs.seconds is not None:
-            self.live.observe(len(obs.draft) + 1, obs.seconds)
         if self.ngrams is not None:
             self.ngrams.credit(obs.verdict.tokens)
         # the loop may prune nodes (the token budget, a grammar) and add some (a grammar's forced
